@@ -1,0 +1,1 @@
+//! easel core: image input/output, device choice and the shared error type.

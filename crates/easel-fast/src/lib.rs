@@ -1,0 +1,1 @@
+//! easel fast path: feed-forward style transfer networks.
