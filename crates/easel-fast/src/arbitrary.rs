@@ -1,0 +1,1 @@
+//! Arbitrary-style network (Ghiasi et al. 2017).

@@ -1,0 +1,1 @@
+//! 26-style conditional-instance-norm network (Dumoulin et al. 2017).

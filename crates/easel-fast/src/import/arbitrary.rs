@@ -1,0 +1,1 @@
+//! ONNX → safetensors import of the arbitrary-style network.
