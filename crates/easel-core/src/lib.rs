@@ -1,1 +1,30 @@
-//! easel core: image input/output, device choice and the shared error type.
+//! easel-core: the parts of easel every stylisation method shares.
+//!
+//! * [`load_rgb`] / [`save_image`]: defensive image I/O (format detected from
+//!   content, EXIF orientation, alpha over white, pixel limit checked before
+//!   decoding; atomic writes that never overwrite an input, generation
+//!   [`Parameters`] stored in PNG output).
+//! * [`collect_images`]: expands the input paths given on the command line.
+//! * [`rgb_to_tensor`] / [`tensor_to_rgb`]: images ↔ `[1, 3, H, W]` tensors.
+//! * [`keep_colors`]: luminance-only style transfer (keep the photo's colours).
+//! * [`select_device`]: CPU / CUDA selection.
+//!
+//! Nothing here panics on user input: every failure is an [`Error`] whose
+//! message is one line naming the file and the problem.
+
+pub mod color;
+pub mod device;
+pub mod error;
+pub mod image_io;
+pub mod parameters;
+pub mod tensor;
+
+pub use color::keep_colors;
+pub use device::{select_device, DeviceChoice};
+pub use error::{Error, Result};
+pub use image_io::{
+    collect_images, load_rgb, read_png_parameters, save_image, LoadOptions, DEFAULT_MAX_PIXELS,
+    DOWNSCALE_MAX_PIXELS, IMAGE_EXTENSIONS, JPEG_QUALITY, PARAMETERS_KEYWORD,
+};
+pub use parameters::Parameters;
+pub use tensor::{rgb_to_tensor, tensor_to_rgb};
