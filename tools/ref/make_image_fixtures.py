@@ -24,6 +24,9 @@ Fixtures
   that picture, so orientations 5..8 are stored as 32x64.
 * `orient6.png` (eXIf chunk) and `orient6.tif` (orientation tag 274): the
   same picture as `orient6.jpg`, losslessly.
+* `progressive.jpg`, `restart.jpg`: the same picture (no orientation tag),
+  as a progressive JPEG and as a baseline JPEG with restart markers, the two
+  JPEG layouts whose marker structure differs most from the plain case.
 * `webp_quadrants.webp`: 16x16 lossless WebP, same quadrant colours as the
   CMYK file (checks the WebP path is wired in).
 """
@@ -99,6 +102,11 @@ def main() -> None:
     check_round_trip(OUT / "orient6.png", displayed, tolerance=0)
     stored6.save(OUT / "orient6.tif", compression="tiff_lzw", exif=exif_bytes(6))
     check_round_trip(OUT / "orient6.tif", displayed, tolerance=0)
+
+    displayed.save(OUT / "progressive.jpg", quality=95, subsampling=0, progressive=True)
+    check_round_trip(OUT / "progressive.jpg", displayed, tolerance=160)
+    displayed.save(OUT / "restart.jpg", quality=95, subsampling=0, restart_marker_blocks=1)
+    check_round_trip(OUT / "restart.jpg", displayed, tolerance=160)
 
     # CMYK quadrants, ink values as Photoshop would show them (0..255 = 0..100%).
     cmyk = Image.new("CMYK", (16, 16))

@@ -490,9 +490,23 @@ pub fn save_image(
         return Err(write_error("the path has no file name".to_string()));
     };
 
-    let (tmp_path, tmp_file) =
-        create_temp_file(dir, name).map_err(|e| write_error(io_reason(&e)))?;
-    let written = encode_into(&tmp_file, img, format, params)
+    write_atomically(out, dir, name, |file| {
+        encode_into(file, img, format, params)
+    })
+    .map_err(write_error)
+}
+
+/// Writes `out` via `<dir>/<name>.<random>.tmp` + fsync + rename, calling
+/// `write` to fill the temp file. On any failure the temp file is removed
+/// and the reason returned.
+fn write_atomically(
+    out: &Path,
+    dir: &Path,
+    name: &OsStr,
+    write: impl FnOnce(&File) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let (tmp_path, tmp_file) = create_temp_file(dir, name).map_err(|e| io_reason(&e))?;
+    let written = write(&tmp_file)
         .and_then(|()| tmp_file.sync_all().map_err(|e| io_reason(&e)))
         .and_then(|()| fs::rename(&tmp_path, out).map_err(|e| io_reason(&e)));
     drop(tmp_file);
@@ -500,7 +514,7 @@ pub fn save_image(
         // Best effort: the temp file is ours and useless now; if removing it
         // fails too, the original error is the one worth reporting.
         let _ = fs::remove_file(&tmp_path);
-        return Err(write_error(reason));
+        return Err(reason);
     }
     // Persist the rename itself. Not every filesystem supports syncing a
     // directory, and the data is already safe, so failure is not an error.
@@ -707,4 +721,55 @@ fn has_image_extension(name: &OsStr) -> bool {
         let ext = ext.to_string_lossy().to_ascii_lowercase();
         IMAGE_EXTENSIONS.contains(&ext.as_str())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn failure_mid_write_removes_temp_file_and_keeps_old_output() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out.png");
+        fs::write(&out, b"previous result").expect("write");
+        let mut seen_temp = None;
+        let result = write_atomically(&out, dir.path(), OsStr::new("out.png"), |file| {
+            let mut file = file;
+            file.write_all(b"half an ima").map_err(|e| e.to_string())?;
+            seen_temp = entries(dir.path()).into_iter().find(|p| p != &out);
+            Err("encoder failed".to_string())
+        });
+        assert_eq!(result, Err("encoder failed".to_string()));
+        let temp = seen_temp.expect("a temp file existed during the write");
+        let temp_name = temp.file_name().map(|n| n.to_string_lossy().into_owned());
+        let temp_name = temp_name.unwrap_or_default();
+        assert!(
+            temp_name.starts_with("out.png.") && temp_name.ends_with(".tmp"),
+            "{temp_name}"
+        );
+        assert_eq!(entries(dir.path()), vec![out.clone()]);
+        assert_eq!(fs::read(&out).ok(), Some(b"previous result".to_vec()));
+    }
+
+    #[test]
+    fn jpeg_walk_accepts_minimal_structure() {
+        // SOI, a 4-byte APP0 holding an embedded FFD9, SOS, data with a
+        // stuffed FF00 and a restart marker, EOI.
+        let data = [
+            0xff, 0xd8, 0xff, 0xe0, 0x00, 0x04, 0xff, 0xd9, 0xff, 0xda, 0x00, 0x02, 0x12, 0xff,
+            0x00, 0x34, 0xff, 0xd0, 0x56, 0xff, 0xd9,
+        ];
+        assert_eq!(check_jpeg_complete(&data), Ok(()));
+        for cut in 2..data.len() {
+            assert!(check_jpeg_complete(&data[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 }

@@ -518,3 +518,19 @@ fn jpeg_cut_inside_scan_data_is_an_error() {
     std::fs::write(&path, &padded).unwrap();
     assert_eq!(load(&path).unwrap().dimensions(), (256, 256));
 }
+
+#[test]
+fn progressive_and_restart_marker_jpegs_load() {
+    // From tools/ref/make_image_fixtures.py: the two JPEG layouts the
+    // truncation check's marker walk must get through (10 scans; RST0..7).
+    assert_upright_grid(&data_dir().join("progressive.jpg"), 12);
+    assert_upright_grid(&data_dir().join("restart.jpg"), 12);
+    // And the walk still catches a cut in them.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["progressive.jpg", "restart.jpg"] {
+        let bytes = std::fs::read(data_dir().join(name)).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap();
+        assert!(err_text(&path).contains("end-of-image marker"), "{name}");
+    }
+}
