@@ -12,6 +12,8 @@
 //! Nothing here panics on user input: every failure is an [`Error`] whose
 //! message is one line naming the file and the problem.
 
+#![warn(missing_docs)]
+
 pub mod color;
 pub mod device;
 pub mod error;

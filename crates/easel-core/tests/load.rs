@@ -446,6 +446,25 @@ fn max_side_downscales_keeping_aspect() {
     let same = load_rgb(&path, &LoadOptions::with_max_side(300)).unwrap();
     assert_eq!(same.dimensions(), (300, 100));
 
+    // A big reduction (box-average then Lanczos3) keeps the aspect ratio
+    // and does not alias: a 1-pixel checkerboard becomes flat mid-grey.
+    let checker = dir.path().join("checker.png");
+    RgbImage::from_fn(900, 300, |x, y| {
+        if (x + y) % 2 == 0 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    })
+    .save(&checker)
+    .unwrap();
+    let flat = load_rgb(&checker, &LoadOptions::with_max_side(90)).unwrap();
+    assert_eq!(flat.dimensions(), (90, 30));
+    assert!(
+        flat.pixels().all(|p| rgb_diff(*p, [128, 128, 128]) <= 3),
+        "not flat grey"
+    );
+
     // Orientation is applied before the long side is measured.
     let rotated = load_rgb(
         &data_dir().join("orient6.png"),
