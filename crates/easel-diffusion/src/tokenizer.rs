@@ -41,7 +41,7 @@
 //!
 //! # Why our own implementation rather than the `tokenizers` crate
 //! `tokenizers` is already in the build (candle-core depends on it), so weight was not the
-//! deciding factor. The CLIP pipeline is small (about 300 lines here) and every step of it is
+//! deciding factor. The CLIP pipeline is small (a few hundred lines here) and every step of it is
 //! pinned by parity tests against transformers; owning it gives us a narrow, stable API
 //! (`&str` in, `Vec<u32>` out, `candle_core::Result` errors), whole-word placeholder tokens with
 //! exactly transformers' matching rules, configurable padding, and no dependence on the
@@ -68,6 +68,8 @@ const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// Ids above this are refused, so a malformed file cannot make us allocate without bound.
 const MAX_ID: u32 = 16_000_000;
+/// The largest `max_len` accepted by `encode_padded` (guards against huge allocations).
+const MAX_PADDED_LEN: usize = 1 << 20;
 /// Number of merges of `bpe_simple_vocab_16e6.txt` in the CLIP vocabulary (49152 - 256 - 2).
 const OPEN_CLIP_MERGES: usize = 49152 - 256 - 2;
 
@@ -545,6 +547,9 @@ impl ClipTokenizer {
     pub fn encode_padded(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
         if max_len < 2 {
             bail!("max_len {max_len} leaves no room for the start and end tokens");
+        }
+        if max_len > MAX_PADDED_LEN {
+            bail!("max_len {max_len} is above the limit {MAX_PADDED_LEN}");
         }
         let mut body = self.encode_body(text);
         body.truncate(max_len - 2);

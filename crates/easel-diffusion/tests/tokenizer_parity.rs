@@ -225,6 +225,7 @@ fn padding_truncation_and_errors() {
     assert!(tok.set_pad_id(49408).is_err());
 
     assert!(tok.encode_padded("x", 1).is_err());
+    assert!(tok.encode_padded("x", usize::MAX).is_err());
     assert_eq!(
         tok.encode_padded("a cat", 2).expect("2"),
         vec![49406, 49407]
