@@ -102,7 +102,7 @@ fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usize>> 
             let ratio = t / steps;
             (0..steps)
                 .rev()
-                .map(|i| (i * ratio + config.steps_offset) as f64)
+                .map(|i| (i * ratio) as f64 + config.steps_offset as f64)
                 .collect()
         }
         TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
@@ -244,7 +244,7 @@ impl Scheduler for DdimInverse {
             TimestepSpacing::Leading => {
                 let ratio = t / steps;
                 (0..steps)
-                    .map(|i| (i * ratio + self.config.steps_offset) as f64)
+                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
                     .collect()
             }
             TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))

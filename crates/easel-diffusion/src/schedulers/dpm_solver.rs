@@ -84,7 +84,7 @@ impl Scheduler for DpmPlusPlus2M {
                 let ratio = t / (steps + 1);
                 (1..=steps)
                     .rev()
-                    .map(|i| (i * ratio + self.config.steps_offset) as f64)
+                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
                     .collect()
             }
             TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))

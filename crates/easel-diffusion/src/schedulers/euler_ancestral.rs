@@ -92,7 +92,7 @@ impl Scheduler for EulerAncestral {
                 let ratio = t / steps;
                 (0..steps)
                     .rev()
-                    .map(|i| (i * ratio + self.config.steps_offset) as f64)
+                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
                     .collect()
             }
             TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))

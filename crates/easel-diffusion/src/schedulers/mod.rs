@@ -413,7 +413,7 @@ pub(crate) fn check_steps(config: &SchedulerConfig, steps: usize) -> Result<()> 
 
 /// Converts rounded float timesteps to indices, checking they are training timesteps.
 pub(crate) fn to_train_timesteps(values: &[f64], config: &SchedulerConfig) -> Result<Vec<usize>> {
-    values
+    let timesteps = values
         .iter()
         .map(|&v| {
             if v >= 0.0 && v < config.num_train_timesteps as f64 {
@@ -426,7 +426,16 @@ pub(crate) fn to_train_timesteps(values: &[f64], config: &SchedulerConfig) -> Re
                 )
             }
         })
-        .collect()
+        .collect::<Result<Vec<usize>>>()?;
+    if let Some(w) = timesteps.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "{} inference steps repeat timestep {} with {} spacing; use fewer steps",
+            timesteps.len(),
+            w[0],
+            config.timestep_spacing
+        )
+    }
+    Ok(timesteps)
 }
 
 /// Position of `timestep` in `timesteps`, or an error naming it.
