@@ -3,7 +3,11 @@
 //! - [`tokenizer`]: the CLIP BPE tokenizer.
 //! - [`ops`]: differentiable softmax and layer norm (candle's fused kernels have no backward).
 //! - [`schedulers`]: noise schedulers behind one trait.
+//! - [`resnet`]: the residual block shared by the UNet, the ControlNet and the VAE.
+//! - [`sampling`]: stride-2 conv downsampling and nearest ×2 + conv upsampling.
 
 pub mod ops;
+pub mod resnet;
+pub mod sampling;
 pub mod schedulers;
 pub mod tokenizer;
