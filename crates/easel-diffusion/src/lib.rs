@@ -1,11 +1,13 @@
 //! easel diffusion: Stable Diffusion 1.x model code on candle.
 //!
 //! - [`tokenizer`]: the CLIP BPE tokenizer.
+//! - [`clip`]: the CLIP text encoder, taking token ids or patched (learnable) token embeddings.
 //! - [`ops`]: differentiable softmax and layer norm (candle's fused kernels have no backward).
 //! - [`schedulers`]: noise schedulers behind one trait.
 //! - [`resnet`]: the residual block shared by the UNet, the ControlNet and the VAE.
 //! - [`sampling`]: stride-2 conv downsampling and nearest ×2 + conv upsampling.
 
+pub mod clip;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;
