@@ -9,9 +9,20 @@ Everything runs on CPU in float32 with fixed seeds (torch.manual_seed). Paramete
 re-drawn at random (including the group-norm affines, which diffusers initialises to 1/0) so
 every weight matters; state-dict keys are stored exactly as diffusers names them.
 
-vae_blocks.safetensors keys, for each case <c> in CASES below:
+vae_blocks.safetensors keys, for each case <c> in RESNET_CASES and SAMPLER_CASES:
   <c>.<diffusers state-dict key>  the module's parameters
   <c>/x, <c>/temb (when used), <c>/out
+
+vae_tiny.safetensors keys, for each AutoencoderKL config <v> in VAE_CONFIGS:
+  <v>.<diffusers state-dict key>  the model's parameters (encoder.*, decoder.*, quant_conv.*, ...)
+  <v>/image [B, 3, H, W] in [-1, 1]
+  <v>/mean, <v>/logvar          the posterior's (logvar clamped to [-30, 20] as diffusers)
+  <v>/noise, <v>/sample         sample = mean + exp(logvar / 2) * noise
+  <v>/decoded                   decode(sample)
+and for the tiled case (config "deep" with tile_sample_min_size 16, tile_latent_min_size 4,
+overlap 0.25):
+  tiled/latents, tiled/decoded  diffusers' tiled_decode (via decode with use_tiling)
+  tiled/image, tiled/moments    diffusers' _tiled_encode (mean and logvar concatenated, unclamped)
 
 Usage: /work/venv/bin/python tools/ref/vae_ref.py
 """
@@ -21,6 +32,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from diffusers import AutoencoderKL
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
@@ -116,5 +128,75 @@ def blocks():
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 
+# AutoencoderKL configs mirrored by tests/vae_parity.rs.
+VAE_CONFIGS = {
+    # diffusers' own tiny test config (AutoencoderKLConfig::tiny()).
+    "tiny": dict(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+    ),
+    # SD1.x's layout in miniature: three levels, two resnets per level, equal last channels.
+    "deep": dict(
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ),
+}
+IMAGE_SHAPES = {"tiny": (1, 3, 32, 32), "deep": (2, 3, 24, 16)}
+
+
+def vae():
+    torch.manual_seed(1)
+    out = {}
+    models = {}
+    for name, cfg in VAE_CONFIGS.items():
+        model = AutoencoderKL(**cfg).eval()
+        randomize(model, scale=0.1)
+        models[name] = model
+        put(out, name, model)
+        image = torch.rand(IMAGE_SHAPES[name]) * 2 - 1
+        with torch.no_grad():
+            dist = model.encode(image).latent_dist
+            noise = torch.randn(dist.mean.shape)
+            sample = dist.mean + dist.std * noise
+            decoded = model.decode(sample).sample
+        out[f"{name}/image"] = image
+        out[f"{name}/mean"] = dist.mean.contiguous()
+        out[f"{name}/logvar"] = dist.logvar.contiguous()
+        out[f"{name}/noise"] = noise
+        out[f"{name}/sample"] = sample.contiguous()
+        out[f"{name}/decoded"] = decoded
+
+    model = models["deep"]
+    model.enable_tiling()
+    model.tile_sample_min_size = 16
+    model.tile_latent_min_size = 4
+    model.tile_overlap_factor = 0.25
+    latents = torch.randn(1, 4, 10, 7)
+    image = torch.rand(1, 3, 40, 32) * 2 - 1
+    with torch.no_grad():
+        decoded = model.decode(latents).sample
+        moments = model._tiled_encode(image)
+    out["tiled/latents"] = latents
+    out["tiled/decoded"] = decoded
+    out["tiled/image"] = image
+    out["tiled/moments"] = moments
+
+    out = {k: v.contiguous() for k, v in out.items()}
+    path = os.path.join(FIXTURES, "vae_tiny.safetensors")
+    save_file(out, path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 if __name__ == "__main__":
     blocks()
+    vae()

@@ -6,6 +6,7 @@
 //! - [`schedulers`]: noise schedulers behind one trait.
 //! - [`resnet`]: the residual block shared by the UNet, the ControlNet and the VAE.
 //! - [`sampling`]: stride-2 conv downsampling and nearest ×2 + conv upsampling.
+//! - [`vae`]: the SD1.x variational autoencoder (`AutoencoderKL`), whole or tiled.
 
 pub mod clip;
 pub mod ops;
@@ -13,3 +14,4 @@ pub mod resnet;
 pub mod sampling;
 pub mod schedulers;
 pub mod tokenizer;
+pub mod vae;
