@@ -6,12 +6,21 @@
 //! - [`schedulers`]: noise schedulers behind one trait.
 //! - [`resnet`]: the residual block shared by the UNet, the ControlNet and the VAE.
 //! - [`sampling`]: stride-2 conv downsampling and nearest ×2 + conv upsampling.
+//! - [`attention`], [`embeddings`], [`unet_blocks`]: the UNet's layers and blocks.
+//! - [`contexts`]: routing of text contexts to groups of cross-attention layers.
+//! - [`unet`]: the SD denoiser (`UNet2DConditionModel`) with per-group contexts and ControlNet
+//!   residuals.
 //! - [`vae`]: the SD1.x variational autoencoder (`AutoencoderKL`), whole or tiled.
 
+pub mod attention;
 pub mod clip;
+pub mod contexts;
+pub mod embeddings;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;
 pub mod schedulers;
 pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
 pub mod vae;
