@@ -10,11 +10,13 @@
 //! - [`contexts`]: routing of text contexts to groups of cross-attention layers.
 //! - [`unet`]: the SD denoiser (`UNet2DConditionModel`) with per-group contexts and ControlNet
 //!   residuals.
+//! - [`controlnet`]: `ControlNetModel`, producing those residuals from a conditioning image.
 //! - [`vae`]: the SD1.x variational autoencoder (`AutoencoderKL`), whole or tiled.
 
 pub mod attention;
 pub mod clip;
 pub mod contexts;
+pub mod controlnet;
 pub mod embeddings;
 pub mod ops;
 pub mod resnet;

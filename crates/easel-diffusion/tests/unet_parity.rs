@@ -200,3 +200,24 @@ fn misrouted_contexts_change_the_output() {
         "swapping contexts changed the output by only {err}"
     );
 }
+
+/// f16 weights and inputs run (softmax and norm statistics in f32) and stay close to the f32
+/// reference (max abs err ≤ 2e-2). bf16 is not tested here: candle's CPU matmul has no bf16.
+#[test]
+fn half_precision_stays_close() {
+    let case = "unet_down_mid_up";
+    let (dtype, tol) = (DType::F16, 2e-2);
+    let vb = VarBuilder::from_tensors(load("unet_tiny.safetensors"), dtype, &Device::Cpu);
+    let unet = UNet2DConditionModel::new(vb, &UNet2DConditionModelConfig::tiny()).unwrap();
+    let tensors = (0..3)
+        .map(|k| get(&format!("{case}/context.{k}")).to_dtype(dtype).unwrap())
+        .collect();
+    let ctx = UNetContexts::new(LayerGroups::DownMidUp, tensors).unwrap();
+    let sample = get(&format!("{case}/sample")).to_dtype(dtype).unwrap();
+    let out = unet.forward(&sample, 500.0, &ctx, None).unwrap();
+    assert_eq!(out.dtype(), dtype);
+    let out = out.to_dtype(DType::F32).unwrap();
+    let err = max_abs_diff(&out, &get(&format!("{case}/out")));
+    println!("{dtype:?}: max abs err {err:.2e}");
+    assert!(err <= tol, "{dtype:?}: max abs err {err}");
+}
