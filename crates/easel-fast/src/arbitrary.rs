@@ -179,6 +179,9 @@ struct Conv {
     bias: Tensor,
     stride: usize,
     groups: usize,
+    /// The same weights for the direct CPU kernel (`None` for 1×1 convs, which candle runs as a
+    /// matrix product).
+    direct: Option<DirectConv>,
 }
 
 impl Conv {
@@ -189,12 +192,25 @@ impl Conv {
         groups: usize,
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in / groups, k, k), "weight")?;
-        let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?;
+        let bias = vb.get(c_out, "bias")?;
+        let direct = if k > 1 && (groups == 1 || (groups == c_in && c_in == c_out)) {
+            Some(DirectConv {
+                weight: weight.flatten_all()?.to_vec1::<f32>()?,
+                bias: bias.to_vec1::<f32>()?,
+                c_out,
+                k,
+                stride,
+                depthwise: groups > 1,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             weight,
-            bias,
+            bias: bias.reshape((1, c_out, 1, 1))?,
             stride,
             groups,
+            direct,
         })
     }
 
@@ -205,8 +221,256 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(direct) = &self.direct {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return x.contiguous()?.apply_op1_no_bwd(direct);
+            }
+        }
         x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
             .broadcast_add(&self.bias)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// direct CPU convolution
+//
+// candle's CPU conv2d builds im2col tiles element by element and runs depthwise convs one channel
+// at a time; for this network's few-channel, large-image layers that dominates the run time. This
+// kernel computes output rows directly: strips of 16 output pixels × 4 output channels are
+// accumulated over (input channel, ky, kx) — ONNX's im2col order — then the bias is added, with
+// separate multiply and add (no FMA), so the vectorised (AVX2) and portable paths give identical
+// results. Rows are split across `candle_core::utils::get_num_threads()` threads.
+
+/// Convolution weights `[c_out, c_in/groups, k, k]` for the direct kernel (groups 1 or depthwise).
+#[derive(Debug, Clone)]
+struct DirectConv {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    depthwise: bool,
+}
+
+const STRIP: usize = 16;
+const OC_BLOCK: usize = 4;
+
+/// The input of one image split into `stride` column phases, so that strided reads become
+/// contiguous: phase `p` of row `r` of channel `c` holds columns `p, p + s, p + 2s, …`.
+struct Phases<'a> {
+    data: std::borrow::Cow<'a, [f32]>,
+    h: usize,
+    /// Length of one phase row.
+    wp: usize,
+    stride: usize,
+}
+
+impl<'a> Phases<'a> {
+    fn new(x: &'a [f32], c: usize, h: usize, w: usize, stride: usize) -> Self {
+        if stride == 1 {
+            return Self {
+                data: std::borrow::Cow::Borrowed(x),
+                h,
+                wp: w,
+                stride,
+            };
+        }
+        let wp = w.div_ceil(stride);
+        let mut data = vec![0f32; c * h * stride * wp];
+        for (row, src) in x.chunks_exact(w).enumerate() {
+            let dst = &mut data[row * stride * wp..(row + 1) * stride * wp];
+            for (i, &v) in src.iter().enumerate() {
+                dst[(i % stride) * wp + i / stride] = v;
+            }
+        }
+        Self {
+            data: std::borrow::Cow::Owned(data),
+            h,
+            wp,
+            stride,
+        }
+    }
+
+    /// Input columns `kx + s·x0, kx + s·(x0+1), …` of row `r` of channel `c`, from `x0` on.
+    #[inline(always)]
+    fn row(&self, c: usize, r: usize, kx: usize, x0: usize) -> &[f32] {
+        let base = ((c * self.h + r) * self.stride + kx % self.stride) * self.wp;
+        &self.data[base + kx / self.stride + x0..base + self.wp]
+    }
+}
+
+impl DirectConv {
+    /// Output rows `rows` of image `x` (`[c_in, h, w]`) for output channels `o0..o0+n`, written
+    /// to `out[j]` (row-major `[rows.len(), wo]`).
+    #[inline(always)]
+    fn rows_block(
+        &self,
+        x: &Phases,
+        c_in: usize,
+        o0: usize,
+        out: &mut [&mut [f32]],
+        rows: std::ops::Range<usize>,
+        wo: usize,
+    ) {
+        let (k, s) = (self.k, self.stride);
+        let kk = k * k;
+        let n = out.len();
+        // Weights of this block, [c][ky][kx][j], zero for missing channels.
+        let per_out = if self.depthwise { kk } else { c_in * kk };
+        let inputs = if self.depthwise { 1 } else { c_in };
+        let mut wb = vec![0f32; inputs * kk * OC_BLOCK];
+        for j in 0..n {
+            for (i, &v) in self.weight[(o0 + j) * per_out..(o0 + j + 1) * per_out]
+                .iter()
+                .enumerate()
+            {
+                wb[i * OC_BLOCK + j] = v;
+            }
+        }
+        let first_c = if self.depthwise { o0 } else { 0 };
+        for (ri, y) in rows.enumerate() {
+            let mut x0 = 0;
+            while x0 < wo {
+                let len = STRIP.min(wo - x0);
+                let mut acc = [[0f32; STRIP]; OC_BLOCK];
+                for ci in 0..inputs {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let seg = x.row(first_c + ci, y * s + ky, kx, x0);
+                            let w = &wb[((ci * k + ky) * k + kx) * OC_BLOCK..][..OC_BLOCK];
+                            if len == STRIP {
+                                let seg = &seg[..STRIP];
+                                for (a, &wj) in acc.iter_mut().zip(w) {
+                                    for (ai, &v) in a.iter_mut().zip(seg) {
+                                        *ai += wj * v;
+                                    }
+                                }
+                            } else {
+                                let seg = &seg[..len];
+                                for (a, &wj) in acc.iter_mut().zip(w) {
+                                    for (ai, &v) in a[..len].iter_mut().zip(seg) {
+                                        *ai += wj * v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (j, dst) in out.iter_mut().enumerate() {
+                    let b = self.bias[o0 + j];
+                    for (d, &a) in dst[ri * wo + x0..ri * wo + x0 + len]
+                        .iter_mut()
+                        .zip(&acc[j][..len])
+                    {
+                        *d = a + b;
+                    }
+                }
+                x0 += len;
+            }
+        }
+    }
+
+    /// All output channels of rows `rows` (`out[o]`: `[rows.len(), wo]`).
+    fn rows_all(
+        &self,
+        x: &Phases,
+        c_in: usize,
+        out: &mut [&mut [f32]],
+        rows: std::ops::Range<usize>,
+        wo: usize,
+    ) {
+        let block = if self.depthwise { 1 } else { OC_BLOCK };
+        for (bi, chunk) in out.chunks_mut(block).enumerate() {
+            self.rows_block(x, c_in, bi * block, chunk, rows.clone(), wo);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn rows_all_avx2(
+        &self,
+        x: &Phases,
+        c_in: usize,
+        out: &mut [&mut [f32]],
+        rows: std::ops::Range<usize>,
+        wo: usize,
+    ) {
+        self.rows_all(x, c_in, out, rows, wo)
+    }
+
+    fn rows_dispatch(
+        &self,
+        x: &Phases,
+        c_in: usize,
+        out: &mut [&mut [f32]],
+        rows: std::ops::Range<usize>,
+        wo: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { self.rows_all_avx2(x, c_in, out, rows, wo) };
+            return;
+        }
+        self.rows_all(x, c_in, out, rows, wo)
+    }
+}
+
+impl CustomOp1 for DirectConv {
+    fn name(&self) -> &'static str {
+        "easel-direct-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("direct conv2d expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("direct conv2d expects a contiguous tensor")
+        };
+        let (n, c_in, h, w) = layout.shape().dims4()?;
+        let (k, s) = (self.k, self.stride);
+        let c_in_w = if self.depthwise { 1 } else { c_in };
+        if self.weight.len() != self.c_out * c_in_w * k * k
+            || (self.depthwise && c_in != self.c_out)
+        {
+            bail!(
+                "direct conv2d: input with {c_in} channels for weights [{}, {c_in_w}, {k}, {k}]",
+                self.c_out
+            );
+        }
+        if h < k || w < k || s == 0 {
+            bail!("direct conv2d: input {h}x{w} smaller than the {k}x{k} kernel");
+        }
+        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let plane = ho * wo;
+        let mut out = vec![0f32; n * self.c_out * plane];
+        let threads = candle_core::utils::get_num_threads().clamp(1, ho);
+        let rows_per = ho.div_ceil(threads);
+        for (img, out_img) in data[start..end]
+            .chunks_exact(c_in * h * w)
+            .zip(out.chunks_exact_mut(self.c_out * plane))
+        {
+            let phases = Phases::new(img, c_in, h, w, s);
+            // Per thread: for every output channel, its rows [t·rows_per, (t+1)·rows_per).
+            let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+            for ch in out_img.chunks_exact_mut(plane) {
+                for (t, rows) in ch.chunks_mut(rows_per * wo).enumerate() {
+                    parts[t].push(rows);
+                }
+            }
+            std::thread::scope(|scope| {
+                for (t, mut part) in parts.into_iter().enumerate() {
+                    let rows = t * rows_per..((t + 1) * rows_per).min(ho);
+                    let phases = &phases;
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    scope.spawn(move || self.rows_dispatch(phases, c_in, &mut part, rows, wo));
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, self.c_out, ho, wo))))
     }
 }
 
