@@ -347,7 +347,7 @@ mod tests {
         // A fixed pseudo-random pattern (no RNG state shared between tests).
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0))
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
             .collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
