@@ -161,10 +161,28 @@ impl CustomOp1 for FakeQuant {
             bail!("fake quantization expects a contiguous tensor")
         };
         let (s, lo, hi) = (self.scale, self.lo, self.hi);
-        let out: Vec<f32> = data[start..end]
-            .iter()
-            .map(|&x| (x / s).round_ties_even().clamp(lo, hi) * s)
-            .collect();
+        // (y + 1.5·2²³) − 1.5·2²³ rounds |y| < 2²² to the nearest integer, ties to even (the
+        // default IEEE rounding of the addition), exactly like `round_ties_even` but without a
+        // libm call; clamping to the integer bounds first commutes with the rounding.
+        const MAGIC: f32 = 12_582_912.0;
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        let quantize = |dst: &mut [f32], src: &[f32]| {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = (((x / s).clamp(lo, hi) + MAGIC) - MAGIC) * s;
+            }
+        };
+        let threads = candle_core::utils::get_num_threads().max(1);
+        if threads == 1 || src.len() < 1 << 16 {
+            quantize(&mut out, src);
+        } else {
+            let chunk = src.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (d, x) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                    scope.spawn(move || quantize(d, x));
+                }
+            });
+        }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -225,6 +243,14 @@ impl Module for Conv {
             if x.device().is_cpu() && x.dtype() == DType::F32 {
                 return x.contiguous()?.apply_op1_no_bwd(direct);
             }
+        }
+        let (n, c, h, w) = x.dims4()?;
+        if self.kernel() == 1 && self.stride == 1 && self.groups == 1 {
+            // A 1×1 conv is a matrix product [O, C] · [C, H·W] per image.
+            let o = self.weight.dim(0)?;
+            let wm = self.weight.reshape((o, c))?;
+            let y = wm.broadcast_matmul(&x.contiguous()?.reshape((n, c, h * w))?)?;
+            return y.reshape((n, o, h, w))?.broadcast_add(&self.bias);
         }
         x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
             .broadcast_add(&self.bias)
@@ -371,6 +397,7 @@ impl DirectConv {
     }
 
     /// All output channels of rows `rows` (`out[o]`: `[rows.len(), wo]`).
+    #[inline(always)]
     fn rows_all(
         &self,
         x: &Phases,
@@ -398,6 +425,19 @@ impl DirectConv {
         self.rows_all(x, c_in, out, rows, wo)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn rows_all_avx512(
+        &self,
+        x: &Phases,
+        c_in: usize,
+        out: &mut [&mut [f32]],
+        rows: std::ops::Range<usize>,
+        wo: usize,
+    ) {
+        self.rows_all(x, c_in, out, rows, wo)
+    }
+
     fn rows_dispatch(
         &self,
         x: &Phases,
@@ -406,6 +446,12 @@ impl DirectConv {
         rows: std::ops::Range<usize>,
         wo: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { self.rows_all_avx512(x, c_in, out, rows, wo) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
@@ -1135,6 +1181,46 @@ mod tests {
             ..q
         };
         assert_eq!(off.apply(&x)?.to_vec1::<f32>()?, x.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn direct_conv_matches_candle_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        // (c_in, c_out, k, stride, groups, h, w): odd sizes, strip tails, channel-block tails.
+        for (c_in, c_out, k, stride, groups, h, w) in [
+            (3, 8, 9, 1, 1, 23, 41),
+            (8, 3, 9, 1, 1, 20, 37),
+            (8, 16, 3, 2, 1, 19, 34),
+            (5, 5, 3, 2, 5, 17, 18),
+            (6, 6, 3, 1, 6, 9, 40),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (2, c_in, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 1.0, (c_out, c_in / groups, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let direct = DirectConv {
+                weight: weight.flatten_all()?.to_vec1::<f32>()?,
+                bias: bias.to_vec1::<f32>()?,
+                c_out,
+                k,
+                stride,
+                depthwise: groups > 1,
+            };
+            let got = x.apply_op1_no_bwd(&direct)?;
+            let want = x
+                .conv2d(&weight, 0, stride, 1, groups)?
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+            assert_eq!(got.dims(), want.dims());
+            let err = (got - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(
+                err < 1e-4,
+                "{c_in}->{c_out} k{k} s{stride} g{groups}: {err}"
+            );
+        }
         Ok(())
     }
 
