@@ -112,7 +112,7 @@ fn parse_style(spec: &str) -> Result<StyleSpec> {
 /// The style the run applies.
 enum Method {
     Arbitrary {
-        model: arbitrary::ArbitraryNet,
+        model: Box<arbitrary::ArbitraryNet>,
         /// The mixed style code of all `--style` paintings.
         code: Tensor,
         sources: Vec<StyleSpec>,
@@ -187,8 +187,10 @@ fn build_method(args: &StylizeArgs, device: &Device) -> Result<Method> {
         .iter()
         .map(|s| parse_style(s))
         .collect::<Result<Vec<_>>>()?;
-    let model = arbitrary::ArbitraryNet::embedded(device)
-        .context("loading the embedded arbitrary-style network")?;
+    let model = Box::new(
+        arbitrary::ArbitraryNet::embedded(device)
+            .context("loading the embedded arbitrary-style network")?,
+    );
     let mut codes = Vec::with_capacity(sources.len());
     for source in &sources {
         // Style images are resized to the predictor's input anyway; the cap only bounds decoding.
