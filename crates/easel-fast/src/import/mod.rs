@@ -1,4 +1,5 @@
-//! Converters from upstream ONNX files to easel's safetensors weights.
+//! Converters from upstream ONNX files and PyTorch checkpoints to easel's safetensors weights.
 
 pub mod arbitrary;
 pub mod cin26;
+pub mod torch_zip;
