@@ -12,6 +12,8 @@
 //!   residuals.
 //! - [`controlnet`]: `ControlNetModel`, producing those residuals from a conditioning image.
 //! - [`vae`]: the SD1.x variational autoencoder (`AutoencoderKL`), whole or tiled.
+//! - [`weights`]: key maps for original single-file checkpoints, a checked `VarBuilder`
+//!   backend, `config.json` parsing and weight file names.
 
 pub mod attention;
 pub mod clip;
@@ -26,3 +28,4 @@ pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
+pub mod weights;
