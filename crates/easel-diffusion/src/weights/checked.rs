@@ -226,11 +226,11 @@ impl SimpleBackend for CheckedTensors {
             return Err(self.missing(name, Some(s.dims())));
         };
         if found != s.dims() {
-            candle_core::bail!(
+            return Err(candle_core::Error::Msg(format!(
                 "tensor '{name}' in {}: expected shape {:?}, found {found:?}",
                 self.inner.source,
                 s.dims()
-            )
+            )));
         }
         self.load(name, dtype, dev)
     }
