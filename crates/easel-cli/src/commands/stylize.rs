@@ -37,10 +37,11 @@ pub struct StylizeArgs {
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
 
-    /// How much style to apply, from 0 (the photo unchanged) to 1 (full style). With --style it
-    /// interpolates the style code towards the photo's own code; with --preset it blends images.
+    /// How much style to apply, 0 to 1. With --style the style code is interpolated towards the
+    /// photo's own code (0: the photo re-rendered in its own style); with --preset the painting is
+    /// blended with the photo (0: the photo unchanged).
     #[arg(long, default_value_t = 1.0, value_name = "0..1")]
-    strength: f32,
+    strength: f64,
 
     /// Keep the photo's colours: transfer only the painting's luminance (brush strokes, texture).
     #[arg(long)]
@@ -207,12 +208,12 @@ fn build_method(args: &StylizeArgs, device: &Device) -> Result<Method> {
     })
 }
 
-fn paint(method: &Method, photo: &Tensor, strength: f32) -> Result<Tensor> {
+fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
     let painted = match method {
         Method::Arbitrary { model, code, .. } => {
             let code = if strength < 1.0 {
                 let own = model.style_code(photo)?;
-                StyleCode::interpolate(code, &own, f64::from(strength))?
+                StyleCode::interpolate(code, &own, strength)?
             } else {
                 code.clone()
             };
@@ -222,7 +223,7 @@ fn paint(method: &Method, photo: &Tensor, strength: f32) -> Result<Tensor> {
             let painted = model.forward(photo, weights)?;
             if strength < 1.0 {
                 // out = strength·painted + (1 − strength)·photo
-                ((painted * strength as f64)? + (photo * (1.0 - strength as f64))?)?
+                ((painted * strength)? + (photo * (1.0 - strength))?)?
             } else {
                 painted
             }
@@ -246,7 +247,7 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
             params.models.push(PRESET_MODEL_ID.to_string());
         }
     }
-    params.strength = Some(f64::from(args.strength));
+    params.strength = Some(args.strength);
     params
         .extra
         .push(("Keep colors".into(), args.keep_colors.to_string()));
@@ -273,6 +274,12 @@ pub fn run(args: StylizeArgs) -> Result<()> {
             .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
     }
 
+    // Every photo and painting read by this run; no output may replace one of them.
+    let mut protected: Vec<PathBuf> = inputs.clone();
+    if let Method::Arbitrary { sources, .. } = &method {
+        protected.extend(sources.iter().map(|s| s.path.clone()));
+    }
+
     let bar = progress::bar(inputs.len() as u64, "painting");
     let mut records = Vec::with_capacity(inputs.len());
     for (input, output) in inputs.iter().zip(&outputs) {
@@ -285,11 +292,7 @@ pub fn run(args: StylizeArgs) -> Result<()> {
             painted = easel_core::keep_colors(&photo, &painted)?;
         }
         let img = easel_core::tensor_to_rgb(&painted)?;
-        let mut style_inputs: Vec<PathBuf> = inputs.clone();
-        if let Method::Arbitrary { sources, .. } = &method {
-            style_inputs.extend(sources.iter().map(|s| s.path.clone()));
-        }
-        easel_core::save_image(&img, output, Some(&params), &style_inputs)?;
+        easel_core::save_image(&img, output, Some(&params), &protected)?;
         records.push(OutputRecord {
             input: input.clone(),
             output: output.clone(),
