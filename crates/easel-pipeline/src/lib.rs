@@ -1,0 +1,3 @@
+//! easel pipeline: paint a photo with Stable Diffusion, its structure held by a ControlNet.
+//!
+//! - [`canny`]: the Canny edge detector that makes the ControlNet's control image.
