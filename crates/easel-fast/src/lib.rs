@@ -3,8 +3,14 @@
 //! - [`arbitrary`]: the arbitrary-style network of Ghiasi et al. 2017 (style prediction network →
 //!   100-d style code → transformer network with conditional instance norm).
 //! - [`cin26`]: a 26-style network with conditional instance norm (Dumoulin et al. 2017).
-//! - [`import`]: converters from the upstream ONNX files to easel's safetensors weights.
+//! - [`adain`]: AdaIN (Huang & Belongie 2017): VGG-19 features re-normalised to a painting's
+//!   statistics, decoded; alpha trade-off, style interpolation, spatial control with a mask.
+//! - [`vgg`]: the "vgg_normalised" VGG-19 encoder AdaIN uses (relu1_1 … relu5_1).
+//! - [`import`]: converters from the upstream ONNX files to easel's safetensors weights, and a
+//!   PyTorch checkpoint reader that executes nothing.
 
+pub mod adain;
 pub mod arbitrary;
 pub mod cin26;
 pub mod import;
+pub mod vgg;
