@@ -162,12 +162,14 @@ fn dtypes_are_converted() {
     assert_eq!(max_abs_diff(&from_file, &widened), 0.0);
     // f16 rounding of the weights only.
     let err = max_abs_diff(&from_file, &reference);
-    assert!(err < 2e-2, "f16 weights vs f32: {err}");
+    println!("f16 file into an f32 model vs f32: max abs err {err:e}");
+    assert!(err < 1e-2, "f16 weights vs f32: {err}");
 
     // An f32 source into an f16 model.
     let half = run(&build(&f32_src, DType::F16).unwrap(), DType::F16);
     let err = max_abs_diff(&half, &reference);
-    assert!(err < 5e-2, "f16 model vs f32: {err}");
+    println!("f32 file into an f16 model vs f32: max abs err {err:e}");
+    assert!(err < 2e-2, "f16 model vs f32: {err}");
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! with the single-file shapes (VAE attention 1×1 convolutions); the tiny fixtures round-trip
 //! diffusers → single file → diffusers bitwise with no key left over; models loaded from the
 //! single-file map give exactly (max abs err 0) the outputs of models loaded from the diffusers
-//! files.
+//! files. Old diffusers VAE attention keys (`query`, ..., `proj_attn`) are upgraded.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -25,7 +25,8 @@ use easel_diffusion::unet::UNet2DConditionModel;
 use easel_diffusion::vae::AutoencoderKL;
 use easel_diffusion::weights::{
     clip_config_from_transformers_json, controlnet_config_from_diffusers_json, is_ldm_checkpoint,
-    unet_config_from_diffusers_json, vae_config_from_diffusers_json, CheckedTensors, KeyMap,
+    unet_config_from_diffusers_json, upgrade_legacy_attention_keys, vae_config_from_diffusers_json,
+    CheckedTensors, KeyMap,
 };
 use serde_json::Value;
 
@@ -367,4 +368,36 @@ fn single_file_models_equal_diffusers_models() {
         })
         .collect();
     assert_eq!(max_abs_diff(&outs[0], &outs[1]), 0.0, "CLIP");
+}
+
+#[test]
+fn legacy_vae_attention_keys_are_upgraded() {
+    let current = diffusers_weights("vae_tiny");
+    let legacy: HashMap<String, Tensor> = current
+        .iter()
+        .map(|(k, v)| {
+            let k = [
+                (".to_q.", ".query."),
+                (".to_k.", ".key."),
+                (".to_v.", ".value."),
+                (".to_out.0.", ".proj_attn."),
+            ]
+            .iter()
+            .fold(k.clone(), |k, (new, old)| k.replace(new, old));
+            (k, v.clone())
+        })
+        .collect();
+    assert!(legacy.contains_key("encoder.mid_block.attentions.0.proj_attn.weight"));
+    let (upgraded, renamed) = upgrade_legacy_attention_keys(legacy);
+    // q, k, v, out: weight and bias, in the encoder and the decoder.
+    assert_eq!(renamed, 16);
+    let mut got: Vec<_> = upgraded.keys().cloned().collect();
+    let mut want: Vec<_> = current.keys().cloned().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // Current keys are left alone (the UNet's transformer projections included).
+    let (same, renamed) = upgrade_legacy_attention_keys(diffusers_weights("unet_tiny"));
+    assert_eq!(renamed, 0);
+    assert_eq!(same.len(), diffusers_weights("unet_tiny").len());
 }

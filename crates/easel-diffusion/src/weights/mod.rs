@@ -3,6 +3,7 @@
 //!
 //! - [`ldm_keys`], [`controlnet_keys`]: [`KeyMap`], the config-dependent maps between
 //!   diffusers keys and single-file checkpoint keys (UNet, VAE, CLIP, ControlNet), both ways.
+//! - [`legacy_keys`]: diffusers' pre-0.14 VAE attention key names.
 //! - [`checked`]: [`CheckedTensors`], serving tensors to models with clear missing-key and
 //!   shape errors, dtype conversion and a list of unused tensors.
 //! - [`config_json`]: model configs from diffusers / transformers `config.json` files.
@@ -16,6 +17,7 @@ pub mod config_json;
 pub mod controlnet_keys;
 pub mod layout;
 pub mod ldm_keys;
+pub mod legacy_keys;
 
 pub use checked::CheckedTensors;
 pub use config_json::{
@@ -27,3 +29,4 @@ pub use layout::{
     Component, ModelIndexEntry,
 };
 pub use ldm_keys::{is_ldm_checkpoint, Converted, KeyMap};
+pub use legacy_keys::upgrade_legacy_attention_keys;
