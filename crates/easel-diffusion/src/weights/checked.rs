@@ -103,7 +103,7 @@ impl CheckedTensors {
         }
     }
 
-    /// Serves `tensors`; `source` names them in messages (a file name, "unet of <file>").
+    /// Serves `tensors`; `source` names them in messages (a file name, "unet of sd15.safetensors").
     pub fn from_tensors(source: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
         Self::new(source.into(), Store::Map(tensors))
     }
