@@ -40,6 +40,8 @@ use std::rc::Rc;
 
 /// Largest `data.pkl` accepted (a state dict's pickle holds only names and shapes).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// Largest element count of a view with more elements than its storage (zero strides).
+const MAX_EXPANDED_ELEMENTS: usize = 1 << 26;
 /// Deepest nesting of dicts flattened into tensor names.
 const MAX_DICT_DEPTH: usize = 16;
 /// The first pickle of a legacy (non-zip) checkpoint: `torch.serialization.MAGIC_NUMBER`
@@ -888,6 +890,17 @@ fn materialize(name: String, t: &TensorRef, storage: &[u8], source: &str) -> Res
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(too_large)?;
+    // Zero or overlapping strides (expanded views) can describe far more elements than the
+    // storage holds; refuse large ones instead of letting a small file allocate without bound.
+    if numel > t.storage.numel && numel > MAX_EXPANDED_ELEMENTS {
+        bail!(
+            "{source}: tensor {name} (shape {:?}, strides {:?}) expands a storage of {} elements \
+             to {numel}; expanded views that large are refused",
+            t.shape,
+            t.strides,
+            t.storage.numel
+        )
+    }
     let mut out = Vec::with_capacity(numel.checked_mul(esize).ok_or_else(too_large)?);
     if numel > 0 {
         let last = t
@@ -954,4 +967,79 @@ fn materialize(name: String, t: &TensorRef, storage: &[u8], source: &str) -> Res
         shape: t.shape.clone(),
         data: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unpickle(pkl: &[u8]) -> Result<Value> {
+        Unpickler::new(pkl, "t.pkl").load()
+    }
+
+    #[test]
+    fn long1_is_signed_little_endian() -> Result<()> {
+        for (pkl, want) in [
+            (&b"\x80\x02\x8a\x01\xff."[..], -1i64),
+            (b"\x80\x02\x8a\x02\x00\x80.", -32768),
+            (b"\x80\x02\x8a\x02\xff\x00.", 255),
+            (b"\x80\x02\x8a\x00.", 0),
+        ] {
+            match unpickle(pkl)? {
+                Value::Int(v) => assert_eq!(v, want),
+                other => panic!("{}", other.kind()),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn self_referencing_dict_does_not_hang() -> Result<()> {
+        // d = {}; d["a"] = d
+        let root = unpickle(b"\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s.")?;
+        let err = collect_tensors(&root, "", 0, "t.pkl", &mut Vec::new()).expect_err("cycle");
+        assert!(err.to_string().contains("nested deeper than 16"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn stack_misuse_is_an_error_not_a_panic() {
+        for (pkl, msg) in [
+            (&b"\x80\x02s."[..], "empty stack"),
+            (b"\x80\x02K\x01(\x85.", "pop across a MARK"),
+            (b"\x80\x02(K\x01.", "objects left on the stack"),
+            (b"\x80\x02h\x07.", "memo entry 7 is missing"),
+            (b"\x80\x02X\xff\xff\xff\xffab.", "unexpected end of data"),
+            (b"\x80\x02K\x01K\x02R.", "REDUCE arguments are not a tuple"),
+        ] {
+            let err = unpickle(pkl).expect_err(msg).to_string();
+            assert!(err.contains(msg), "{msg}: {err}");
+        }
+    }
+
+    #[test]
+    fn huge_expanded_views_are_refused() {
+        let storage = Rc::new(StorageRef {
+            ty: StorageType::Supported(DType::F32),
+            key: "0".into(),
+            numel: 1,
+        });
+        let expanded = |n: usize| TensorRef {
+            storage: storage.clone(),
+            offset: 0,
+            shape: vec![n],
+            strides: vec![0],
+        };
+        let data = 1.5f32.to_le_bytes();
+        let small = materialize("x".into(), &expanded(3), &data, "t.pth").expect("small");
+        assert_eq!(small.data, [data, data, data].concat());
+        let err = materialize("x".into(), &expanded(1 << 40), &data, "t.pth")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("expanded views that large are refused"),
+            "{err}"
+        );
+    }
 }
