@@ -11,6 +11,8 @@
 //! torch autograd (relative ≤ 1e-3) with no gradient reaching a model weight; f16 against the
 //! f32 reference (loose); input validation. Run with `--nocapture` to see the errors.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -18,6 +20,8 @@ use candle_nn::VarBuilder;
 use easel_diffusion::clip::{
     replace_token_embeddings, ClipActivation, ClipTextConfig, ClipTextModel, Placeholder,
 };
+
+use common::{max_abs, max_abs_diff};
 
 const TOL: f32 = 1e-4;
 const CASES: [&str; 2] = ["quick_gelu", "gelu_legacy"];
@@ -31,11 +35,7 @@ struct Case {
 
 impl Case {
     fn load(name: &'static str) -> Self {
-        let path = format!(
-            "{}/tests/fixtures/clip_{name}.safetensors",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).expect("load fixture");
+        let tensors = common::load(&format!("clip_{name}.safetensors"));
         let c = tensors["config"].to_vec1::<f64>().unwrap();
         let config = ClipTextConfig {
             vocab_size: c[0] as usize,
@@ -78,31 +78,6 @@ fn is_weight(key: &str) -> bool {
     ["embeddings.", "encoder.", "final_layer_norm."]
         .iter()
         .any(|p| key.starts_with(p))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check(case: &str, what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {

@@ -10,8 +10,7 @@
 //! guess mode, DownMidUp and PerLayer routing (the ControlNet takes the contexts of the UNet
 //! layers with the same index), and `global_pool_conditions`.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -19,24 +18,12 @@ use easel_diffusion::contexts::{LayerGroups, UNetContexts};
 use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
 use easel_diffusion::unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
 
+use common::{cached, load, max_abs_diff, tensor};
+
 const TOL: f32 = 1e-4;
 
-fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("load {path}: {e}"))
-}
-
-fn cases() -> &'static HashMap<String, Tensor> {
-    static C: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    C.get_or_init(|| load("unet_cases.safetensors"))
-}
-
 fn get(key: &str) -> Tensor {
-    cases()
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-        .clone()
+    tensor(cached("unet_cases.safetensors"), key)
 }
 
 fn controlnet(global_pool_conditions: bool) -> ControlNetModel {
@@ -50,20 +37,6 @@ fn controlnet(global_pool_conditions: bool) -> ControlNetModel {
         ..ControlNetConfig::tiny()
     };
     ControlNetModel::new(vb, &cfg).expect("build tiny ControlNet")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -5,50 +5,29 @@
 //! stores the module's parameters under its diffusers state-dict keys, prefixed by the case
 //! name, with its input and output. Max abs error ≤ 1e-4.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use easel_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use easel_diffusion::sampling::{Downsample2D, Upsample2D};
 
+use common::{cached, max_abs_diff, tensor};
+
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> &'static HashMap<String, Tensor> {
-    static F: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/vae_blocks.safetensors"
-        );
-        candle_core::safetensors::load(path, &Device::Cpu).expect("load vae_blocks fixture")
-    })
+    cached("vae_blocks.safetensors")
 }
 
 fn get(key: &str) -> Tensor {
-    fixtures()
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-        .clone()
+    tensor(fixtures(), key)
 }
 
 fn vb(case: &str) -> VarBuilder<'static> {
     VarBuilder::from_tensors(fixtures().clone(), DType::F32, &Device::Cpu).pp(case)
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -111,7 +90,7 @@ fn resnet_block_matches_diffusers() {
         let out = block
             .forward(&get(&format!("{case}/x")), temb.as_ref())
             .unwrap();
-        let err = max_abs(&out, &get(&format!("{case}/out")));
+        let err = max_abs_diff(&out, &get(&format!("{case}/out")));
         println!("{case}: max abs err {err:.2e}");
         assert!(err <= TOL, "{case}: max abs err {err}");
     }
@@ -150,14 +129,14 @@ fn samplers_match_diffusers() {
     for (case, cin, cout, padding) in [("down_pad1", 8, 8, 1), ("down_pad0", 8, 12, 0)] {
         let down = Downsample2D::new(vb(case), cin, cout, padding).unwrap();
         let out = down.forward(&get(&format!("{case}/x"))).unwrap();
-        let err = max_abs(&out, &get(&format!("{case}/out")));
+        let err = max_abs_diff(&out, &get(&format!("{case}/out")));
         println!("{case}: max abs err {err:.2e}");
         assert!(err <= TOL, "{case}: max abs err {err}");
     }
     for (case, cin, cout, size) in [("up_x2", 8, 8, None), ("up_size", 8, 6, Some((7, 9)))] {
         let up = Upsample2D::new(vb(case), cin, cout).unwrap();
         let out = up.forward(&get(&format!("{case}/x")), size).unwrap();
-        let err = max_abs(&out, &get(&format!("{case}/out")));
+        let err = max_abs_diff(&out, &get(&format!("{case}/out")));
         println!("{case}: max abs err {err:.2e}");
         assert!(err <= TOL, "{case}: max abs err {err}");
     }

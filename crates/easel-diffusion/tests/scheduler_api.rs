@@ -1,11 +1,15 @@
 //! Scheduler API behaviour beyond diffusers parity (see `scheduler_parity.rs`):
 //! names, presets, state resets and errors on bad input.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor};
 use easel_diffusion::schedulers::{
     build, img2img_start, BetaSchedule, Ddim, DdimInverse, DpmPlusPlus2M, EulerAncestral,
     PredictionType, Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing,
 };
+
+use common::max_abs_diff;
 
 fn latent(seed: f32) -> Tensor {
     // Deterministic, non-trivial values without an RNG.
@@ -33,19 +37,6 @@ fn run(s: &mut dyn Scheduler, x: Tensor) -> Tensor {
         x = s.step(&eps, t, &x, Some(&noise)).unwrap();
     }
     x
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -204,7 +195,7 @@ fn bad_step_inputs_are_errors() {
     assert!(!ddim0.needs_noise());
     let a = ddim0.step(&eps, 901, &x, None).unwrap();
     let b = ddim0.step(&eps, 901, &x, Some(&latent(9.0))).unwrap();
-    assert_eq!(max_abs(&a, &b), 0.0);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
 #[test]
@@ -214,17 +205,17 @@ fn multistep_state_resets() {
     let first = run(&mut dpm, latent(1.0));
     // Running again without set_timesteps restarts at index 0: same result.
     let again = run(&mut dpm, latent(1.0));
-    assert_eq!(max_abs(&first, &again), 0.0);
+    assert_eq!(max_abs_diff(&first, &again), 0.0);
     dpm.set_timesteps(12).unwrap();
     let reset = run(&mut dpm, latent(1.0));
-    assert_eq!(max_abs(&first, &reset), 0.0);
+    assert_eq!(max_abs_diff(&first, &reset), 0.0);
     // A fresh scheduler agrees, and a different step count differs.
     let fresh = run(&mut DpmPlusPlus2M::new(&c, 12).unwrap(), latent(1.0));
-    assert_eq!(max_abs(&first, &fresh), 0.0);
+    assert_eq!(max_abs_diff(&first, &fresh), 0.0);
     dpm.set_timesteps(8).unwrap();
     assert_eq!(dpm.timesteps().len(), 8);
     let other = run(&mut dpm, latent(1.0));
-    assert!(max_abs(&first, &other) > 0.0);
+    assert!(max_abs_diff(&first, &other) > 0.0);
 }
 
 #[test]

@@ -10,33 +10,26 @@
 //! (max abs, f32); `add_noise`; img2img timesteps and runs; DDIM inversion and
 //! its round trip. Run with `--nocapture` to see the errors.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+mod common;
 
-use candle_core::{DType, Device, Result, Tensor};
+use std::collections::HashMap;
+
+use candle_core::{DType, Result, Tensor};
 use easel_diffusion::schedulers::{
     build, img2img_start, Ddim, DdimInverse, DpmPlusPlus2M, EulerAncestral, PredictionType,
     Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing,
 };
 
+use common::{cached, max_abs_diff, tensor};
+
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> &'static HashMap<String, Tensor> {
-    static F: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/schedulers.safetensors"
-        );
-        candle_core::safetensors::load(path, &Device::Cpu).expect("load scheduler fixture")
-    })
+    cached("schedulers.safetensors")
 }
 
 fn get(key: &str) -> Tensor {
-    fixtures()
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-        .clone()
+    tensor(fixtures(), key)
 }
 
 fn ints(key: &str) -> Vec<usize> {
@@ -51,19 +44,6 @@ fn ints(key: &str) -> Vec<usize> {
 fn model(x: &Tensor, t: usize) -> Result<Tensor> {
     let c = get("c");
     x.affine(0.1, 0.0)? + c.affine((t as f64 / 100.0).sin(), 0.0)?
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -107,7 +87,7 @@ fn run_and_compare(
         let n = noise.map(|n| n.get(i).unwrap());
         latents = s.step(&eps, t, &latents, n.as_ref()).unwrap();
         let want = expected.get(offset + i).unwrap();
-        let err = max_abs(&latents, &want);
+        let err = max_abs_diff(&latents, &want);
         assert!(
             err <= TOL,
             "{what}: step {i} (t = {t}): max abs err {err:e} > {TOL:e}"
@@ -263,7 +243,7 @@ fn img2img_runs_match_diffusers() {
 
         let samples = get(&(p.clone() + "samples"));
         let latents = s.add_noise(&get("x0"), get("x0_noise"), ts[0]).unwrap();
-        let err0 = max_abs(&latents, &samples.get(0).unwrap());
+        let err0 = max_abs_diff(&latents, &samples.get(0).unwrap());
         assert!(err0 <= TOL, "{key}: img2img add_noise err {err0:e}");
         let noise = fixtures().get(&(p + "noise"));
         let what = format!("img2img {key}");
@@ -286,7 +266,7 @@ fn add_noise_matches_diffusers() {
         let out = get(&(p.clone() + "out"));
         for (i, t) in ints(&(p + "timesteps")).into_iter().enumerate() {
             let got = s.add_noise(&get("x0"), get("x0_noise"), t).unwrap();
-            let err = max_abs(&got, &out.get(i).unwrap());
+            let err = max_abs_diff(&got, &out.get(i).unwrap());
             assert!(err <= TOL, "{key}: add_noise at t = {t}: err {err:e}");
             eprintln!("add_noise {key:>8} t = {t:>3}: max abs err {err:.2e}");
         }
@@ -312,7 +292,7 @@ fn ddim_inversion_round_trip_matches_diffusers() {
         let ts = fwd.timesteps().to_vec();
         let recon = get(&(p.clone() + "recon"));
         let (rec_err, x) = run_and_compare(&mut fwd, &ts, xt, &recon, 0, None, "reconstruction");
-        let ours = max_abs(&x, &x0);
+        let ours = max_abs_diff(&x, &x0);
         let theirs = get(&(p + "roundtrip_err")).to_vec1::<f64>().unwrap()[0] as f32;
         assert!(
             (ours - theirs).abs() <= TOL,

@@ -6,22 +6,14 @@
 //! `/work/shared/data/clip/bpe_simple_vocab_16e6.txt.gz` (set `EASEL_CLIP_BPE` to use another
 //! copy); those tests are skipped, with a message, when the file is absent.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
 use easel_diffusion::tokenizer::{ClipTokenizer, MAX_LEN};
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn read_json(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixture(name)).expect("read fixture");
-    serde_json::from_str(&text).expect("parse fixture")
-}
+use common::{fixture_path, read_json};
 
 fn bpe_text() -> Option<String> {
     let path = std::env::var("EASEL_CLIP_BPE")
@@ -147,7 +139,7 @@ fn vocab_merges_files_match_open_clip_bpe() {
 
 #[test]
 fn tokenizer_json_from_transformers_save_pretrained() {
-    let json = std::fs::read_to_string(fixture("tokenizer_small.json")).expect("read");
+    let json = std::fs::read_to_string(fixture_path("tokenizer_small.json")).expect("read");
     let tok = ClipTokenizer::from_tokenizer_json(&json).expect("load tokenizer.json");
     let fx = read_json("tokenizer_small_cases.json");
     assert_eq!(

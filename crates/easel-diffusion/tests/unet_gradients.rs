@@ -6,41 +6,21 @@
 //! of the loss with respect to each context. Relative error (max abs difference over the max
 //! abs reference gradient) ≤ 1e-3 per context; the loss itself within 1e-5.
 
-use std::collections::HashMap;
+mod common;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use candle_nn::VarBuilder;
 use easel_diffusion::contexts::{LayerGroups, UNetContexts};
 use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
 use easel_diffusion::unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
 
-fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("load {path}: {e}"))
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::{load, max_abs, max_abs_diff, tensor};
 
 #[test]
 fn context_gradients_match_torch() {
     let dev = Device::Cpu;
     let cases = load("unet_cases.safetensors");
-    let get = |k: &str| {
-        cases
-            .get(&format!("grad/{k}"))
-            .unwrap_or_else(|| panic!("no grad/{k}"))
-            .clone()
-    };
+    let get = |k: &str| tensor(&cases, &format!("grad/{k}"));
     let unet = UNet2DConditionModel::new(
         VarBuilder::from_tensors(load("unet_tiny.safetensors"), DType::F32, &dev),
         &UNet2DConditionModelConfig::tiny(),
@@ -83,7 +63,7 @@ fn context_gradients_match_torch() {
             .get(var.as_tensor())
             .expect("gradient reaches the context");
         let reference = get(&format!("grad.{k}"));
-        let rel = max_abs(&(grad - &reference).unwrap()) / max_abs(&reference);
+        let rel = max_abs_diff(grad, &reference) / max_abs(&reference);
         println!("context {k}: relative gradient err {rel:.2e}");
         assert!(rel <= 1e-3, "context {k}: relative gradient err {rel}");
     }

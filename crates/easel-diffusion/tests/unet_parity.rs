@@ -11,8 +11,7 @@
 //! that is not a multiple of the downsampling factor. Also: sliced attention equals full
 //! attention (≤ 1e-5), and malformed inputs are refused.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -20,24 +19,12 @@ use easel_diffusion::attention::AttentionSlicing;
 use easel_diffusion::contexts::{CrossAttentionLayout, LayerGroups, UNetContexts};
 use easel_diffusion::unet::{ControlResiduals, UNet2DConditionModel, UNet2DConditionModelConfig};
 
+use common::{cached, load, max_abs_diff, tensor};
+
 const TOL: f32 = 1e-4;
 
-fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("load {path}: {e}"))
-}
-
-fn cases() -> &'static HashMap<String, Tensor> {
-    static C: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    C.get_or_init(|| load("unet_cases.safetensors"))
-}
-
 fn get(key: &str) -> Tensor {
-    cases()
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-        .clone()
+    tensor(cached("unet_cases.safetensors"), key)
 }
 
 fn unet(slicing: AttentionSlicing) -> UNet2DConditionModel {
@@ -47,20 +34,6 @@ fn unet(slicing: AttentionSlicing) -> UNet2DConditionModel {
         ..UNet2DConditionModelConfig::tiny()
     };
     UNet2DConditionModel::new(vb, &cfg).expect("build tiny UNet")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn contexts(case: &str, groups: LayerGroups, count: usize) -> UNetContexts {

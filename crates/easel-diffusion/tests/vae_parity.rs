@@ -7,49 +7,28 @@
 //! SD1.x in miniature), plus diffusers' tiled encode and decode on `deep` with small tiles.
 //! Max abs error ≤ 1e-4.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use easel_diffusion::vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, TileConfig};
 
+use common::{cached, max_abs_diff, tensor};
+
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> &'static HashMap<String, Tensor> {
-    static F: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/vae_tiny.safetensors"
-        );
-        candle_core::safetensors::load(path, &Device::Cpu).expect("load vae_tiny fixture")
-    })
+    cached("vae_tiny.safetensors")
 }
 
 fn get(key: &str) -> Tensor {
-    fixtures()
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-        .clone()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    tensor(fixtures(), key)
 }
 
 fn check(what: &str, ours: &Tensor, key: &str) {
-    let err = max_abs(ours, &get(key));
+    let err = max_abs_diff(ours, &get(key));
     println!("{what}: max abs err {err:.2e}");
     assert!(err <= TOL, "{what}: max abs err {err}");
 }
@@ -128,7 +107,8 @@ fn tiled_encode_and_decode_match_diffusers() {
 
     let dist = vae.encode_tiled(&get("tiled/image"), &tiles).unwrap();
     let expected = DiagonalGaussian::from_moments(&get("tiled/moments")).unwrap();
-    let err = max_abs(dist.mean(), expected.mean()).max(max_abs(dist.logvar(), expected.logvar()));
+    let err = max_abs_diff(dist.mean(), expected.mean())
+        .max(max_abs_diff(dist.logvar(), expected.logvar()));
     println!("tiled encode: max abs err {err:.2e}");
     assert!(err <= TOL, "tiled encode: max abs err {err}");
 
@@ -140,7 +120,7 @@ fn tiled_encode_and_decode_match_diffusers() {
         ..tiles
     };
     assert_eq!(
-        max_abs(&vae.decode_tiled(&small, &big_tiles).unwrap(), &whole),
+        max_abs_diff(&vae.decode_tiled(&small, &big_tiles).unwrap(), &whole),
         0.0
     );
 }

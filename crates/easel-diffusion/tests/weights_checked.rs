@@ -10,6 +10,8 @@
 //! tensors are listed; pickle checkpoints are refused by name and by content; file names of
 //! variants and shard indexes.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -20,12 +22,10 @@ use easel_diffusion::weights::{
     CheckedTensors, Component, KeyMap, ModelIndexEntry,
 };
 
+use common::{load, max_abs_diff};
+
 fn unet_weights() -> HashMap<String, Tensor> {
-    let path = format!(
-        "{}/tests/fixtures/unet_tiny.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{path}: {e}"))
+    load("unet_tiny.safetensors")
 }
 
 fn build(src: &CheckedTensors, dtype: DType) -> candle_core::Result<UNet2DConditionModel> {
@@ -69,19 +69,6 @@ fn run(unet: &UNet2DConditionModel, dtype: DType) -> Tensor {
     unet.forward(&sample, 321.0, &contexts, None)
         .unwrap()
         .to_dtype(DType::F32)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 

@@ -7,6 +7,8 @@
 //! Checks: those parse to easel's `tiny()` / `sd15()` presets; missing keys take the
 //! libraries' defaults; unsupported architecture values fail naming the key and the value.
 
+mod common;
+
 use std::sync::OnceLock;
 
 use easel_diffusion::clip::{ClipActivation, ClipTextConfig};
@@ -19,17 +21,11 @@ use easel_diffusion::weights::{
 };
 use serde_json::Value;
 
+use common::read_json;
+
 fn configs() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
-    R.get_or_init(|| {
-        let path = format!(
-            "{}/tests/fixtures/weights_ref.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let all: Value = serde_json::from_str(&text).expect("weights_ref.json");
-        all["configs"].clone()
-    })
+    R.get_or_init(|| read_json("weights_ref.json")["configs"].clone())
 }
 
 fn config(case: &str) -> &'static str {

@@ -14,6 +14,8 @@
 //! single-file map give exactly (max abs err 0) the outputs of models loaded from the diffusers
 //! files. Old diffusers VAE attention keys (`query`, ..., `proj_attn`) are upgraded.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -30,16 +32,11 @@ use easel_diffusion::weights::{
 };
 use serde_json::Value;
 
+use common::{load, max_abs_diff, read_json};
+
 fn reference() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
-    R.get_or_init(|| {
-        let path = format!(
-            "{}/tests/fixtures/weights_ref.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).expect("weights_ref.json")
-    })
+    R.get_or_init(|| read_json("weights_ref.json"))
 }
 
 fn config_json(case: &str) -> &'static str {
@@ -153,11 +150,6 @@ fn unknown_keys_are_not_mapped() {
     );
 }
 
-fn fixture(name: &str) -> HashMap<String, Tensor> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 /// The diffusers weights of a tiny case, as the fixtures store them.
 fn diffusers_weights(case: &str) -> HashMap<String, Tensor> {
     let (file, prefix) = match case {
@@ -168,7 +160,7 @@ fn diffusers_weights(case: &str) -> HashMap<String, Tensor> {
         "clip_tiny" => ("clip_quick_gelu.safetensors", "text_model."),
         _ => panic!("no fixture for {case}"),
     };
-    fixture(file)
+    load(file)
         .into_iter()
         .filter(|(k, _)| k.starts_with(prefix) && !k.contains('/'))
         .map(|(k, v)| {
@@ -265,20 +257,6 @@ fn both_sources(case: &str) -> (CheckedTensors, CheckedTensors) {
         CheckedTensors::from_tensors(format!("{case} (diffusers)"), original),
         CheckedTensors::from_tensors(format!("{case} (single file)"), back),
     )
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
