@@ -7,7 +7,8 @@
 //! rebuilt here in Rust:
 //!
 //! - `collections.OrderedDict` (the state dict, its `_metadata`, empty backward hooks),
-//! - `torch._utils._rebuild_tensor_v2` / `torch._utils._rebuild_parameter` (tensors),
+//! - `torch._utils._rebuild_tensor_v2` (and v1 `_rebuild_tensor`), `_rebuild_parameter` (and
+//!   `_rebuild_parameter_with_state`) (tensors),
 //! - `torch.<Dtype>Storage` (the storage type inside a persistent id).
 //!
 //! Any other global, or any other opcode, is refused with
@@ -174,7 +175,7 @@ fn storage_type(name: &str) -> Option<StorageType> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Global {
     OrderedDict,
-    RebuildTensorV2,
+    RebuildTensor,
     RebuildParameter,
     Storage(StorageType),
 }
@@ -182,8 +183,11 @@ enum Global {
 fn allowed_global(module: &str, name: &str) -> Option<Global> {
     match (module, name) {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
-        ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
-        ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
+        // v1 (PyTorch ≤ 0.3) lacks the trailing requires_grad/hooks arguments v2 ignores anyway.
+        ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => Some(Global::RebuildTensor),
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+            Some(Global::RebuildParameter)
+        }
         ("torch", storage) => storage_type(storage).map(Global::Storage),
         _ => None,
     }
@@ -259,7 +263,7 @@ fn opcode_name(op: u8) -> &'static str {
         0x92 => "NEWOBJ_EX",
         0x82..=0x84 => "EXT",
         b'P' => "PERSID",
-        b'S' | b'T' | b'U' | b'V' => "string",
+        b'S' | b'V' => "text string",
         b'B' | b'C' | 0x8e => "BINBYTES",
         b'I' | b'L' | b'F' => "text number",
         0x8b => "LONG4",
@@ -432,7 +436,7 @@ impl<'a> Unpickler<'a> {
             Value::Global(Global::OrderedDict) if args.is_empty() => {
                 Ok(Value::Dict(Rc::new(RefCell::new(Vec::new()))))
             }
-            Value::Global(Global::RebuildTensorV2) => {
+            Value::Global(Global::RebuildTensor) => {
                 // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
                 if args.len() < 4 {
                     return Err(self.corrupt("_rebuild_tensor_v2 with fewer than 4 arguments"));
@@ -521,12 +525,14 @@ impl<'a> Unpickler<'a> {
                     self.take(8)?; // BINFLOAT (big endian f64)
                     self.stack.push(Value::Float)
                 }
-                b'X' => {
+                // BINUNICODE, and Python 2's BINSTRING.
+                b'X' | b'T' => {
                     let n = u32::from_le_bytes(self.array()?) as usize;
                     let v = self.string(n)?;
                     self.stack.push(v)
                 }
-                0x8c => {
+                // SHORT_BINUNICODE, and Python 2's SHORT_BINSTRING (old checkpoints' names).
+                0x8c | b'U' => {
                     let n = self.u8()? as usize;
                     let v = self.string(n)?;
                     self.stack.push(v)
@@ -990,6 +996,24 @@ mod tests {
                 other => panic!("{}", other.kind()),
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn python2_strings_and_v1_tensors_are_read() -> Result<()> {
+        // {"w": _rebuild_tensor(storage, 1, (2,), (1,))} with Python 2 BINSTRING/SHORT_BINSTRING.
+        let pkl = b"\x80\x02}(U\x01wctorch._utils\n_rebuild_tensor\n((T\x07\x00\x00\x00storage\
+ctorch\nFloatStorage\nU\x010U\x03cpuK\x03tQK\x01K\x02\x85K\x01\x85tRu.";
+        let mut up = Unpickler::new(pkl, "t.pkl");
+        let root = up.load()?;
+        let mut refs = Vec::new();
+        collect_tensors(&root, "", 0, "t.pkl", &mut refs)?;
+        let [(name, t)] = refs.as_slice() else {
+            panic!("{} tensors", refs.len())
+        };
+        assert_eq!(name, "w");
+        assert_eq!((t.offset, &t.shape, &t.strides), (1, &vec![2], &vec![1]));
+        assert_eq!((&*t.storage.key, t.storage.numel), ("0", 3));
         Ok(())
     }
 
