@@ -4,10 +4,20 @@
 use candle_core::{bail, Result, Tensor};
 
 use super::{
-    arange, check_steps, check_train_timestep, index_of, lin2, linspace, prepare,
-    prepare_add_noise, prepare_noise, to_train_timesteps, PredictionType, Scheduler,
-    SchedulerConfig, TimestepSpacing,
+    check_steps, check_train_timestep, index_of, lin2, prepare, prepare_add_noise, prepare_noise,
+    spaced_timesteps, to_train_timesteps, PredictionType, Scheduler, SchedulerConfig,
+    TimestepSpacing,
 };
+
+/// The alpha-bar on the far side of training timestep 0: 1 with `set_alpha_to_one`, else
+/// that of timestep 0 (where [`Ddim`] ends and [`DdimInverse`] starts).
+fn boundary_alpha_cumprod(config: &SchedulerConfig, alphas_cumprod: &[f64]) -> f64 {
+    if config.set_alpha_to_one {
+        1.0
+    } else {
+        alphas_cumprod[0]
+    }
+}
 
 /// Predicted clean sample and noise from a model output.
 fn predict_x0_eps(
@@ -60,11 +70,7 @@ impl Ddim {
             bail!("DDIM eta must be a finite number >= 0, got {eta}")
         }
         let alphas_cumprod = config.alphas_cumprod()?;
-        let final_alpha_cumprod = if config.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
+        let final_alpha_cumprod = boundary_alpha_cumprod(config, &alphas_cumprod);
         let mut s = Self {
             config: config.clone(),
             alphas_cumprod,
@@ -91,25 +97,11 @@ impl Ddim {
 /// Descending DDIM timesteps.
 fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usize>> {
     check_steps(config, steps)?;
-    let t = config.num_train_timesteps;
-    let values: Vec<f64> = match config.timestep_spacing {
-        TimestepSpacing::Linspace => linspace(0.0, (t - 1) as f64, steps)
-            .into_iter()
-            .rev()
-            .map(f64::round_ties_even)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = t / steps;
-            (0..steps)
-                .rev()
-                .map(|i| (i * ratio) as f64 + config.steps_offset as f64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
-            .into_iter()
-            .map(|v| v.round_ties_even() - 1.0)
-            .collect(),
-    };
+    // Rounds the linspace positions (the other spacings give whole numbers).
+    let values: Vec<f64> = spaced_timesteps(config, steps)
+        .into_iter()
+        .map(f64::round_ties_even)
+        .collect();
     to_train_timesteps(&values, config)
 }
 
@@ -215,11 +207,7 @@ impl DdimInverse {
     /// An inversion scheduler for `steps` inference steps.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let alphas_cumprod = config.alphas_cumprod()?;
-        let initial_alpha_cumprod = if config.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
+        let initial_alpha_cumprod = boundary_alpha_cumprod(config, &alphas_cumprod);
         let mut s = Self {
             config: config.clone(),
             alphas_cumprod,
@@ -239,23 +227,16 @@ impl Scheduler for DdimInverse {
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(&self.config, steps)?;
-        let t = self.config.num_train_timesteps;
-        let values: Vec<f64> = match self.config.timestep_spacing {
-            TimestepSpacing::Leading => {
-                let ratio = t / steps;
-                (0..steps)
-                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
-                .into_iter()
-                .rev()
-                .map(|v| v.round_ties_even() - 1.0)
-                .collect(),
-            TimestepSpacing::Linspace => {
-                bail!("DDIM inversion supports the leading and trailing timestep spacings, not linspace")
-            }
-        };
+        if self.config.timestep_spacing == TimestepSpacing::Linspace {
+            bail!(
+                "DDIM inversion supports the leading and trailing timestep spacings, not linspace"
+            )
+        }
+        // The DDIM timesteps, ascending.
+        let values: Vec<f64> = spaced_timesteps(&self.config, steps)
+            .into_iter()
+            .rev()
+            .collect();
         self.timesteps = to_train_timesteps(&values, &self.config)?;
         self.steps = steps;
         Ok(())

@@ -5,18 +5,11 @@
 
 use candle_core::{Result, Tensor};
 
-use super::euler_ancestral::train_sigmas;
 use super::{
-    arange, check_steps, check_train_timestep, index_of, lin2, linspace, prepare,
-    prepare_add_noise, to_train_timesteps, PredictionType, Scheduler, SchedulerConfig,
+    add_noise_sigma, alpha_sigma, check_steps, index_of, lin2, prepare, prepare_add_noise,
+    spaced_timesteps, to_train_timesteps, train_sigmas, PredictionType, Scheduler, SchedulerConfig,
     TimestepSpacing,
 };
-
-/// `(alpha_t, sigma_t)` of the variance-preserving process at noise level `sigma`.
-fn alpha_sigma(sigma: f64) -> (f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
 
 /// Half log-SNR `ln(alpha_t / sigma_t)` (+inf at sigma 0).
 fn lambda(alpha: f64, sigma: f64) -> f64 {
@@ -72,26 +65,17 @@ impl Scheduler for DpmPlusPlus2M {
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(&self.config, steps)?;
-        let t = self.config.num_train_timesteps;
-        let values: Vec<f64> = match self.config.timestep_spacing {
-            TimestepSpacing::Linspace => linspace(0.0, (t - 1) as f64, steps + 1)
-                .into_iter()
-                .rev()
-                .take(steps)
-                .map(f64::round_ties_even)
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = t / (steps + 1);
-                (1..=steps)
-                    .rev()
-                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
-                    .collect()
+        // diffusers spaces linspace and leading timesteps over `steps + 1` points and drops the
+        // last; it rounds the linspace positions (the other spacings give whole numbers).
+        let values = match self.config.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Leading => {
+                let mut values = spaced_timesteps(&self.config, steps + 1);
+                values.pop();
+                values
             }
-            TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
-                .into_iter()
-                .map(|v| v.round_ties_even() - 1.0)
-                .collect(),
+            TimestepSpacing::Trailing => spaced_timesteps(&self.config, steps),
         };
+        let values: Vec<f64> = values.into_iter().map(f64::round_ties_even).collect();
         let timesteps = to_train_timesteps(&values, &self.config)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| self.train_sigmas[t]).collect();
         sigmas.push(0.0);
@@ -161,11 +145,13 @@ impl Scheduler for DpmPlusPlus2M {
 
     /// `alpha * original + sigma * noise` at the noise level of `timestep`.
     fn add_noise(&self, original: &Tensor, noise: Tensor, timestep: usize) -> Result<Tensor> {
-        check_train_timestep(&self.config, timestep)?;
-        let sigma = match self.timesteps.iter().position(|&t| t == timestep) {
-            Some(i) => self.sigmas[i],
-            None => self.train_sigmas[timestep],
-        };
+        let sigma = add_noise_sigma(
+            &self.config,
+            &self.timesteps,
+            &self.sigmas,
+            &self.train_sigmas,
+            timestep,
+        )?;
         let (alpha, sigma) = alpha_sigma(sigma);
         let dtype = original.dtype();
         let (x, n) = prepare_add_noise(original, noise)?;

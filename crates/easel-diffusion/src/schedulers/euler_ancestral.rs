@@ -4,31 +4,10 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    arange, check_steps, check_train_timestep, index_of, linspace, prepare, prepare_add_noise,
-    prepare_noise, to_train_timesteps, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing,
+    add_noise_sigma, alpha_sigma, check_steps, index_of, interp, prepare, prepare_add_noise,
+    prepare_noise, spaced_timesteps, to_train_timesteps, train_sigmas, PredictionType, Scheduler,
+    SchedulerConfig, TimestepSpacing,
 };
-
-/// `sqrt((1 - a) / a)` for each training timestep.
-pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|a| ((1.0 - a) / a).sqrt())
-        .collect()
-}
-
-/// numpy's `interp(x, arange(len(fp)), fp)`.
-pub(crate) fn interp(fp: &[f64], x: f64) -> f64 {
-    let last = fp.len() - 1;
-    if x <= 0.0 {
-        return fp[0];
-    }
-    if x >= last as f64 {
-        return fp[last];
-    }
-    let i = x.floor() as usize;
-    let frac = x - i as f64;
-    fp[i] + (fp[i + 1] - fp[i]) * frac
-}
 
 /// Euler ancestral sampling in the sigma parameterisation (diffusers
 /// `EulerAncestralDiscreteScheduler`). Each step needs a noise tensor.
@@ -63,14 +42,6 @@ impl EulerAncestral {
     pub fn sigmas(&self) -> &[f64] {
         &self.sigmas
     }
-
-    fn sigma_at(&self, timestep: usize) -> Result<f64> {
-        check_train_timestep(&self.config, timestep)?;
-        Ok(match self.timesteps.iter().position(|&t| t == timestep) {
-            Some(i) => self.sigmas[i],
-            None => self.train_sigmas[timestep],
-        })
-    }
 }
 
 impl Scheduler for EulerAncestral {
@@ -80,26 +51,12 @@ impl Scheduler for EulerAncestral {
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(&self.config, steps)?;
-        let t = self.config.num_train_timesteps;
-        let positions: Vec<f64> = match self.config.timestep_spacing {
-            // diffusers keeps these as float32 and does not round them.
-            TimestepSpacing::Linspace => linspace(0.0, (t - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .map(|v| v as f32 as f64)
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = t / steps;
-                (0..steps)
-                    .rev()
-                    .map(|i| (i * ratio) as f64 + self.config.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
-                .into_iter()
-                .map(|v| v.round_ties_even() - 1.0)
-                .collect(),
-        };
+        // diffusers keeps the linspace positions as float32 and does not round them.
+        let linspace = self.config.timestep_spacing == TimestepSpacing::Linspace;
+        let positions: Vec<f64> = spaced_timesteps(&self.config, steps)
+            .into_iter()
+            .map(|v| if linspace { v as f32 as f64 } else { v })
+            .collect();
         let rounded: Vec<f64> = positions.iter().map(|v| v.round_ties_even()).collect();
         let timesteps = to_train_timesteps(&rounded, &self.config)?;
         let mut sigmas: Vec<f64> = positions
@@ -126,8 +83,8 @@ impl Scheduler for EulerAncestral {
             timestep,
             "Euler ancestral scale_model_input",
         )?;
-        let sigma = self.sigmas[i];
-        sample.affine(1.0 / (sigma * sigma + 1.0).sqrt(), 0.0)
+        let (alpha, _) = alpha_sigma(self.sigmas[i]);
+        sample.affine(alpha, 0.0)
     }
 
     fn needs_noise(&self) -> bool {
@@ -171,7 +128,13 @@ impl Scheduler for EulerAncestral {
     /// `original + sigma(timestep) * noise`, with the schedule's sigma when
     /// `timestep` is in the schedule and the training sigma otherwise.
     fn add_noise(&self, original: &Tensor, noise: Tensor, timestep: usize) -> Result<Tensor> {
-        let sigma = self.sigma_at(timestep)?;
+        let sigma = add_noise_sigma(
+            &self.config,
+            &self.timesteps,
+            &self.sigmas,
+            &self.train_sigmas,
+            timestep,
+        )?;
         let dtype = original.dtype();
         let (x, n) = prepare_add_noise(original, noise)?;
         (x + n.affine(sigma, 0.0)?)?.to_dtype(dtype)

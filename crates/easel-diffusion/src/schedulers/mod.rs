@@ -411,6 +411,32 @@ pub(crate) fn check_steps(config: &SchedulerConfig, steps: usize) -> Result<()> 
     Ok(())
 }
 
+/// The descending inference timesteps of `steps` steps for `config.timestep_spacing`, as
+/// diffusers computes them before any rounding: `Linspace` positions as they fall, `Leading`
+/// multiples of `T / steps` plus `steps_offset`, `Trailing` multiples of `T / steps` counted
+/// down from `T`, rounded, minus one. `steps` must be at least 1 (callers run
+/// [`check_steps`] first, or ask for more steps than they were given).
+pub(crate) fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f64> {
+    let t = config.num_train_timesteps;
+    match config.timestep_spacing {
+        TimestepSpacing::Linspace => linspace(0.0, (t - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = t / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio) as f64 + config.steps_offset as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => arange(t as f64, 0.0, -(t as f64 / steps as f64))
+            .into_iter()
+            .map(|v| v.round_ties_even() - 1.0)
+            .collect(),
+    }
+}
+
 /// Converts rounded float timesteps to indices, checking they are training timesteps.
 pub(crate) fn to_train_timesteps(values: &[f64], config: &SchedulerConfig) -> Result<Vec<usize>> {
     let timesteps = values
@@ -460,6 +486,50 @@ pub(crate) fn check_train_timestep(config: &SchedulerConfig, timestep: usize) ->
         )
     }
     Ok(())
+}
+
+/// `sqrt((1 - a) / a)` for each training timestep.
+pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// numpy's `interp(x, arange(len(fp)), fp)`.
+pub(crate) fn interp(fp: &[f64], x: f64) -> f64 {
+    let last = fp.len() - 1;
+    if x <= 0.0 {
+        return fp[0];
+    }
+    if x >= last as f64 {
+        return fp[last];
+    }
+    let i = x.floor() as usize;
+    let frac = x - i as f64;
+    fp[i] + (fp[i + 1] - fp[i]) * frac
+}
+
+/// `(alpha_t, sigma_t)` of the variance-preserving process at noise level `sigma`.
+pub(crate) fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// The noise level of training timestep `timestep` for `add_noise` in a sigma schedule: the
+/// schedule's (`sigmas[i]`) when `timestep` is `timesteps[i]`, else the training sigma.
+pub(crate) fn add_noise_sigma(
+    config: &SchedulerConfig,
+    timesteps: &[usize],
+    sigmas: &[f64],
+    train_sigmas: &[f64],
+    timestep: usize,
+) -> Result<f64> {
+    check_train_timestep(config, timestep)?;
+    Ok(match timesteps.iter().position(|&t| t == timestep) {
+        Some(i) => sigmas[i],
+        None => train_sigmas[timestep],
+    })
 }
 
 /// The dtype updates are computed in: `f32` for half types, else the sample's.
