@@ -12,6 +12,5 @@
 pub mod adain;
 pub mod arbitrary;
 pub mod cin26;
-mod conv;
 pub mod import;
 pub mod vgg;
