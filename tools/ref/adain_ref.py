@@ -192,14 +192,15 @@ def to_t(u8: np.ndarray) -> torch.Tensor:
 
 
 def zip_checkpoint(path: Path, pkl: bytes, storages=None) -> None:
-    """A zip laid out as torch.save does (`<stem>/data.pkl`, `<stem>/data/<key>`, version files)."""
+    """A zip laid out as torch.save does (`<stem>/data.pkl`, `<stem>/data/<key>`, version files),
+    with fixed timestamps so the bytes are reproducible."""
     stem = path.stem
+    entries = [(f"{stem}/data.pkl", pkl), (f"{stem}/byteorder", b"little")]
+    entries += [(f"{stem}/data/{key}", data) for key, data in (storages or {}).items()]
+    entries.append((f"{stem}/version", b"3\n"))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{stem}/data.pkl", pkl)
-        z.writestr(f"{stem}/byteorder", "little")
-        for key, data in (storages or {}).items():
-            z.writestr(f"{stem}/data/{key}", data)
-        z.writestr(f"{stem}/version", "3\n")
+        for name, data in entries:
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def binunicode(s: str) -> bytes:

@@ -146,6 +146,54 @@ pub enum Error {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// Model files are neither in the Hugging Face cache nor downloadable
+    /// now (offline, or the hub cannot be reached). The message (several
+    /// lines) lists every missing file and the commands that fetch them.
+    #[error("{0}")]
+    MissingModelFiles(Box<crate::hub::MissingModelFiles>),
+
+    /// Files are missing from a local model folder.
+    #[error("missing model files in {}: {}", dir.display(), files.join(", "))]
+    MissingLocalFiles {
+        /// The folder as given.
+        dir: PathBuf,
+        /// The missing files, as paths inside the folder.
+        files: Vec<String>,
+    },
+
+    /// The hub answered but a model file could not be downloaded: it does
+    /// not exist, access is denied, or writing the cache failed.
+    #[error("cannot download {file} from {repo_id} @ {revision}: {reason}")]
+    Download {
+        /// Repository id.
+        repo_id: String,
+        /// Revision asked for.
+        revision: String,
+        /// File name inside the repository (alternatives joined with " or ").
+        file: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A model file name, repository id or revision was refused (e.g. a
+    /// `..` that would lead out of the model folder).
+    #[error("refusing model file name {name:?}: {reason}")]
+    ModelFileName {
+        /// The name as given.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A model source (`--sd`, `--controlnet`...) cannot be used.
+    #[error("cannot use model {given:?}: {reason}")]
+    ModelSource {
+        /// What was given.
+        given: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`] as the error type.

@@ -8,6 +8,8 @@
 //! * [`rgb_to_tensor`] / [`tensor_to_rgb`]: images ↔ `[1, 3, H, W]` tensors.
 //! * [`keep_colors`]: luminance-only style transfer (keep the photo's colours).
 //! * [`select_device`]: CPU / CUDA selection.
+//! * [`HubResolver`] / [`WeightSource`]: model weights from the Hugging Face
+//!   cache, the hub, or local folders, with one clear error for missing files.
 //!
 //! Nothing here panics on user input: every failure is an [`Error`] whose
 //! message is one line naming the file and the problem.
@@ -17,6 +19,7 @@
 pub mod color;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod image_io;
 pub mod parameters;
 pub mod tensor;
@@ -24,6 +27,10 @@ pub mod tensor;
 pub use color::keep_colors;
 pub use device::{select_device, DeviceChoice};
 pub use error::{Error, Result};
+pub use hub::{
+    resolve_first_in_dir, resolve_in_dir, resolve_optional_in_dir, DownloadEvent, HubResolver,
+    MissingModelFiles, MissingReason, ProgressHook, RepoFiles, WeightSource,
+};
 pub use image_io::{
     collect_images, load_rgb, read_png_parameters, save_image, LoadOptions, DEFAULT_MAX_PIXELS,
     DOWNSCALE_MAX_PIXELS, IMAGE_EXTENSIONS, JPEG_QUALITY, PARAMETERS_KEYWORD,

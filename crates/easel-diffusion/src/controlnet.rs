@@ -14,7 +14,9 @@ use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use crate::attention::AttentionSlicing;
 use crate::contexts::{CrossAttentionLayout, UNetContexts};
 use crate::embeddings::Timesteps;
-use crate::unet::{route_contexts, ControlResiduals, DownBlockType, Encoder, EncoderConfig};
+use crate::unet::{
+    route_contexts, with_encoder_fields, ControlResiduals, DownBlockType, Encoder, EncoderConfig,
+};
 
 /// Configuration of a [`ControlNetModel`] (diffusers' config keys of the same names).
 #[derive(Debug, Clone, PartialEq)]
@@ -106,24 +108,9 @@ impl ControlNetConfig {
         }
     }
 
-    fn encoder(&self) -> EncoderConfig<'_> {
-        EncoderConfig {
-            in_channels: self.in_channels,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            down_block_types: &self.down_block_types,
-            block_out_channels: &self.block_out_channels,
-            layers_per_block: self.layers_per_block,
-            transformer_layers_per_block: self.transformer_layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.cross_attention_dim,
-            attention_head_dim: &self.attention_head_dim,
-            use_linear_projection: self.use_linear_projection,
-            attention_slicing: self.attention_slicing,
-        }
+    /// The settings shared with the UNet.
+    fn encoder(&self) -> EncoderConfig {
+        with_encoder_fields!(EncoderConfig, self)
     }
 }
 

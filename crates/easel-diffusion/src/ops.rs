@@ -6,7 +6,7 @@
 //! their statistics in f32 when the input is f16/bf16 (numerically safe in half precision).
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::VarBuilder;
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
 fn stats_dtype(dtype: DType) -> DType {
     match dtype {
@@ -65,6 +65,16 @@ impl candle_core::Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         LayerNorm::forward(self, xs)
     }
+}
+
+/// A 3×3 convolution with padding 1 (it keeps the spatial size): the `conv_in`, `conv_out`,
+/// resnet and upsampler convolutions of the UNet and the VAE.
+pub(crate) fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    conv2d(in_channels, out_channels, 3, cfg, vb)
 }
 
 #[cfg(test)]

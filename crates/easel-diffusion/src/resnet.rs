@@ -10,6 +10,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
+use crate::ops::conv3x3;
+
 /// Configuration of a [`ResnetBlock2D`] (diffusers' constructor arguments of the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResnetBlock2DConfig {
@@ -81,12 +83,8 @@ impl ResnetBlock2D {
                 config.output_scale_factor
             )
         }
-        let conv_cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let norm1 = group_norm(config.groups, in_channels, config.eps, vb.pp("norm1"))?;
-        let conv1 = conv2d(in_channels, out_channels, 3, conv_cfg, vb.pp("conv1"))?;
+        let conv1 = conv3x3(vb.pp("conv1"), in_channels, out_channels)?;
         let time_emb_proj = match config.temb_channels {
             Some(temb_channels) => {
                 Some(linear(temb_channels, out_channels, vb.pp("time_emb_proj"))?)
@@ -94,7 +92,7 @@ impl ResnetBlock2D {
             None => None,
         };
         let norm2 = group_norm(groups_out, out_channels, config.eps, vb.pp("norm2"))?;
-        let conv2 = conv2d(out_channels, out_channels, 3, conv_cfg, vb.pp("conv2"))?;
+        let conv2 = conv3x3(vb.pp("conv2"), out_channels, out_channels)?;
         let use_in_shortcut = config
             .use_in_shortcut
             .unwrap_or(in_channels != out_channels);

@@ -8,6 +8,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
+use crate::ops::conv3x3;
+
 /// diffusers' `Downsample2D` with `use_conv=True`: a 3×3 conv of stride 2.
 ///
 /// With `padding = 1` (UNet, ControlNet) the conv pads one pixel on every side; with
@@ -62,12 +64,8 @@ pub struct Upsample2D {
 impl Upsample2D {
     /// Loads `conv` (`in_channels` → `out_channels`) from `vb`.
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         Ok(Self {
-            conv: conv2d(in_channels, out_channels, 3, cfg, vb.pp("conv"))?,
+            conv: conv3x3(vb.pp("conv"), in_channels, out_channels)?,
         })
     }
 

@@ -8,11 +8,12 @@
 //! as is.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{group_norm, Conv2d, GroupNorm, VarBuilder};
 
 use crate::attention::{AttentionSlicing, Transformer2DModelConfig};
 use crate::contexts::{CrossAttentionLayout, UNetContexts};
 use crate::embeddings::{timestep_features, TimestepEmbedding, Timesteps};
+use crate::ops::conv3x3;
 use crate::unet_blocks::{
     DownBlock2D, DownBlock2DConfig, ResnetSettings, UNetMidBlock2DCrossAttn, UpBlock2D,
     UpBlock2DConfig,
@@ -130,20 +131,6 @@ impl UNet2DConditionModelConfig {
             ..Self::sd15()
         }
     }
-
-    /// Heads of down block `i` (also used by the up block of the same resolution).
-    pub(crate) fn heads(&self, i: usize) -> Result<usize> {
-        heads_of(&self.attention_head_dim, self.block_out_channels.len(), i)
-    }
-}
-
-/// Entry `i` of a per-block head list (or its single entry).
-pub(crate) fn heads_of(list: &[usize], blocks: usize, i: usize) -> Result<usize> {
-    match list {
-        [h] => Ok(*h),
-        _ if list.len() == blocks && i < blocks => Ok(list[i]),
-        _ => candle_core::bail!("attention_head_dim must have 1 or {blocks} entries, got {list:?}"),
-    }
 }
 
 /// ControlNet residuals to add to the UNet's skip connections and mid-block output (diffusers'
@@ -171,13 +158,15 @@ pub(crate) struct Encoder {
     pub(crate) mid_block: UNetMidBlock2DCrossAttn,
 }
 
-/// What [`Encoder::new`] needs from a UNet or ControlNet configuration.
-pub(crate) struct EncoderConfig<'a> {
+/// The settings of the UNet and ControlNet configurations that [`Encoder::new`] needs: fields
+/// of the same names and meanings in [`UNet2DConditionModelConfig`] and
+/// [`crate::controlnet::ControlNetConfig`], copied by [`with_encoder_fields`].
+pub(crate) struct EncoderConfig {
     pub in_channels: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
-    pub down_block_types: &'a [DownBlockType],
-    pub block_out_channels: &'a [usize],
+    pub down_block_types: Vec<DownBlockType>,
+    pub block_out_channels: Vec<usize>,
     pub layers_per_block: usize,
     pub transformer_layers_per_block: usize,
     pub downsample_padding: usize,
@@ -185,12 +174,55 @@ pub(crate) struct EncoderConfig<'a> {
     pub norm_num_groups: usize,
     pub norm_eps: f64,
     pub cross_attention_dim: usize,
-    pub attention_head_dim: &'a [usize],
+    pub attention_head_dim: Vec<usize>,
     pub use_linear_projection: bool,
     pub attention_slicing: AttentionSlicing,
 }
 
-impl EncoderConfig<'_> {
+/// `with_encoder_fields!(Type, src, field: value, ...)` builds `Type { field: value, ...,
+/// <every field of [`EncoderConfig`]>: src.<same field> }`, so that the list of settings the
+/// UNet and the ControlNet share is written once, here: from either configuration to an
+/// [`EncoderConfig`], and from an [`EncoderConfig`] to either configuration (`config.json`
+/// parsing). The explicit fields are evaluated first, in order; `src` must be a place (it is
+/// read once per field) and its `Vec` fields are cloned.
+macro_rules! with_encoder_fields {
+    ($ty:ident, $src:expr $(, $field:ident: $value:expr)* $(,)?) => {
+        $ty {
+            $($field: $value,)*
+            in_channels: $src.in_channels,
+            flip_sin_to_cos: $src.flip_sin_to_cos,
+            freq_shift: $src.freq_shift,
+            down_block_types: $src.down_block_types.clone(),
+            block_out_channels: $src.block_out_channels.clone(),
+            layers_per_block: $src.layers_per_block,
+            transformer_layers_per_block: $src.transformer_layers_per_block,
+            downsample_padding: $src.downsample_padding,
+            mid_block_scale_factor: $src.mid_block_scale_factor,
+            norm_num_groups: $src.norm_num_groups,
+            norm_eps: $src.norm_eps,
+            cross_attention_dim: $src.cross_attention_dim,
+            attention_head_dim: $src.attention_head_dim.clone(),
+            use_linear_projection: $src.use_linear_projection,
+            attention_slicing: $src.attention_slicing,
+        }
+    };
+}
+pub(crate) use with_encoder_fields;
+
+impl EncoderConfig {
+    /// Heads of down block `i` (also used by the up block of the same resolution):
+    /// `attention_head_dim[i]`, or its single entry.
+    pub(crate) fn heads(&self, i: usize) -> Result<usize> {
+        let (list, blocks) = (&self.attention_head_dim, self.block_out_channels.len());
+        match list.as_slice() {
+            [h] => Ok(*h),
+            _ if list.len() == blocks && i < blocks => Ok(list[i]),
+            _ => candle_core::bail!(
+                "attention_head_dim must have 1 or {blocks} entries, got {list:?}"
+            ),
+        }
+    }
+
     pub(crate) fn transformer(&self, heads: usize) -> Transformer2DModelConfig {
         Transformer2DModelConfig {
             num_attention_heads: heads,
@@ -226,12 +258,8 @@ impl Encoder {
                 blocks
             )
         }
-        let conv3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let c0 = cfg.block_out_channels[0];
-        let conv_in = conv2d(cfg.in_channels, c0, 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = conv3x3(vb.pp("conv_in"), cfg.in_channels, c0)?;
         let time_embedding =
             TimestepEmbedding::new(vb.pp("time_embedding"), c0, cfg.time_embed_dim())?;
         let mut down_blocks = Vec::with_capacity(blocks);
@@ -239,10 +267,10 @@ impl Encoder {
         for (i, (&kind, &out_channels)) in cfg
             .down_block_types
             .iter()
-            .zip(cfg.block_out_channels)
+            .zip(&cfg.block_out_channels)
             .enumerate()
         {
-            let heads = heads_of(cfg.attention_head_dim, blocks, i)?;
+            let heads = cfg.heads(i)?;
             let block = DownBlock2D::new(
                 vb.pp("down_blocks").pp(i.to_string()),
                 DownBlock2DConfig {
@@ -264,7 +292,7 @@ impl Encoder {
             in_channels,
             1,
             cfg.resnet(cfg.mid_block_scale_factor),
-            cfg.transformer(heads_of(cfg.attention_head_dim, blocks, blocks - 1)?),
+            cfg.transformer(cfg.heads(blocks - 1)?),
         )?;
         Ok(Self {
             conv_in,
@@ -361,23 +389,7 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Loads the model from `vb` (diffusers' `unet` state-dict keys).
     pub fn new(vb: VarBuilder, cfg: &UNet2DConditionModelConfig) -> Result<Self> {
-        let enc_cfg = EncoderConfig {
-            in_channels: cfg.in_channels,
-            flip_sin_to_cos: cfg.flip_sin_to_cos,
-            freq_shift: cfg.freq_shift,
-            down_block_types: &cfg.down_block_types,
-            block_out_channels: &cfg.block_out_channels,
-            layers_per_block: cfg.layers_per_block,
-            transformer_layers_per_block: cfg.transformer_layers_per_block,
-            downsample_padding: cfg.downsample_padding,
-            mid_block_scale_factor: cfg.mid_block_scale_factor,
-            norm_num_groups: cfg.norm_num_groups,
-            norm_eps: cfg.norm_eps,
-            cross_attention_dim: cfg.cross_attention_dim,
-            attention_head_dim: &cfg.attention_head_dim,
-            use_linear_projection: cfg.use_linear_projection,
-            attention_slicing: cfg.attention_slicing,
-        };
+        let enc_cfg = with_encoder_fields!(EncoderConfig, cfg);
         let encoder = Encoder::new(&vb, &enc_cfg)?;
         let blocks = cfg.block_out_channels.len();
         if cfg.up_block_types.len() != blocks {
@@ -392,7 +404,7 @@ impl UNet2DConditionModel {
         for (i, &kind) in cfg.up_block_types.iter().enumerate() {
             let out_channels = reversed[i];
             let in_channels = reversed[(i + 1).min(blocks - 1)];
-            let heads = cfg.heads(blocks - 1 - i)?;
+            let heads = enc_cfg.heads(blocks - 1 - i)?;
             up_blocks.push(UpBlock2D::new(
                 vb.pp("up_blocks").pp(i.to_string()),
                 UpBlock2DConfig {
@@ -415,11 +427,7 @@ impl UNet2DConditionModel {
             cfg.norm_eps,
             vb.pp("conv_norm_out"),
         )?;
-        let conv3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv_out = conv2d(c0, cfg.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv_out = conv3x3(vb.pp("conv_out"), c0, cfg.out_channels)?;
         Ok(Self {
             encoder,
             up_blocks,

@@ -51,25 +51,32 @@ pub struct ResnetSettings {
 }
 
 impl ResnetSettings {
-    fn block(
+    /// The `count` resnets `resnets.<i>` of a block, resnet `i` taking `in_channels(i)`
+    /// channels to `out_channels`.
+    fn blocks(
         &self,
-        vb: VarBuilder,
-        in_channels: usize,
+        vb: &VarBuilder,
+        count: usize,
+        in_channels: impl Fn(usize) -> usize,
         out_channels: usize,
-    ) -> Result<ResnetBlock2D> {
-        ResnetBlock2D::new(
-            vb,
-            in_channels,
-            ResnetBlock2DConfig {
-                out_channels: Some(out_channels),
-                temb_channels: Some(self.temb_channels),
-                groups: self.groups,
-                groups_out: None,
-                eps: self.eps,
-                use_in_shortcut: None,
-                output_scale_factor: self.output_scale_factor,
-            },
-        )
+    ) -> Result<Vec<ResnetBlock2D>> {
+        (0..count)
+            .map(|i| {
+                ResnetBlock2D::new(
+                    vb.pp("resnets").pp(i.to_string()),
+                    in_channels(i),
+                    ResnetBlock2DConfig {
+                        out_channels: Some(out_channels),
+                        temb_channels: Some(self.temb_channels),
+                        groups: self.groups,
+                        groups_out: None,
+                        eps: self.eps,
+                        use_in_shortcut: None,
+                        output_scale_factor: self.output_scale_factor,
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -103,31 +110,30 @@ pub struct DownBlock2D {
 impl DownBlock2D {
     /// Loads the block from `vb` (keys `resnets.<i>`, `attentions.<i>`, `downsamplers.0`).
     pub fn new(vb: VarBuilder, cfg: DownBlock2DConfig) -> Result<Self> {
-        let resnets = (0..cfg.num_layers)
-            .map(|i| {
-                let in_channels = if i == 0 {
+        let resnets = cfg.resnet.blocks(
+            &vb,
+            cfg.num_layers,
+            |i| {
+                if i == 0 {
                     cfg.in_channels
                 } else {
                     cfg.out_channels
-                };
-                cfg.resnet.block(
-                    vb.pp("resnets").pp(i.to_string()),
-                    in_channels,
+                }
+            },
+            cfg.out_channels,
+        )?;
+        let attentions = attentions(&vb, cfg.num_layers, cfg.out_channels, cfg.cross_attention)?;
+        let downsampler = cfg
+            .add_downsample
+            .then(|| {
+                Downsample2D::new(
+                    vb.pp("downsamplers").pp("0"),
                     cfg.out_channels,
+                    cfg.out_channels,
+                    cfg.downsample_padding,
                 )
             })
-            .collect::<Result<Vec<_>>>()?;
-        let attentions = attentions(&vb, cfg.num_layers, cfg.out_channels, cfg.cross_attention)?;
-        let downsampler = if cfg.add_downsample {
-            Some(Downsample2D::new(
-                vb.pp("downsamplers").pp("0"),
-                cfg.out_channels,
-                cfg.out_channels,
-                cfg.downsample_padding,
-            )?)
-        } else {
-            None
-        };
+            .transpose()?;
         Ok(Self {
             resnets,
             attentions,
@@ -188,9 +194,7 @@ impl UNetMidBlock2DCrossAttn {
         resnet: ResnetSettings,
         cross_attention: Transformer2DModelConfig,
     ) -> Result<Self> {
-        let resnets = (0..=num_layers)
-            .map(|i| resnet.block(vb.pp("resnets").pp(i.to_string()), channels, channels))
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet.blocks(&vb, num_layers + 1, |_| channels, channels)?;
         let attentions = attentions(&vb, num_layers, channels, Some(cross_attention))?;
         Ok(Self {
             resnets,
@@ -251,8 +255,11 @@ pub struct UpBlock2D {
 impl UpBlock2D {
     /// Loads the block from `vb` (keys `resnets.<i>`, `attentions.<i>`, `upsamplers.0`).
     pub fn new(vb: VarBuilder, cfg: UpBlock2DConfig) -> Result<Self> {
-        let resnets = (0..cfg.num_layers)
-            .map(|i| {
+        // Resnet `i` takes the hidden states and the skip it meets, concatenated.
+        let resnets = cfg.resnet.blocks(
+            &vb,
+            cfg.num_layers,
+            |i| {
                 let skip = if i + 1 == cfg.num_layers {
                     cfg.in_channels
                 } else {
@@ -263,23 +270,21 @@ impl UpBlock2D {
                 } else {
                     cfg.out_channels
                 };
-                cfg.resnet.block(
-                    vb.pp("resnets").pp(i.to_string()),
-                    input + skip,
+                input + skip
+            },
+            cfg.out_channels,
+        )?;
+        let attentions = attentions(&vb, cfg.num_layers, cfg.out_channels, cfg.cross_attention)?;
+        let upsampler = cfg
+            .add_upsample
+            .then(|| {
+                Upsample2D::new(
+                    vb.pp("upsamplers").pp("0"),
+                    cfg.out_channels,
                     cfg.out_channels,
                 )
             })
-            .collect::<Result<Vec<_>>>()?;
-        let attentions = attentions(&vb, cfg.num_layers, cfg.out_channels, cfg.cross_attention)?;
-        let upsampler = if cfg.add_upsample {
-            Some(Upsample2D::new(
-                vb.pp("upsamplers").pp("0"),
-                cfg.out_channels,
-                cfg.out_channels,
-            )?)
-        } else {
-            None
-        };
+            .transpose()?;
         Ok(Self {
             resnets,
             attentions,

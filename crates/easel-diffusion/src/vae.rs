@@ -19,7 +19,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
-use crate::ops::softmax_last_dim;
+use crate::ops::{conv3x3, softmax_last_dim};
 use crate::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use crate::sampling::{Downsample2D, Upsample2D};
 
@@ -327,14 +327,6 @@ fn vae_resnet_config(out_channels: usize, groups: usize) -> ResnetBlock2DConfig 
         eps: NORM_EPS,
         ..Default::default()
     }
-}
-
-fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    conv2d(in_channels, out_channels, 3, cfg, vb)
 }
 
 /// A stack of residual blocks (`resnets.{i}`) starting at `in_channels`.

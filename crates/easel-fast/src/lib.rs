@@ -12,5 +12,6 @@
 pub mod adain;
 pub mod arbitrary;
 pub mod cin26;
+mod conv;
 pub mod import;
 pub mod vgg;

@@ -13,7 +13,9 @@ use serde_json::{Map, Value};
 use crate::attention::AttentionSlicing;
 use crate::clip::{ClipActivation, ClipTextConfig};
 use crate::controlnet::ControlNetConfig;
-use crate::unet::{DownBlockType, UNet2DConditionModelConfig, UpBlockType};
+use crate::unet::{
+    with_encoder_fields, DownBlockType, EncoderConfig, UNet2DConditionModelConfig, UpBlockType,
+};
 use crate::vae::AutoencoderKLConfig;
 
 /// A parsed `config.json` object, named for messages.
@@ -183,24 +185,6 @@ fn block_types<T: Copy>(
         .collect()
 }
 
-/// Settings shared by the UNet and ControlNet configs.
-struct EncoderJson {
-    in_channels: usize,
-    flip_sin_to_cos: bool,
-    freq_shift: f64,
-    down_block_types: Vec<DownBlockType>,
-    block_out_channels: Vec<usize>,
-    layers_per_block: usize,
-    transformer_layers_per_block: usize,
-    downsample_padding: usize,
-    mid_block_scale_factor: f64,
-    norm_num_groups: usize,
-    norm_eps: f64,
-    cross_attention_dim: usize,
-    attention_head_dim: Vec<usize>,
-    use_linear_projection: bool,
-}
-
 /// Architecture switches of diffusers' UNet / ControlNet constructors that must keep their
 /// defaults here.
 fn encoder_defaults() -> Vec<(&'static str, Value)> {
@@ -219,7 +203,8 @@ fn encoder_defaults() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn encoder_json(json: &Json) -> Result<EncoderJson> {
+/// The settings shared by the UNet and ControlNet configs (attention slicing: `Full`).
+fn encoder_json(json: &Json) -> Result<EncoderConfig> {
     let sd = UNet2DConditionModelConfig::sd15();
     let down_names = ["CrossAttnDownBlock2D"; 3]
         .into_iter()
@@ -248,7 +233,7 @@ fn encoder_json(json: &Json) -> Result<EncoderJson> {
     } else {
         "attention_head_dim"
     };
-    Ok(EncoderJson {
+    Ok(EncoderConfig {
         in_channels: json.usize("in_channels", 4)?,
         flip_sin_to_cos: json.bool("flip_sin_to_cos", true)?,
         freq_shift: json.f64("freq_shift", 0.0)?,
@@ -263,6 +248,7 @@ fn encoder_json(json: &Json) -> Result<EncoderJson> {
         cross_attention_dim: json.usize("cross_attention_dim", 1280)?,
         attention_head_dim: json.usize_or_list(heads_key, &[8])?,
         use_linear_projection: json.bool("use_linear_projection", false)?,
+        attention_slicing: AttentionSlicing::Full,
     })
 }
 
@@ -297,26 +283,13 @@ pub fn unet_config_from_diffusers_json(json: &str) -> Result<UNet2DConditionMode
         .into_iter()
         .chain(["CrossAttnUpBlock2D"; 3])
         .collect::<Vec<_>>();
-    Ok(UNet2DConditionModelConfig {
+    Ok(with_encoder_fields!(
+        UNet2DConditionModelConfig,
+        enc,
         sample_size: json.usize("sample_size", 64)?,
-        in_channels: enc.in_channels,
         out_channels: json.usize("out_channels", 4)?,
-        flip_sin_to_cos: enc.flip_sin_to_cos,
-        freq_shift: enc.freq_shift,
-        down_block_types: enc.down_block_types,
         up_block_types: block_types(&json, "up_block_types", &up_names, &UP_BLOCKS)?,
-        block_out_channels: enc.block_out_channels,
-        layers_per_block: enc.layers_per_block,
-        transformer_layers_per_block: enc.transformer_layers_per_block,
-        downsample_padding: enc.downsample_padding,
-        mid_block_scale_factor: enc.mid_block_scale_factor,
-        norm_num_groups: enc.norm_num_groups,
-        norm_eps: enc.norm_eps,
-        cross_attention_dim: enc.cross_attention_dim,
-        attention_head_dim: enc.attention_head_dim,
-        use_linear_projection: enc.use_linear_projection,
-        attention_slicing: AttentionSlicing::Full,
-    })
+    ))
 }
 
 /// A [`ControlNetConfig`] from diffusers' ControlNet `config.json` (attention slicing:
@@ -330,29 +303,16 @@ pub fn controlnet_config_from_diffusers_json(json: &str) -> Result<ControlNetCon
     json.require_defaults(&defaults)?;
     let enc = encoder_json(&json)?;
     let sd = ControlNetConfig::sd15();
-    Ok(ControlNetConfig {
-        in_channels: enc.in_channels,
+    Ok(with_encoder_fields!(
+        ControlNetConfig,
+        enc,
         conditioning_channels: json.usize("conditioning_channels", 3)?,
-        flip_sin_to_cos: enc.flip_sin_to_cos,
-        freq_shift: enc.freq_shift,
-        down_block_types: enc.down_block_types,
-        block_out_channels: enc.block_out_channels,
-        layers_per_block: enc.layers_per_block,
-        transformer_layers_per_block: enc.transformer_layers_per_block,
-        downsample_padding: enc.downsample_padding,
-        mid_block_scale_factor: enc.mid_block_scale_factor,
-        norm_num_groups: enc.norm_num_groups,
-        norm_eps: enc.norm_eps,
-        cross_attention_dim: enc.cross_attention_dim,
-        attention_head_dim: enc.attention_head_dim,
-        use_linear_projection: enc.use_linear_projection,
         conditioning_embedding_out_channels: json.usize_list(
             "conditioning_embedding_out_channels",
             &sd.conditioning_embedding_out_channels,
         )?,
         global_pool_conditions: json.bool("global_pool_conditions", false)?,
-        attention_slicing: AttentionSlicing::Full,
-    })
+    ))
 }
 
 /// An [`AutoencoderKLConfig`] from diffusers' `vae/config.json`. The block types must be

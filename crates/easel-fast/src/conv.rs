@@ -1,0 +1,1130 @@
+//! Direct f32 NCHW convolution for the CPU, shared by the fast networks.
+//!
+//! candle's CPU `conv2d` builds im2col tiles element by element and runs depthwise convs one
+//! channel at a time; for the few-channel, large-image layers of the style networks that
+//! dominates the run time (25× slower than this kernel). [`Conv2d`] computes outputs directly:
+//!
+//! - groups 1: register tiles of 4 output channels × 4 vectors of pixels of one output row (AVX-512:
+//!   4 × 64 pixels, AVX2: 4 × 16, portable: 4 × 16), accumulated over (input channel, ky, kx) —
+//!   ONNX's im2col order — with fused multiply-add, from weights packed per block of 4 output
+//!   channels as `[c_in][ky][kx][4]`. A 1×1 stride-1 conv treats the image as one row of H·W
+//!   pixels, which makes it a register-blocked matrix product;
+//! - depthwise (groups = channels): per channel, vectors across the output row;
+//! - strided convs read a copy of the input split into column phases, so every read is contiguous;
+//! - an [`Epilogue`] fused into the store: bias, then an optional clamp (ReLU / ReLU6), then an
+//!   optional int8 fake quantization ([`Quantize`]);
+//! - work is split into (row, column chunk, channel group) units taken by
+//!   `candle_core::utils::get_num_threads()` threads ([`par_for`]), which block (not spin) while
+//!   they wait.
+//!
+//! Every product is a correctly rounded fused multiply-add (`_mm512_fmadd_ps`, `_mm256_fmadd_ps`,
+//! `f32::mul_add` on the portable path) in the same order on every path, so all CPUs give
+//! bit-identical results (the portable path is slow without hardware FMA, but exact).
+//!
+//! Padding is the caller's business ([`pad`] builds reflection / zero / upsampling pads in one
+//! gather). [`Conv2dOp`] wraps a [`Conv2d`] as a candle custom op for CPU f32 tensors.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+use std::borrow::Cow;
+
+/// Output channels per register tile (groups-1 convs).
+const OCB: usize = 4;
+/// Pixels per column chunk of a 1×1 conv's single "row" (one work unit).
+const FLAT_CHUNK: usize = 256;
+
+/// `x ↦ (clamp(round_half_even(x / scale), lo, hi)) · scale`: int8 quantize → dequantize with the
+/// zero point folded into `lo = −128 − zp`, `hi = 127 − zp`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Quantize {
+    pub scale: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+/// `(y + 1.5·2²³) − 1.5·2²³` rounds `|y| < 2²²` to the nearest integer, ties to even (the default
+/// IEEE rounding of the addition), like `round_ties_even` but without a libm call; clamping to
+/// the integer bounds first commutes with the rounding.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+
+impl Quantize {
+    #[inline(always)]
+    pub(crate) fn apply(&self, x: f32) -> f32 {
+        ((((x / self.scale).max(self.lo).min(self.hi)) + ROUND_MAGIC) - ROUND_MAGIC) * self.scale
+    }
+}
+
+/// What happens to each output after the sums: `+ bias`, then `clamp`, then `quant`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Epilogue {
+    pub clamp: Option<(f32, f32)>,
+    pub quant: Option<Quantize>,
+}
+
+impl Epilogue {
+    #[inline(always)]
+    fn scalar(&self, v: f32) -> f32 {
+        let v = match self.clamp {
+            Some((lo, hi)) => v.max(lo).min(hi),
+            None => v,
+        };
+        match self.quant {
+            Some(q) => q.apply(v),
+            None => v,
+        }
+    }
+
+    /// Applies the clamp and quantization (not the bias) to a slice, vectorised.
+    pub(crate) fn apply_slice(&self, xs: &mut [f32]) {
+        if self.clamp.is_none() && self.quant.is_none() {
+            return;
+        }
+        simd_scope(|| {
+            for v in xs {
+                *v = self.scalar(*v);
+            }
+        })
+    }
+}
+
+/// Runs `f` inside a function compiled for the CPU's vector extension (AVX-512F, AVX2 + FMA or
+/// none), so that the compiler can vectorise `f`'s loops (once inlined) with it. For plain
+/// element-wise loops; `f` must not depend on which extension runs it (IEEE operations do not).
+#[inline(always)]
+pub(crate) fn simd_scope<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match isa() {
+            // SAFETY: `isa` returns `Avx512` only when the CPU has AVX-512F.
+            Isa::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: `isa` returns `Avx2` only when the CPU has AVX2 and FMA.
+            Isa::Avx2 => return unsafe { avx2(f) },
+            Isa::Portable => {}
+        }
+    }
+    f()
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD abstraction
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// One SIMD register of `L` f32 lanes. All methods are `unsafe`: the caller must run on a CPU with
+/// the instruction set and pass pointers valid for `L` (or `n`) floats.
+trait Simd {
+    const L: usize;
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// Loads `n < L` floats, zero elsewhere (reads nothing past `p + n`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// Stores the first `n < L` lanes (writes nothing past `p + n`).
+    unsafe fn store_n(p: *mut f32, v: Self::V, n: usize);
+    /// `a · b + c`, rounded once.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+
+    /// The epilogue on a vector of sums.
+    #[inline(always)]
+    unsafe fn epilogue(v: Self::V, bias: f32, ep: &Epilogue) -> Self::V {
+        let mut v = Self::add(v, Self::splat(bias));
+        if let Some((lo, hi)) = ep.clamp {
+            v = Self::min(Self::max(v, Self::splat(lo)), Self::splat(hi));
+        }
+        if let Some(q) = ep.quant {
+            let s = Self::splat(q.scale);
+            let m = Self::splat(ROUND_MAGIC);
+            let y = Self::min(
+                Self::max(Self::div(v, s), Self::splat(q.lo)),
+                Self::splat(q.hi),
+            );
+            v = Self::mul(Self::sub(Self::add(y, m), m), s);
+        }
+        v
+    }
+}
+
+/// Portable "vector" of 8 lanes (the compiler vectorises the lane loops where it can).
+struct Portable;
+
+impl Simd for Portable {
+    const L: usize = 8;
+    type V = [f32; 8];
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self::V {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 8 readable floats at `p`.
+        unsafe { std::ptr::read_unaligned(p as *const [f32; 8]) }
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self::V {
+        let mut v = [0.0; 8];
+        for (i, x) in v.iter_mut().enumerate().take(n) {
+            // SAFETY: the caller guarantees `n` readable floats at `p`.
+            *x = unsafe { *p.add(i) };
+        }
+        v
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: the caller guarantees 8 writable floats at `p`.
+        unsafe { std::ptr::write_unaligned(p as *mut [f32; 8], v) }
+    }
+    #[inline(always)]
+    unsafe fn store_n(p: *mut f32, v: Self::V, n: usize) {
+        for (i, &x) in v.iter().enumerate().take(n) {
+            // SAFETY: the caller guarantees `n` writable floats at `p`.
+            unsafe { *p.add(i) = x };
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] / b[i])
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| if a[i] < b[i] { a[i] } else { b[i] })
+    }
+}
+
+// The AVX-512 intrinsics (and `target_feature(enable = "avx512f")`, which the previous kernel in
+// `arbitrary.rs` already used) are stable since Rust 1.89, above the workspace's declared MSRV
+// 1.88: the workspace `rust-version` should be raised to 1.89.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    pub(super) struct Avx512;
+    pub(super) struct Avx2;
+
+    // SAFETY (all methods): callers run these only inside `#[target_feature]` functions reached
+    // after the matching `is_x86_feature_detected!` check, with pointers valid as documented on
+    // the trait. Masked loads/stores do not touch memory of masked-off lanes.
+    impl Simd for Avx512 {
+        const L: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> __m512 {
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn store_n(p: *mut f32, v: __m512, n: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_min_ps(a, b) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn mask8(n: usize) -> __m256i {
+        const IDX: [i32; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+        // SAFETY: AVX2 is enabled in every caller (see above).
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n as i32),
+                _mm256_loadu_si256(IDX.as_ptr() as *const __m256i),
+            )
+        }
+    }
+
+    impl Simd for Avx2 {
+        const L: usize = 8;
+        type V = __m256;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> __m256 {
+            unsafe { _mm256_maskload_ps(p, mask8(n)) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn store_n(p: *mut f32, v: __m256, n: usize) {
+            unsafe { _mm256_maskstore_ps(p, mask8(n), v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_min_ps(a, b) }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the convolution
+
+/// Convolution weights packed for the direct kernel (groups 1 or depthwise), with bias.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2d {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    depthwise: bool,
+    /// groups 1: per block of [`OCB`] output channels `[c_in][k][k][OCB]` (zero for missing
+    /// channels); depthwise: `[c][k][k]`.
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// The input of one image as the kernel reads it: `rows` rows per channel, each split into
+/// `stride` column phases of `wp` floats (phase `p` holds columns `p, p + s, p + 2s, …`).
+struct Src<'a> {
+    data: Cow<'a, [f32]>,
+    rows: usize,
+    wp: usize,
+    stride: usize,
+}
+
+impl<'a> Src<'a> {
+    fn new(x: &'a [f32], c: usize, h: usize, w: usize, stride: usize) -> Self {
+        if stride == 1 {
+            return Self {
+                data: Cow::Borrowed(x),
+                rows: h,
+                wp: w,
+                stride,
+            };
+        }
+        let wp = w.div_ceil(stride);
+        let mut data = vec![0f32; c * h * stride * wp];
+        for (src, dst) in x.chunks_exact(w).zip(data.chunks_exact_mut(stride * wp)) {
+            for (i, &v) in src.iter().enumerate() {
+                dst[(i % stride) * wp + i / stride] = v;
+            }
+        }
+        Self {
+            data: Cow::Owned(data),
+            rows: h,
+            wp,
+            stride,
+        }
+    }
+
+    /// Pointer to input column `kx + s·x0` of row `r` of channel `c`; the following reads step by
+    /// `s` input columns. Valid for `wp − kx/s − x0` floats.
+    #[inline(always)]
+    fn ptr(&self, c: usize, r: usize, kx: usize, x0: usize) -> *const f32 {
+        let base = ((c * self.rows + r) * self.stride + kx % self.stride) * self.wp;
+        // SAFETY: callers pass c < channels, r < rows, kx/s + x0 ≤ wp, so the offset is within
+        // (or one past the end of) `data`.
+        unsafe { self.data.as_ptr().add(base + kx / self.stride + x0) }
+    }
+}
+
+/// A raw output pointer shared by the pool's threads; every work unit writes a disjoint region.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only used to write regions that no other unit reads or writes (see the
+// work split in `Conv2d::forward_into`), and the buffer outlives the pool call.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
+    #[inline(always)]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Geometry of one call.
+#[derive(Clone, Copy)]
+struct Geom {
+    /// Output rows and columns as the kernel sees them (a 1×1 stride-1 conv: 1 × H·W).
+    ho: usize,
+    wo: usize,
+}
+
+impl Conv2d {
+    /// `weight`: `[c_out, c_in / groups, k, k]` row-major; `bias`: `[c_out]` or none (zeros).
+    /// `depthwise`: groups = `c_in` = `c_out`; otherwise groups = 1.
+    pub(crate) fn new(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        (c_in, c_out, k): (usize, usize, usize),
+        stride: usize,
+        depthwise: bool,
+    ) -> Result<Self> {
+        let per_out = if depthwise { k * k } else { c_in * k * k };
+        if k == 0 || stride == 0 || c_out == 0 || (depthwise && c_in != c_out) {
+            bail!("conv2d: unsupported shape {c_in}->{c_out} k{k} s{stride} depthwise={depthwise}")
+        }
+        if weight.len() != c_out * per_out {
+            bail!(
+                "conv2d: {} weights for [{c_out}, {}, {k}, {k}]",
+                weight.len(),
+                per_out / (k * k)
+            )
+        }
+        let bias = match bias {
+            Some(b) if b.len() == c_out => b.to_vec(),
+            Some(b) => bail!("conv2d: {} biases for {c_out} output channels", b.len()),
+            None => vec![0.0; c_out],
+        };
+        let packed = if depthwise {
+            weight.to_vec()
+        } else {
+            let blocks = c_out.div_ceil(OCB);
+            let mut p = vec![0f32; blocks * per_out * OCB];
+            for (o, w) in weight.chunks_exact(per_out).enumerate() {
+                let block = &mut p[(o / OCB) * per_out * OCB..(o / OCB + 1) * per_out * OCB];
+                for (i, &v) in w.iter().enumerate() {
+                    block[i * OCB + o % OCB] = v;
+                }
+            }
+            p
+        };
+        Ok(Self {
+            c_in,
+            c_out,
+            k,
+            stride,
+            depthwise,
+            packed,
+            bias,
+        })
+    }
+
+    pub(crate) fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// Output size for an (already padded) `h`×`w` input.
+    pub(crate) fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let (k, s) = (self.k, self.stride);
+        if h < k || w < k {
+            bail!("conv2d: input {h}x{w} smaller than the {k}x{k} kernel")
+        }
+        Ok(((h - k) / s + 1, (w - k) / s + 1))
+    }
+
+    /// Convolves `x` (`[n, c_in, h, w]`, already padded); returns `[n, c_out, ho, wo]`.
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        ep: &Epilogue,
+    ) -> Result<Vec<f32>> {
+        let (ho, wo) = self.out_size(h, w)?;
+        let mut out = vec![0f32; n * self.c_out * ho * wo];
+        self.forward_into(x, (n, c, h, w), ep, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Self::forward`], into `out` (`n · c_out · ho · wo` floats).
+    pub(crate) fn forward_into(
+        &self,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        ep: &Epilogue,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if c != self.c_in || x.len() != n * c * h * w {
+            bail!(
+                "conv2d: input [{n}, {c}, {h}, {w}] ({} floats) for {} input channels",
+                x.len(),
+                self.c_in
+            )
+        }
+        let (ho, wo) = self.out_size(h, w)?;
+        let plane = ho * wo;
+        if out.len() != n * self.c_out * plane {
+            bail!(
+                "conv2d: output buffer of {} floats, need {}",
+                out.len(),
+                n * self.c_out * plane
+            )
+        }
+        if n == 0 || plane == 0 {
+            return Ok(());
+        }
+        let flat = self.k == 1 && self.stride == 1;
+        let (gh, gw) = if flat { (1, plane) } else { (ho, wo) };
+        let chunk = if flat { FLAT_CHUNK.min(gw) } else { gw };
+        let units_per_row = gw.div_ceil(chunk);
+        let threads = candle_core::utils::get_num_threads().max(1);
+        // Channel groups: enough units to balance the threads, but whole blocks per unit.
+        let blocks = if self.depthwise {
+            self.c_out
+        } else {
+            self.c_out.div_ceil(OCB)
+        };
+        let want = 8 * threads;
+        let groups = if self.depthwise {
+            blocks.min(want)
+        } else {
+            want.div_ceil(gh * units_per_row).clamp(1, blocks)
+        };
+        let group = blocks.div_ceil(groups);
+        let groups = blocks.div_ceil(group);
+        let geom = Geom { ho: gh, wo: gw };
+        let n_units = gh * units_per_row * groups;
+        let isa = isa();
+        for (img, out_img) in x
+            .chunks_exact(c * h * w)
+            .zip(out.chunks_exact_mut(self.c_out * plane))
+        {
+            let src = if flat {
+                Src {
+                    data: Cow::Borrowed(img),
+                    rows: 1,
+                    wp: h * w,
+                    stride: 1,
+                }
+            } else {
+                Src::new(img, c, h, w, self.stride)
+            };
+            let dst = OutPtr(out_img.as_mut_ptr());
+            let run = |range: std::ops::Range<usize>| {
+                for u in range {
+                    let g = u % groups;
+                    let rest = u / groups;
+                    let (y, xc) = (rest / units_per_row, rest % units_per_row);
+                    let x0 = xc * chunk;
+                    let x1 = (x0 + chunk).min(gw);
+                    let b = g * group..((g + 1) * group).min(blocks);
+                    // SAFETY: unit (y, xc, g) writes output rows y, columns x0..x1 of the
+                    // channels of blocks `b` only: disjoint from every other unit, inside
+                    // `out_img` (checked length above); `isa` matches the running CPU.
+                    unsafe { self.unit(isa, &src, dst, geom, y, x0..x1, b, ep) };
+                }
+            };
+            par_for(n_units, run);
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// `isa` must be supported by the CPU; `out` must point to the `[c_out, ho, wo]` output of
+    /// the image `src` holds, and no other thread may touch the region this unit writes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit(
+        &self,
+        isa: Isa,
+        src: &Src,
+        out: OutPtr,
+        g: Geom,
+        y: usize,
+        xs: std::ops::Range<usize>,
+        blocks: std::ops::Range<usize>,
+        ep: &Epilogue,
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded from the caller.
+            Isa::Avx512 => unsafe { self.unit_avx512(src, out, g, y, xs, blocks, ep) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded from the caller.
+            Isa::Avx2 => unsafe { self.unit_avx2(src, out, g, y, xs, blocks, ep) },
+            // SAFETY: forwarded from the caller.
+            Isa::Portable => unsafe {
+                self.unit_generic::<Portable, 2>(src, out, g, y, xs, blocks, ep)
+            },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit_avx512(
+        &self,
+        src: &Src,
+        out: OutPtr,
+        g: Geom,
+        y: usize,
+        xs: std::ops::Range<usize>,
+        blocks: std::ops::Range<usize>,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: forwarded from `unit`.
+        unsafe { self.unit_generic::<x86::Avx512, 4>(src, out, g, y, xs, blocks, ep) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit_avx2(
+        &self,
+        src: &Src,
+        out: OutPtr,
+        g: Geom,
+        y: usize,
+        xs: std::ops::Range<usize>,
+        blocks: std::ops::Range<usize>,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: forwarded from `unit`.
+        unsafe { self.unit_generic::<x86::Avx2, 2>(src, out, g, y, xs, blocks, ep) }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit_generic<S: Simd, const PB: usize>(
+        &self,
+        src: &Src,
+        out: OutPtr,
+        g: Geom,
+        y: usize,
+        xs: std::ops::Range<usize>,
+        blocks: std::ops::Range<usize>,
+        ep: &Epilogue,
+    ) {
+        let plane = g.ho * g.wo;
+        let row = y * g.wo;
+        let wide = PB * S::L;
+        for b in blocks {
+            let mut x0 = xs.start;
+            // SAFETY (all tiles): each tile reads input columns below the row's end (x0 + lanes
+            // ≤ wo) and writes output row y, columns x0.. of this block's channels.
+            unsafe {
+                if self.depthwise {
+                    let o = out.get().add(b * plane + row);
+                    while x0 + wide <= xs.end {
+                        self.tile_dw::<S, PB>(src, b, y, x0, o.add(x0), S::L, ep);
+                        x0 += wide;
+                    }
+                    while x0 < xs.end {
+                        let n = S::L.min(xs.end - x0);
+                        self.tile_dw::<S, 1>(src, b, y, x0, o.add(x0), n, ep);
+                        x0 += n;
+                    }
+                } else {
+                    let valid = OCB.min(self.c_out - b * OCB);
+                    let o: [*mut f32; OCB] = std::array::from_fn(|j| {
+                        out.get().add((b * OCB + j.min(valid - 1)) * plane + row)
+                    });
+                    while x0 + wide <= xs.end {
+                        self.tile::<S, PB>(src, b, y, x0, &o, valid, S::L, ep);
+                        x0 += wide;
+                    }
+                    while x0 < xs.end {
+                        let n = S::L.min(xs.end - x0);
+                        self.tile::<S, 1>(src, b, y, x0, &o, valid, n, ep);
+                        x0 += n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output channels of block `b` (the first `valid`), row `y`, `PB` vectors from column `x0`;
+    /// the last vector has `last` valid lanes.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<S: Simd, const PB: usize>(
+        &self,
+        src: &Src,
+        b: usize,
+        y: usize,
+        x0: usize,
+        out: &[*mut f32; OCB],
+        valid: usize,
+        last: usize,
+        ep: &Epilogue,
+    ) {
+        let (k, s) = (self.k, self.stride);
+        let per_block = self.c_in * k * k * OCB;
+        // SAFETY: the caller guarantees the ISA and the bounds (see `unit_generic`); the
+        // packed weights hold `per_block` floats per block.
+        unsafe {
+            let mut acc = [[S::zero(); PB]; OCB];
+            let mut wp = self.packed.as_ptr().add(b * per_block);
+            for ci in 0..self.c_in {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let p = src.ptr(ci, y * s + ky, kx, x0);
+                        let mut xv = [S::zero(); PB];
+                        for (i, v) in xv.iter_mut().enumerate() {
+                            *v = if i + 1 == PB && last < S::L {
+                                S::load_n(p.add(i * S::L), last)
+                            } else {
+                                S::load(p.add(i * S::L))
+                            };
+                        }
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let wv = S::splat(*wp.add(j));
+                            for (ai, &xi) in a.iter_mut().zip(&xv) {
+                                *ai = S::fma(wv, xi, *ai);
+                            }
+                        }
+                        wp = wp.add(OCB);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(valid) {
+                let bias = self.bias[b * OCB + j];
+                for (i, &v) in a.iter().enumerate() {
+                    let v = S::epilogue(v, bias, ep);
+                    let dst = out[j].add(x0 + i * S::L);
+                    if i + 1 == PB && last < S::L {
+                        S::store_n(dst, v, last);
+                    } else {
+                        S::store(dst, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Depthwise: channel `c`, row `y`, `PB` vectors from column `x0` (`out` points at column x0).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_dw<S: Simd, const PB: usize>(
+        &self,
+        src: &Src,
+        c: usize,
+        y: usize,
+        x0: usize,
+        out: *mut f32,
+        last: usize,
+        ep: &Epilogue,
+    ) {
+        let (k, s) = (self.k, self.stride);
+        // SAFETY: as in `tile`.
+        unsafe {
+            let mut acc = [S::zero(); PB];
+            let w = self.packed.as_ptr().add(c * k * k);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let p = src.ptr(c, y * s + ky, kx, x0);
+                    let wv = S::splat(*w.add(ky * k + kx));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xv = if i + 1 == PB && last < S::L {
+                            S::load_n(p.add(i * S::L), last)
+                        } else {
+                            S::load(p.add(i * S::L))
+                        };
+                        *a = S::fma(wv, xv, *a);
+                    }
+                }
+            }
+            let bias = self.bias[c];
+            for (i, &v) in acc.iter().enumerate() {
+                let v = S::epilogue(v, bias, ep);
+                if i + 1 == PB && last < S::L {
+                    S::store_n(out.add(i * S::L), v, last);
+                } else {
+                    S::store(out.add(i * S::L), v);
+                }
+            }
+        }
+    }
+}
+
+/// [`Conv2d`] with its [`Epilogue`] as a candle op on contiguous CPU f32 tensors `[N, C, H, W]`.
+pub(crate) struct Conv2dOp<'a> {
+    pub conv: &'a Conv2d,
+    pub ep: Epilogue,
+}
+
+impl CustomOp1 for Conv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "easel-direct-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("direct conv2d expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("direct conv2d expects a contiguous tensor")
+        };
+        let dims = layout.shape().dims4()?;
+        let (ho, wo) = self.conv.out_size(dims.2, dims.3)?;
+        let out = self.conv.forward(&data[start..end], dims, &self.ep)?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((dims.0, self.conv.c_out, ho, wo)),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// padding
+
+/// Source index of each output position along one axis: `Some(i)` copies input `i`, `None` is 0.
+pub(crate) type AxisMap = Vec<Option<usize>>;
+
+/// Reflection padding of an axis of `n` (ONNX `reflect`: the edge is not repeated), optionally
+/// after nearest-neighbour upsampling by `up` (upsample, then pad the upsampled axis).
+pub(crate) fn reflect_map(n: usize, up: usize, before: usize, after: usize) -> Result<AxisMap> {
+    let m = n * up;
+    if m == 0 || before >= m || after >= m {
+        bail!("reflection padding ({before}, {after}) needs a side longer than {m} pixels")
+    }
+    let last = m as i64 - 1;
+    Ok((0..m + before + after)
+        .map(|i| {
+            let p = i as i64 - before as i64;
+            let r = if p < 0 {
+                -p
+            } else if p > last {
+                2 * last - p
+            } else {
+                p
+            };
+            Some(r as usize / up)
+        })
+        .collect())
+}
+
+/// Zero padding of an axis of `n`.
+pub(crate) fn zero_map(n: usize, before: usize, after: usize) -> AxisMap {
+    (0..before)
+        .map(|_| None)
+        .chain((0..n).map(Some))
+        .chain((0..after).map(|_| None))
+        .collect()
+}
+
+/// Gathers `x` (`[planes, h, w]`) into `[planes, rows.len(), cols.len()]`.
+pub(crate) fn pad(
+    x: &[f32],
+    (planes, h, w): (usize, usize, usize),
+    rows: &AxisMap,
+    cols: &AxisMap,
+) -> Result<Vec<f32>> {
+    if x.len() != planes * h * w
+        || rows.iter().flatten().any(|&r| r >= h)
+        || cols.iter().flatten().any(|&c| c >= w)
+    {
+        bail!("pad: index maps out of range for [{planes}, {h}, {w}]")
+    }
+    let (ho, wo) = (rows.len(), cols.len());
+    let mut out = vec![0f32; planes * ho * wo];
+    // The run of columns that copies a contiguous input range (the unpadded middle).
+    let run = cols
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| (*c == Some(0)).then_some(i))
+        .filter(|&i| i + w <= wo && (0..w).all(|j| cols[i + j] == Some(j)));
+    let fill = |dst: &mut [f32], plane: &[f32]| {
+        for (dr, r) in dst.chunks_exact_mut(wo).zip(rows) {
+            let Some(r) = *r else { continue };
+            let src = &plane[r * w..(r + 1) * w];
+            match run {
+                Some(i) => {
+                    dr[i..i + w].copy_from_slice(src);
+                    for (j, c) in cols.iter().enumerate() {
+                        if j < i || j >= i + w {
+                            dr[j] = c.map_or(0.0, |c| src[c]);
+                        }
+                    }
+                }
+                None => {
+                    for (d, c) in dr.iter_mut().zip(cols) {
+                        *d = c.map_or(0.0, |c| src[c]);
+                    }
+                }
+            }
+        }
+    };
+    if out.len() < 1 << 15 {
+        for (dst, plane) in out.chunks_exact_mut(ho * wo).zip(x.chunks_exact(h * w)) {
+            fill(dst, plane);
+        }
+    } else {
+        let dst = OutPtr(out.as_mut_ptr());
+        par_for(planes, |range| {
+            for p in range {
+                // SAFETY: plane p of `out` (in bounds: p < planes) is written by this unit only.
+                let d =
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(p * ho * wo), ho * wo) };
+                fill(d, &x[p * h * w..(p + 1) * h * w]);
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Calls `f(i, chunk)` for the `chunk_len`-float chunks of `data` (a partial last chunk is left
+/// alone), spread over threads as by [`par_for`].
+pub(crate) fn par_chunks_mut(
+    data: &mut [f32],
+    chunk_len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if chunk_len == 0 {
+        return;
+    }
+    let n = data.len() / chunk_len;
+    let ptr = OutPtr(data.as_mut_ptr());
+    par_for(n, |range| {
+        for i in range {
+            // SAFETY: i < n, so chunk i lies inside `data`; chunks are disjoint and each index is
+            // visited once, so no two threads alias.
+            let chunk =
+                unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * chunk_len), chunk_len) };
+            f(i, chunk);
+        }
+    });
+}
+
+/// Runs `f` on the items `0..n`, in chunks taken from a shared cursor by
+/// `candle_core::utils::get_num_threads()` threads (the caller's and scoped ones; inline for one
+/// thread or one item). The threads block rather than spin while they wait: on a loaded machine
+/// a spinning waiter steals the core its peer needs.
+pub(crate) fn par_for(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let threads = candle_core::utils::get_num_threads().min(n);
+    if threads <= 1 {
+        f(0..n);
+        return;
+    }
+    let chunk = n.div_ceil(threads * 4).max(1);
+    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+        if start >= n {
+            break;
+        }
+        f(start..n.min(start + chunk));
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn matches_candle_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        // (c_in, c_out, k, stride, groups, h, w): odd sizes, vector tails, channel-block tails.
+        for (c_in, c_out, k, stride, groups, h, w) in [
+            (3, 8, 9, 1, 1, 23, 41),
+            (8, 3, 9, 1, 1, 20, 37),
+            (8, 16, 3, 2, 1, 19, 34),
+            (32, 32, 3, 1, 1, 14, 70),
+            (5, 5, 3, 2, 5, 17, 18),
+            (6, 6, 3, 1, 6, 9, 40),
+            (96, 96, 3, 1, 96, 10, 10),
+            (24, 144, 1, 1, 1, 9, 31),
+            (320, 13, 1, 1, 1, 8, 8),
+            (7, 5, 1, 2, 1, 9, 9),
+            (1280, 100, 1, 1, 1, 1, 1),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (2, c_in, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 1.0, (c_out, c_in / groups, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let conv = Conv2d::new(
+                &weight.flatten_all()?.to_vec1::<f32>()?,
+                Some(&bias.to_vec1::<f32>()?),
+                (c_in, c_out, k),
+                stride,
+                groups > 1,
+            )?;
+            let got = x.apply_op1_no_bwd(&Conv2dOp {
+                conv: &conv,
+                ep: Epilogue::default(),
+            })?;
+            let want = x
+                .conv2d(&weight, 0, stride, 1, groups)?
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+            assert_eq!(got.dims(), want.dims());
+            let err = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(
+                err < 1e-5 * scale.max(1.0),
+                "{c_in}->{c_out} k{k} s{stride} g{groups}: {err} (max {scale})"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn epilogue_clamps_then_quantizes() -> Result<()> {
+        // A 1×1 identity conv with bias 0.25 → ReLU6 → quantize with scale 0.5, zp −3.
+        let conv = Conv2d::new(&[1.0], Some(&[0.25]), (1, 1, 1), 1, false)?;
+        let ep = Epilogue {
+            clamp: Some((0.0, 6.0)),
+            quant: Some(Quantize {
+                scale: 0.5,
+                lo: -125.0,
+                hi: 130.0,
+            }),
+        };
+        let x = [0.0f32, 0.5, 1.0, -3.0, 100.0, 0.05, 2.0];
+        let y = conv.forward(&x, (1, 1, 1, x.len()), &ep)?;
+        // +0.25: 0.25 0.75 1.25 −2.75 100.25 0.3 2.25; clamp: …, 0, 6, …; /0.5 → 0.5→0 (even),
+        // 1.5→2, 2.5→2, 0, 12, 0.6→1, 4.5→4.
+        assert_eq!(y, [0.0, 1.0, 1.0, 0.0, 6.0, 0.5, 2.0]);
+        let mut z = vec![0.25f32, 0.75, 1.25, -2.75, 100.25, 0.3, 2.25];
+        ep.apply_slice(&mut z);
+        assert_eq!(z, y);
+        Ok(())
+    }
+
+    #[test]
+    fn pad_maps_reflect_zero_and_upsample() -> Result<()> {
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect(); // 2 planes of 1×4
+        let rows = reflect_map(1, 2, 1, 0)?; // upsample 1 → 2 rows, reflect 1 on top
+        assert_eq!(rows, vec![Some(0), Some(0), Some(0)]);
+        let cols = reflect_map(4, 1, 2, 3)?;
+        let y = pad(&x, (2, 1, 4), &zero_map(1, 1, 0), &cols)?;
+        assert_eq!(y.len(), 2 * 2 * 9);
+        assert_eq!(&y[..9], &[0.0; 9]);
+        assert_eq!(&y[9..18], &[2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(&y[27..36], &[6.0, 5.0, 4.0, 5.0, 6.0, 7.0, 6.0, 5.0, 4.0]);
+        let up = pad(&x[..4], (1, 1, 4), &rows, &reflect_map(4, 2, 1, 1)?)?;
+        assert_eq!(
+            &up[..10],
+            &[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+        );
+        assert!(reflect_map(2, 1, 2, 0).is_err());
+        Ok(())
+    }
+}

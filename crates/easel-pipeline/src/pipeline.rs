@@ -1,0 +1,434 @@
+//! The img2img loop: paint a photo with Stable Diffusion, optionally held to its structure by a
+//! ControlNet. It reproduces diffusers' `StableDiffusionControlNetImg2ImgPipeline` (and, without
+//! a ControlNet, `StableDiffusionImg2ImgPipeline`) step for step:
+//!
+//! 1. the photo `[1, 3, H, W]` in `[0, 1]` is mapped to `[-1, 1]`, encoded by the VAE and a
+//!    posterior sample (seeded noise) is scaled by the VAE's `scaling_factor`, then repeated
+//!    over the batch;
+//! 2. the schedule's tail for `strength` is run ([`img2img_start`]): the latents are noised to
+//!    its first timestep;
+//! 3. at each timestep the [`Conditioning`] gives the contexts; with classifier-free guidance
+//!    (`guidance_scale > 1`) the UNet sees the batch `[uncond, cond]` and the predictions are
+//!    combined as `uncond + g · (cond − uncond)`; the ControlNet's residuals (scale
+//!    `control.scale`) are added while the step lies in `[control.start, control.end]`
+//!    (diffusers' `controlnet_keep`: step `i` of `n` is kept unless `i/n < start` or
+//!    `(i+1)/n > end`); in guess mode the ControlNet sees only the conditional half and the
+//!    unconditional half gets zero residuals;
+//! 4. the scheduler steps (ancestral schedulers take seeded noise);
+//! 5. the latents are divided by `scaling_factor`, decoded, and mapped to `[0, 1]`.
+//!
+//! **Failures.** Latents that turn NaN or infinite stop the run with the step number; a decode
+//! that overflows in f16 / bf16 is redone in f32 before giving up. Photos smaller than
+//! [`MIN_SIDE`] pixels are refused. Randomness comes from a [`NoiseSource`]
+//! ([`SeededNoise`] for a seed: the same image for the same seed on the CPU).
+
+use candle_core::{bail, DType, Result, Tensor};
+use easel_diffusion::contexts::{CrossAttentionLayout, LayerGroups, UNetContexts};
+use easel_diffusion::schedulers::{build, img2img_start, Ddim, Scheduler, SchedulerKind};
+use easel_diffusion::unet::ControlResiduals;
+use easel_diffusion::vae::AutoencoderKL;
+
+use crate::conditioning::Conditioning;
+use crate::models::StableDiffusion;
+use crate::noise::{NoiseSource, NoiseUse, SeededNoise};
+
+/// The smallest photo side the pipeline accepts, in pixels.
+pub const MIN_SIDE: usize = 64;
+
+/// How the ControlNet steers the denoising.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlSettings {
+    /// Multiplier of the ControlNet residuals (diffusers' `controlnet_conditioning_scale`).
+    pub scale: f64,
+    /// Fraction of the run's steps after which the ControlNet starts acting, in `[0, 1]`.
+    pub start: f64,
+    /// Fraction of the run's steps after which it stops, in `[start, 1]`.
+    pub end: f64,
+    /// Guess mode: the ControlNet sees only the conditional half of the batch and its residuals
+    /// are scaled from 0.1 (shallowest) to 1 (mid block). Forced on by ControlNets with
+    /// `global_pool_conditions`.
+    pub guess_mode: bool,
+}
+
+impl Default for ControlSettings {
+    /// Scale 1, active over the whole run, no guess mode.
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            start: 0.0,
+            end: 1.0,
+            guess_mode: false,
+        }
+    }
+}
+
+/// One stylization run.
+#[derive(Debug, Clone)]
+pub struct StylizeRequest {
+    /// The photo, `[1, 3, H, W]` in `[0, 1]`, already resized so that `H` and `W` are
+    /// multiples of 8 (the VAE's downsampling factor) and at least [`MIN_SIDE`].
+    pub image: Tensor,
+    /// The ControlNet's conditioning image (e.g. Canny edges), `[1, 3, H, W]` in `[0, 1]`;
+    /// required when the models have a ControlNet, refused otherwise.
+    pub control_image: Option<Tensor>,
+    /// How much of the photo is repainted, in `(0, 1]`: the run starts at step
+    /// `steps − floor(steps · strength)` of the schedule.
+    pub strength: f64,
+    /// Inference steps of the full schedule (the run does `floor(steps · strength)` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale; at most 1 disables guidance (no unconditional pass).
+    pub guidance_scale: f64,
+    /// The sampler.
+    pub scheduler: SchedulerKind,
+    /// DDIM's eta (0: deterministic; `> 0` draws noise each step); ignored by other samplers.
+    pub eta: f64,
+    /// ControlNet settings.
+    pub control: ControlSettings,
+    /// Seed of [`SeededNoise`] (used by [`StableDiffusion::stylize`]).
+    pub seed: u64,
+    /// Number of images painted from the photo (each with its own noise).
+    pub batch: usize,
+    /// Decode the latents tile by tile (bounded memory for large images, slightly different
+    /// pixels at tile seams; the VAE's own tile size).
+    pub vae_tiling: bool,
+}
+
+impl StylizeRequest {
+    /// A request with the defaults: strength 0.7, 50 steps, guidance 7.5, DDIM (eta 0),
+    /// default [`ControlSettings`], seed 0, one image, no VAE tiling.
+    pub fn new(image: Tensor) -> Self {
+        Self {
+            image,
+            control_image: None,
+            strength: 0.7,
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: SchedulerKind::Ddim,
+            eta: 0.0,
+            control: ControlSettings::default(),
+            seed: 0,
+            batch: 1,
+            vae_tiling: false,
+        }
+    }
+}
+
+/// Whether diffusers' `controlnet_keep` keeps the ControlNet at step `i` of `n`.
+pub fn control_active(i: usize, n: usize, start: f64, end: f64) -> bool {
+    let (a, b) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+    !(a < start || b > end)
+}
+
+impl StableDiffusion {
+    /// Runs `request` with noise seeded by `request.seed` ([`SeededNoise`]); returns the
+    /// images `[batch, 3, H, W]` (f32, in `[0, 1]`, on the models' device).
+    /// `progress(step, total)` is called after each denoising step.
+    pub fn stylize(
+        &self,
+        request: &StylizeRequest,
+        conditioning: &mut dyn Conditioning,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let mut noise = SeededNoise::new(request.seed);
+        self.stylize_with_noise(request, conditioning, &mut noise, progress)
+    }
+
+    /// [`Self::stylize`] with noise from `noise` (`request.seed` is not read).
+    pub fn stylize_with_noise(
+        &self,
+        request: &StylizeRequest,
+        conditioning: &mut dyn Conditioning,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        self.check_request(request)?;
+        let device = &self.device;
+        let dtype = self.dtype;
+        let batch = request.batch;
+        let mut scheduler: Box<dyn Scheduler> = match request.scheduler {
+            SchedulerKind::Ddim => Box::new(Ddim::new(
+                &self.scheduler_config,
+                request.steps,
+                request.eta,
+            )?),
+            kind => build(kind, &self.scheduler_config, request.steps)?,
+        };
+        let start = img2img_start(request.steps, request.strength)?;
+        let timesteps = scheduler.timesteps()[start..].to_vec();
+        let n = timesteps.len();
+        let Some(&first) = timesteps.first() else {
+            bail!(
+                "strength {} with {} steps runs no denoising step; raise --strength or --steps",
+                request.strength,
+                request.steps
+            )
+        };
+
+        // 1-2. Photo latents, noised to the first timestep.
+        let photo = request.image.to_device(device)?.to_dtype(dtype)?;
+        let posterior = self.vae.encode(&photo.affine(2.0, -1.0)?)?;
+        let vae_noise = noise
+            .next(NoiseUse::VaeSample, posterior.mean().dims(), device)?
+            .to_dtype(dtype)?;
+        let scaling = self.vae.config().scaling_factor;
+        let init = (posterior.sample(&vae_noise)? * scaling)?.repeat((batch, 1, 1, 1))?;
+        let init_noise = noise
+            .next(NoiseUse::Img2Img, init.dims(), device)?
+            .to_dtype(dtype)?;
+        let mut latents = scheduler.add_noise(&init, init_noise, first)?;
+
+        let guided = request.guidance_scale > 1.0;
+        let layout = self.unet.cross_attention_layout();
+        let control = match (&self.controlnet, &request.control_image) {
+            (Some(controlnet), Some(image)) => Some((
+                controlnet,
+                image
+                    .to_device(device)?
+                    .to_dtype(dtype)?
+                    .repeat((batch, 1, 1, 1))?,
+            )),
+            _ => None,
+        };
+        let guess_mode = request.control.guess_mode
+            || control
+                .as_ref()
+                .is_some_and(|(c, _)| c.config.global_pool_conditions);
+        let train_steps = self.scheduler_config.num_train_timesteps;
+
+        // 3-4. Denoising.
+        for (i, &t) in timesteps.iter().enumerate() {
+            let contexts = conditioning.contexts(t, train_steps)?;
+            let cond = repeat_contexts(&contexts.cond, batch, dtype, device)?;
+            let unet_contexts = if guided {
+                let uncond = repeat_contexts(&contexts.uncond, batch, dtype, device)?;
+                stack_contexts(&uncond, &cond, &layout)?
+            } else {
+                cond.clone()
+            };
+            let model_input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_input = scheduler.scale_model_input(model_input, t)?;
+            let timestep = t as f64;
+
+            let residuals = match &control {
+                Some((controlnet, image))
+                    if control_active(i, n, request.control.start, request.control.end) =>
+                {
+                    let scale = request.control.scale;
+                    let model = &controlnet.model;
+                    Some(if guess_mode && guided {
+                        let input = scheduler.scale_model_input(latents.clone(), t)?;
+                        let half = model.forward(&input, timestep, &cond, image, scale, true)?;
+                        zero_uncond_half(half)?
+                    } else {
+                        let image = if guided {
+                            Tensor::cat(&[image, image], 0)?
+                        } else {
+                            image.clone()
+                        };
+                        model.forward(
+                            &model_input,
+                            timestep,
+                            &unet_contexts,
+                            &image,
+                            scale,
+                            guess_mode,
+                        )?
+                    })
+                }
+                _ => None,
+            };
+
+            let prediction =
+                self.unet
+                    .forward(&model_input, timestep, &unet_contexts, residuals.as_ref())?;
+            let prediction = if guided {
+                let uncond = prediction.narrow(0, 0, batch)?;
+                let cond = prediction.narrow(0, batch, batch)?;
+                (&uncond + ((cond - &uncond)? * request.guidance_scale)?)?
+            } else {
+                prediction
+            };
+            let step_noise = if scheduler.needs_noise() {
+                Some(
+                    noise
+                        .next(NoiseUse::Step(i), latents.dims(), device)?
+                        .to_dtype(dtype)?,
+                )
+            } else {
+                None
+            };
+            latents = scheduler.step(&prediction, t, &latents, step_noise.as_ref())?;
+            if !all_finite(&latents)? {
+                bail!(
+                    "the model produced NaN at step {} of {n}; try --dtype f32 or a lower \
+                     --guidance",
+                    i + 1
+                )
+            }
+            progress(i + 1, n);
+        }
+
+        // 5. Decode.
+        self.decode_latents(&(latents / scaling)?, request.vae_tiling)
+    }
+
+    /// Decodes unscaled latents to images in `[0, 1]` (f32), redoing an overflowing f16 / bf16
+    /// decode in f32.
+    fn decode_latents(&self, latents: &Tensor, tiling: bool) -> Result<Tensor> {
+        let decode = |vae: &AutoencoderKL, latents: &Tensor| -> Result<Tensor> {
+            let images = if tiling {
+                vae.decode_tiled(latents, &vae.config().tiling())?
+            } else {
+                vae.decode(latents)?
+            };
+            images.to_dtype(DType::F32)
+        };
+        let mut images = decode(&self.vae, latents)?;
+        if !all_finite(&images)? && self.dtype != DType::F32 {
+            let vae = self.vae_in(DType::F32)?;
+            images = decode(&vae, &latents.to_dtype(DType::F32)?)?;
+        }
+        if !all_finite(&images)? {
+            bail!(
+                "the VAE decoder produced NaN or infinite values; try --dtype f32 or a lower \
+                 --guidance"
+            )
+        }
+        images.affine(0.5, 0.5)?.clamp(0f32, 1f32)
+    }
+
+    fn check_request(&self, request: &StylizeRequest) -> Result<()> {
+        let (b, c, h, w) = request.image.dims4().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "the photo must be a [1, 3, H, W] tensor, got {:?}",
+                request.image.dims()
+            ))
+        })?;
+        if b != 1 || c != 3 {
+            bail!(
+                "the photo must be a [1, 3, H, W] tensor, got {:?}",
+                request.image.dims()
+            )
+        }
+        if h < MIN_SIDE || w < MIN_SIDE {
+            bail!(
+                "the photo is {w}×{h} pixels, smaller than {MIN_SIDE} on a side; give a larger \
+                 --size (at least {MIN_SIDE})"
+            )
+        }
+        let factor = self.vae.config().downsampling_factor();
+        if h % factor != 0 || w % factor != 0 {
+            bail!("the photo is {w}×{h} pixels; both sides must be multiples of {factor}")
+        }
+        if request.batch == 0 {
+            bail!("the batch must hold at least one image")
+        }
+        if request.steps == 0 {
+            bail!("steps must be at least 1")
+        }
+        if !(request.strength > 0.0 && request.strength <= 1.0) {
+            bail!("strength must be in (0, 1], got {}", request.strength)
+        }
+        if !request.guidance_scale.is_finite() {
+            bail!(
+                "guidance must be a finite number, got {}",
+                request.guidance_scale
+            )
+        }
+        if !(request.eta.is_finite() && request.eta >= 0.0) {
+            bail!("eta must be a non-negative number, got {}", request.eta)
+        }
+        let control = &request.control;
+        if !control.scale.is_finite() {
+            bail!(
+                "the control scale must be a finite number, got {}",
+                control.scale
+            )
+        }
+        if !(0.0 <= control.start && control.start < control.end && control.end <= 1.0) {
+            bail!(
+                "the control start {} and end {} must satisfy 0 <= start < end <= 1",
+                control.start,
+                control.end
+            )
+        }
+        match (&self.controlnet, &request.control_image) {
+            (Some(_), None) => bail!("a ControlNet is loaded but no control image was given"),
+            (None, Some(_)) => bail!("a control image was given but no ControlNet is loaded"),
+            (Some(_), Some(image)) if image.dims() != [1, 3, h, w] => bail!(
+                "the control image is {:?}, it must be [1, 3, {h}, {w}] like the photo",
+                image.dims()
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Contexts of batch 1 (or already `batch`) repeated to `batch`, in `dtype` on `device`.
+fn repeat_contexts(
+    contexts: &UNetContexts,
+    batch: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<UNetContexts> {
+    let tensors = contexts
+        .contexts()
+        .iter()
+        .map(|c| {
+            let c = c.to_device(device)?.to_dtype(dtype)?;
+            match c.dim(0)? {
+                b if b == batch => Ok(c),
+                1 => c.repeat((batch, 1, 1)),
+                b => bail!("conditioning contexts have batch {b}, expected 1 or {batch}"),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    UNetContexts::new(contexts.groups(), tensors)
+}
+
+/// `[uncond, cond]` along the batch. Contexts of different groupings are expanded to one
+/// context per layer of `layout` first.
+fn stack_contexts(
+    uncond: &UNetContexts,
+    cond: &UNetContexts,
+    layout: &CrossAttentionLayout,
+) -> Result<UNetContexts> {
+    let (groups, pairs): (LayerGroups, Vec<(&Tensor, &Tensor)>) =
+        if uncond.groups() == cond.groups() && uncond.contexts().len() == cond.contexts().len() {
+            (
+                cond.groups(),
+                uncond.contexts().iter().zip(cond.contexts()).collect(),
+            )
+        } else {
+            let u = uncond.per_layer(layout)?;
+            let c = cond.per_layer(layout)?;
+            (LayerGroups::PerLayer, u.into_iter().zip(c).collect())
+        };
+    let stacked = pairs
+        .into_iter()
+        .map(|(u, c)| Tensor::cat(&[u, c], 0))
+        .collect::<Result<Vec<_>>>()?;
+    UNetContexts::new(groups, stacked)
+}
+
+/// Residuals of the conditional half with zeros prepended for the unconditional half.
+fn zero_uncond_half(half: ControlResiduals) -> Result<ControlResiduals> {
+    let pad = |r: &Tensor| Tensor::cat(&[&r.zeros_like()?, r], 0);
+    Ok(ControlResiduals {
+        down: half.down.iter().map(pad).collect::<Result<Vec<_>>>()?,
+        mid: pad(&half.mid)?,
+    })
+}
+
+/// Whether every value of `xs` is finite (a sum is NaN or infinite otherwise).
+fn all_finite(xs: &Tensor) -> Result<bool> {
+    Ok(xs
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite())
+}
