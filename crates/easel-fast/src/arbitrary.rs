@@ -308,12 +308,19 @@ fn native_cpu(x: &Tensor) -> bool {
     x.device().is_cpu() && NATIVE_CPU.with(|n| n.get())
 }
 
-/// Sum of `xs` in f64 (8 partial sums, so it vectorises).
+/// Sum of `f(x)` over `xs` in f64 (8 partial sums, so it vectorises).
 #[inline(always)]
-fn sum64(xs: impl Iterator<Item = f32>) -> f64 {
+fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut acc = [0f64; 8];
-    for (i, v) in xs.enumerate() {
-        acc[i % 8] += v as f64;
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v) as f64;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v) as f64;
     }
     acc.iter().sum()
 }
@@ -377,12 +384,50 @@ fn reflect_maps(x: &Act, up: usize, p: usize) -> Result<Option<(conv::AxisMap, c
 
 /// `dst = q(dst + src)`.
 fn add_quant(dst: &mut [f32], src: &[f32], q: &Quant) {
-    conv::simd_scope(|| {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d += s;
-        }
-    });
+    conv::add_assign(dst, src);
     q.slice(dst);
+}
+
+/// The per-channel constants of [`ConditionalInstanceNorm::cpu`].
+struct NormChannel {
+    inv: f32,
+    eps: f32,
+    q: NormQuant,
+    out_q: Quant,
+    relu_lo: f32,
+}
+
+/// `Quant::f` as a branch-free closure (identity when disabled), for vectorised loops.
+#[inline(always)]
+fn quant_fn(q: &Quant) -> impl Fn(f32) -> f32 {
+    let op = q.op().unwrap_or(Quantize {
+        scale: 1.0,
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    });
+    let on = q.enabled;
+    move |x: f32| if on { op.apply(x) } else { x }
+}
+
+conv::simd_fn! {
+    /// Conditional instance norm, ReLU and output quantization of one channel, in place.
+    fn norm_channel(n: &NormChannel, xs: &mut [f32], gamma: f32, beta: f32) {
+        let q = &n.q;
+        let (q_sq, q_scaled, q_out) = (quant_fn(&q.sq), quant_fn(&q.scaled), quant_fn(&n.out_q));
+        let mean = q.mean.f(sum64(xs, |v| v) as f32 * n.inv);
+        let sq = sum64(xs, |x| q_sq((x - mean) * (x - mean)));
+        let var = q.var.f(sq as f32 * n.inv);
+        let var_eps = q.var_eps.f(var + n.eps);
+        let rsqrt = q.rsqrt.f(1.0 / var_eps.sqrt());
+        let scale = q.scale.f(rsqrt * gamma);
+        let shift_mean = q.shift_mean.f(mean * scale);
+        let shift = q.shift.f(beta - shift_mean);
+        let lo = n.relu_lo;
+        for x in xs.iter_mut() {
+            let v = q_scaled(*x * scale) + shift;
+            *x = q_out(if v < lo { lo } else { v });
+        }
+    }
 }
 
 /// Reflection padding of the two spatial dims (TF `MirrorPad` REFLECT / ONNX `Pad` reflect):
@@ -651,7 +696,7 @@ impl StylePredictor {
             let inv = (1.0 / plane as f64) as f32;
             let pooled: Vec<f32> =
                 x.v.chunks_exact(plane)
-                    .map(|ch| self.pool.f(sum64(ch.iter().copied()) as f32 * inv))
+                    .map(|ch| self.pool.f(sum64(ch, |v| v) as f32 * inv))
                     .collect();
             let pooled = Act {
                 c: pooled.len(),
@@ -839,22 +884,15 @@ impl ConditionalInstanceNorm {
         let inv = (1.0 / plane as f64) as f32;
         let eps = self.eps as f32;
         let q = &self.q;
+        let norm = NormChannel {
+            inv,
+            eps,
+            q: q.clone(),
+            out_q: *out_q,
+            relu_lo: if relu { 0.0 } else { f32::NEG_INFINITY },
+        };
         conv::par_chunks_mut(&mut y.v, plane, |c, xs| {
-            conv::simd_scope(|| {
-                let mean = q.mean.f(sum64(xs.iter().copied()) as f32 * inv);
-                let sq = sum64(xs.iter().map(|&x| q.sq.f((x - mean) * (x - mean))));
-                let var = q.var.f(sq as f32 * inv);
-                let var_eps = q.var_eps.f(var + eps);
-                let rsqrt = q.rsqrt.f(1.0 / var_eps.sqrt());
-                let scale = q.scale.f(rsqrt * gamma[c]);
-                let shift_mean = q.shift_mean.f(mean * scale);
-                let shift = q.shift.f(beta[c] - shift_mean);
-                for x in xs.iter_mut() {
-                    let v = q.scaled.f(*x * scale) + shift;
-                    let v = if relu { v.max(0.0) } else { v };
-                    *x = out_q.f(v);
-                }
-            })
+            norm_channel(&norm, xs, gamma[c], beta[c])
         });
     }
 

@@ -49,7 +49,12 @@ pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 impl Quantize {
     #[inline(always)]
     pub(crate) fn apply(&self, x: f32) -> f32 {
-        ((((x / self.scale).max(self.lo).min(self.hi)) + ROUND_MAGIC) - ROUND_MAGIC) * self.scale
+        // Comparisons rather than `f32::max`/`min` (whose NaN rules block vectorisation); the same
+        // values for every non-NaN input.
+        let y = x / self.scale;
+        let y = if y < self.lo { self.lo } else { y };
+        let y = if y > self.hi { self.hi } else { y };
+        ((y + ROUND_MAGIC) - ROUND_MAGIC) * self.scale
     }
 }
 
@@ -64,7 +69,14 @@ impl Epilogue {
     #[inline(always)]
     fn scalar(&self, v: f32) -> f32 {
         let v = match self.clamp {
-            Some((lo, hi)) => v.max(lo).min(hi),
+            Some((lo, hi)) => {
+                let v = if v < lo { lo } else { v };
+                if v > hi {
+                    hi
+                } else {
+                    v
+                }
+            }
             None => v,
         };
         match self.quant {
@@ -78,38 +90,64 @@ impl Epilogue {
         if self.clamp.is_none() && self.quant.is_none() {
             return;
         }
-        simd_scope(|| {
-            for v in xs {
-                *v = self.scalar(*v);
-            }
-        })
+        epilogue_slice(self, xs)
     }
 }
 
-/// Runs `f` inside a function compiled for the CPU's vector extension (AVX-512F, AVX2 + FMA or
-/// none), so that the compiler can vectorise `f`'s loops (once inlined) with it. For plain
-/// element-wise loops; `f` must not depend on which extension runs it (IEEE operations do not).
-#[inline(always)]
-pub(crate) fn simd_scope<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// Defines `fn $name(args) -> ret` whose body is compiled three times — for AVX-512F, for
+/// AVX2 + FMA and portably — and dispatched on the running CPU, so the compiler can vectorise its
+/// loops with the widest registers. For element-wise loops of IEEE operations, whose values do
+/// not depend on the vector width.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn avx512($($arg: $ty),*) $(-> $ret)? {
+                inner($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                inner($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
         }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        match isa() {
-            // SAFETY: `isa` returns `Avx512` only when the CPU has AVX-512F.
-            Isa::Avx512 => return unsafe { avx512(f) },
-            // SAFETY: `isa` returns `Avx2` only when the CPU has AVX2 and FMA.
-            Isa::Avx2 => return unsafe { avx2(f) },
-            Isa::Portable => {}
+    };
+}
+pub(crate) use simd_fn;
+
+simd_fn! {
+    fn epilogue_slice(ep: &Epilogue, xs: &mut [f32]) {
+        for v in xs {
+            *v = ep.scalar(*v);
         }
     }
-    f()
+}
+
+simd_fn! {
+    /// `dst[i] += src[i]`.
+    pub(crate) fn add_assign(dst: &mut [f32], src: &[f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,8 +469,10 @@ impl<'a> Src<'a> {
         let wp = w.div_ceil(stride);
         let mut data = vec![0f32; c * h * stride * wp];
         for (src, dst) in x.chunks_exact(w).zip(data.chunks_exact_mut(stride * wp)) {
-            for (i, &v) in src.iter().enumerate() {
-                dst[(i % stride) * wp + i / stride] = v;
+            for (p, phase) in dst.chunks_exact_mut(wp).enumerate() {
+                for (d, &v) in phase.iter_mut().zip(src[p.min(w)..].iter().step_by(stride)) {
+                    *d = v;
+                }
             }
         }
         Self {
