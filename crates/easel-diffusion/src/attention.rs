@@ -340,6 +340,7 @@ impl Transformer2DModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_abs_diff;
     use candle_core::{DType, Device, Var};
     use std::collections::HashMap;
 
@@ -362,19 +363,6 @@ mod tests {
         weights.insert("to_out.0.bias".to_string(), randn(&[dim], 5));
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         CrossAttention::new(vb, dim, Some(ctx), heads, head_dim, slicing).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Query chunks (with a ragged last chunk) give the full path's output and gradients.

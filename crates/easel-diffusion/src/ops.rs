@@ -78,11 +78,12 @@ pub(crate) fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// `max |a − b|` of two f32 tensors (also used by the other modules' unit tests).
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use easel_diffusion::vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, TileConfig};
 
-use common::{cached, max_abs_diff, tensor};
+use common::{cached, max_abs_diff, tensor, vae_deep_config};
 
 const TOL: f32 = 1e-4;
 
@@ -33,17 +33,6 @@ fn check(what: &str, ours: &Tensor, key: &str) {
     assert!(err <= TOL, "{what}: max abs err {err}");
 }
 
-/// The `deep` config of vae_ref.py.
-fn deep_config() -> AutoencoderKLConfig {
-    AutoencoderKLConfig {
-        block_out_channels: vec![8, 16, 16],
-        layers_per_block: 2,
-        norm_num_groups: 4,
-        sample_size: 16,
-        ..AutoencoderKLConfig::sd15()
-    }
-}
-
 fn load(case: &str, config: AutoencoderKLConfig) -> AutoencoderKL {
     let vb = VarBuilder::from_tensors(fixtures().clone(), DType::F32, &Device::Cpu).pp(case);
     AutoencoderKL::new(vb, config).unwrap()
@@ -53,7 +42,7 @@ fn load(case: &str, config: AutoencoderKLConfig) -> AutoencoderKL {
 fn encode_sample_decode_match_diffusers() {
     for (case, config) in [
         ("tiny", AutoencoderKLConfig::tiny()),
-        ("deep", deep_config()),
+        ("deep", vae_deep_config()),
     ] {
         let vae = load(case, config);
         let image = get(&format!("{case}/image"));
@@ -96,7 +85,7 @@ fn encode_sample_decode_match_diffusers() {
 
 #[test]
 fn tiled_encode_and_decode_match_diffusers() {
-    let vae = load("deep", deep_config());
+    let vae = load("deep", vae_deep_config());
     let tiles = TileConfig {
         tile_sample_min_size: 16,
         tile_latent_min_size: 4,
@@ -127,7 +116,7 @@ fn tiled_encode_and_decode_match_diffusers() {
 
 #[test]
 fn rejects_bad_inputs_and_configs() {
-    let vae = load("deep", deep_config());
+    let vae = load("deep", vae_deep_config());
     let dev = Device::Cpu;
     let wrong_channels = Tensor::zeros((1, 4, 16, 16), DType::F32, &dev).unwrap();
     assert!(vae.encode(&wrong_channels).is_err());
@@ -155,15 +144,15 @@ fn rejects_bad_inputs_and_configs() {
     for config in [
         AutoencoderKLConfig {
             block_out_channels: vec![],
-            ..deep_config()
+            ..vae_deep_config()
         },
         AutoencoderKLConfig {
             norm_num_groups: 3,
-            ..deep_config()
+            ..vae_deep_config()
         },
         AutoencoderKLConfig {
             layers_per_block: 0,
-            ..deep_config()
+            ..vae_deep_config()
         },
     ] {
         assert!(AutoencoderKL::new(vb.clone(), config).is_err());

@@ -21,7 +21,7 @@ use easel_diffusion::weights::{
 };
 use serde_json::Value;
 
-use common::read_json;
+use common::{read_json, vae_deep_config};
 
 fn configs() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
@@ -69,13 +69,7 @@ fn diffusers_configs_parse_to_presets() {
     );
     assert_eq!(
         vae_config_from_diffusers_json(config("vae_deep")).unwrap(),
-        AutoencoderKLConfig {
-            block_out_channels: vec![8, 16, 16],
-            layers_per_block: 2,
-            norm_num_groups: 4,
-            sample_size: 16,
-            ..AutoencoderKLConfig::sd15()
-        }
+        vae_deep_config()
     );
     assert_eq!(
         clip_config_from_transformers_json(config("clip_tiny")).unwrap(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use candle_core::{DType, Device, Tensor};
+use easel_diffusion::vae::AutoencoderKLConfig;
 use serde_json::Value;
 
 /// The path of `tests/fixtures/<name>`.
@@ -75,4 +76,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let diff = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
     max_abs(&diff)
+}
+
+/// The `deep` VAE config of `tools/ref/vae_ref.py` (three levels, two resnets per level).
+pub fn vae_deep_config() -> AutoencoderKLConfig {
+    AutoencoderKLConfig {
+        block_out_channels: vec![8, 16, 16],
+        layers_per_block: 2,
+        norm_num_groups: 4,
+        sample_size: 16,
+        ..AutoencoderKLConfig::sd15()
+    }
 }
