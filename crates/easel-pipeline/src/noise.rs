@@ -7,8 +7,8 @@
 //! the order of diffusers' `randn_tensor` calls in its img2img pipelines.
 //!
 //! **Determinism rule.** [`SeededNoise`] draws every number on the host from a ChaCha20 stream
-//! seeded with the request's seed (Box–Muller-free ziggurat sampling of `rand_distr`), then
-//! copies the tensor to the device. A seed therefore gives the same noise on every machine and
+//! seeded with the request's seed (`rand_distr`'s ziggurat `StandardNormal`, f32), then copies
+//! the tensor to the device. A seed therefore gives the same noise on every machine and
 //! device, and the same image on the CPU; candle's `Tensor::randn` (device generators) is never
 //! used. Tests replay recorded noise with [`ReplayNoise`].
 
