@@ -32,13 +32,12 @@ of a useful scale (the default init is nearly an identity map), and writes
 
 Read by `crates/easel-diffusion/tests/clip_parity.rs`.
 """
-from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-OUT = Path(__file__).resolve().parents[2] / "crates/easel-diffusion/tests/fixtures"
+from _common import save_fixture
+
 
 VOCAB = 512
 BOS, EOS = 406, 407
@@ -148,10 +147,8 @@ def run_case(case):
             int(case["prefix"]), PLACEHOLDER,
         ], dtype=torch.float64),
     })
-    path = OUT / f"clip_{case['name']}.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
-    print(f"{path.name}: {path.stat().st_size} bytes, pooled positions "
-          f"{out.pooler_output.shape}, |grad| {grad_vectors.abs().max():.4f}")
+    save_fixture(tensors, f"clip_{case['name']}.safetensors")
+    print(f"pooled positions {out.pooler_output.shape}, |grad| {grad_vectors.abs().max():.4f}")
 
 
 if __name__ == "__main__":

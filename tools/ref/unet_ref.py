@@ -34,16 +34,13 @@ Keys of unet_cases.safetensors (float32; timesteps float32 [B]):
 Usage: /work/venv/bin/python tools/ref/unet_ref.py
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIXTURES = os.path.join(ROOT, "crates/easel-diffusion/tests/fixtures")
+from _common import save_fixture
+
 
 # Mirrors UNet2DConditionModelConfig::tiny().
 UNET_TINY = dict(
@@ -222,7 +219,7 @@ def main():
     run_controlnet("controlnet_down_mid_up", "down_mid_up", 0.7, False)
     # The ControlNet only has the down and mid layers: per-layer contexts for the
     # whole UNet (6 here), of which it uses the first down + mid (3).
-    run_controlnet_per_layer(controlnet, layout, cases, x)
+    run_controlnet("controlnet_per_layer", "per_layer", 0.7, False)
     run_controlnet("controlnet_global_pool", "single", 0.7, True, global_pool=True)
 
     # Gradient of an MSE loss through ControlNet and UNet w.r.t. the contexts.
@@ -251,36 +248,9 @@ def main():
         cases[f"grad/context.{k}"] = c.detach()
         cases[f"grad/grad.{k}"] = c.grad
 
-    os.makedirs(FIXTURES, exist_ok=True)
-    tensors = {k: v.detach().contiguous().float() for k, v in cases.items()}
-    save_file(tensors, os.path.join(FIXTURES, "unet_cases.safetensors"))
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
-              os.path.join(FIXTURES, "unet_tiny.safetensors"))
-    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()},
-              os.path.join(FIXTURES, "controlnet_tiny.safetensors"))
-    for f in ("unet_cases", "unet_tiny", "controlnet_tiny"):
-        path = os.path.join(FIXTURES, f + ".safetensors")
-        print(f"{path}: {os.path.getsize(path)} bytes")
-
-
-def run_controlnet_per_layer(controlnet, layout, cases, x):
-    name = "controlnet_per_layer"
-    sample = x(BATCH, 4, 8, 8)
-    cond = torch.rand(BATCH, 3, 64, 64)
-    ctxs = [torch.randn(BATCH, SEQ, DIM) for _ in range(sum(layout))]
-    with torch.no_grad(), Routed(controlnet, layout[:2] + (0,), "per_layer", ctxs):
-        down, mid = controlnet(
-            sample, 321.0, encoder_hidden_states=ctxs[0], controlnet_cond=cond,
-            conditioning_scale=0.7, return_dict=False,
-        )
-    cases[f"{name}/sample"] = sample
-    cases[f"{name}/timestep"] = torch.tensor([321.0])
-    cases[f"{name}/cond"] = cond
-    for k, c in enumerate(ctxs):
-        cases[f"{name}/context.{k}"] = c
-    for i, r in enumerate(down):
-        cases[f"{name}/down.{i}"] = r
-    cases[f"{name}/mid"] = mid
+    save_fixture({k: v.float() for k, v in cases.items()}, "unet_cases.safetensors")
+    save_fixture(unet.state_dict(), "unet_tiny.safetensors")
+    save_fixture(controlnet.state_dict(), "controlnet_tiny.safetensors")
 
 
 if __name__ == "__main__":

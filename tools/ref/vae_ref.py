@@ -27,18 +27,16 @@ overlap 0.25):
 Usage: /work/venv/bin/python tools/ref/vae_ref.py
 """
 
-import os
 
 import torch
-from safetensors.torch import save_file
 
 from diffusers import AutoencoderKL
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIXTURES = os.path.join(ROOT, "crates/easel-diffusion/tests/fixtures")
+from _common import save_fixture
+
 
 
 def randomize(module, scale=0.2):
@@ -123,9 +121,7 @@ def blocks():
         put(out, name, module)
         out[f"{name}/x"] = x
         out[f"{name}/out"] = y
-    path = os.path.join(FIXTURES, "vae_blocks.safetensors")
-    save_file(out, path)
-    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    save_fixture(out, "vae_blocks.safetensors")
 
 
 # AutoencoderKL configs mirrored by tests/vae_parity.rs.
@@ -191,10 +187,7 @@ def vae():
     out["tiled/image"] = image
     out["tiled/moments"] = moments
 
-    out = {k: v.contiguous() for k, v in out.items()}
-    path = os.path.join(FIXTURES, "vae_tiny.safetensors")
-    save_file(out, path)
-    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    save_fixture(out, "vae_tiny.safetensors")
 
 
 if __name__ == "__main__":

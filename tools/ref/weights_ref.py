@@ -40,8 +40,8 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIXTURES = os.path.join(ROOT, "crates/easel-diffusion/tests/fixtures")
+from _common import FIXTURES
+
 
 # Mirrors UNet2DConditionModelConfig::tiny() / ControlNetConfig::tiny() (tools/ref/unet_ref.py).
 UNET_TINY = dict(
