@@ -209,7 +209,9 @@ impl StableDiffusion {
 
     /// Loads an original single-file checkpoint (`.safetensors` with `model.diffusion_model.*`,
     /// `first_stage_model.*` and `cond_stage_model.transformer.*` keys) built with `configs`,
-    /// and the tokenizer the caller loaded (single files carry none).
+    /// and the tokenizer the caller loaded (single files carry none). Each component's tensors
+    /// are read to host memory once, converted to diffusers keys and moved to the device; the
+    /// VAE's stay in host memory as [`StableDiffusion::vae_weights`].
     pub fn from_single_file(
         path: &Path,
         configs: &ModelConfigs,
