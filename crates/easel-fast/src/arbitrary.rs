@@ -44,7 +44,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::conv::{self, Conv2d, Conv2dOp, Epilogue, Quantize};
+use crate::conv::{self, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -332,25 +332,63 @@ impl Conv {
         x: &Act,
         pad: Option<(conv::AxisMap, conv::AxisMap)>,
         ep: Epilogue,
+        scratch: &mut Scratch,
     ) -> Result<Act> {
         let Some(d) = &self.direct else {
             bail!("internal error: conv weights are not on the CPU")
         };
-        let padded;
-        let (src, h, w) = match pad {
-            Some((rows, cols)) => {
-                padded = conv::pad(&x.v, (x.c, x.h, x.w), &rows, &cols)?;
-                (&padded[..], rows.len(), cols.len())
-            }
+        let padded = match pad {
+            Some((rows, cols)) => Some((
+                conv::pad(&x.v, (x.c, x.h, x.w), &rows, &cols, scratch)?,
+                rows.len(),
+                cols.len(),
+            )),
+            None => None,
+        };
+        let (src, h, w) = match &padded {
+            Some((v, h, w)) => (&v[..], *h, *w),
             None => (&x.v[..], x.h, x.w),
         };
         let (ho, wo) = d.out_size(h, w)?;
+        let mut v = scratch.take(d.c_out() * ho * wo);
+        d.forward_into(src, (1, x.c, h, w), &ep, &mut v, scratch)?;
+        if let Some((p, _, _)) = padded {
+            scratch.give(p);
+        }
         Ok(Act {
-            v: d.forward(src, (1, x.c, h, w), &ep)?,
+            v,
             c: d.c_out(),
             h: ho,
             w: wo,
         })
+    }
+}
+
+/// The buffers of a network's last native CPU pass, kept for the next one (a fresh pass would
+/// page-fault its whole working set in again: a third of the predictor's time). Holds the peak
+/// activation memory of the last pass; concurrent passes on one network use fresh buffers.
+#[derive(Default)]
+struct ScratchCache(std::sync::Mutex<Scratch>);
+
+impl ScratchCache {
+    /// Runs `f` with the cached buffers (or fresh ones while another pass holds them).
+    fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        match self.0.try_lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => f(&mut Scratch::default()),
+        }
+    }
+}
+
+impl Clone for ScratchCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for ScratchCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScratchCache")
     }
 }
 
@@ -505,13 +543,13 @@ impl ConvQ {
 }
 
 impl ConvQ {
-    fn cpu(&self, x: &Act) -> Result<Act> {
+    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
         let (k, s) = (self.conv.kernel(), self.conv.stride);
         let ep = Epilogue {
             clamp: self.relu6.then_some((0.0, 6.0)),
             quant: self.q.op(),
         };
-        self.conv.cpu(x, same_pad_maps(x.h, x.w, k, s), ep)
+        self.conv.cpu(x, same_pad_maps(x.h, x.w, k, s), ep, scratch)
     }
 }
 
@@ -580,16 +618,18 @@ impl InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn cpu(&self, x: &Act) -> Result<Act> {
-        let expanded;
-        let e = match &self.expand {
+    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
+        let d = match &self.expand {
             Some(e) => {
-                expanded = e.cpu(x)?;
-                &expanded
+                let expanded = e.cpu(x, scratch)?;
+                let d = self.depthwise.cpu(&expanded, scratch)?;
+                scratch.give(expanded.v);
+                d
             }
-            None => x,
+            None => self.depthwise.cpu(x, scratch)?,
         };
-        let mut h = self.project.cpu(&self.depthwise.cpu(e)?)?;
+        let mut h = self.project.cpu(&d, scratch)?;
+        scratch.give(d.v);
         if let Some(q) = &self.add {
             add_quant(&mut h.v, &x.v, q);
         }
@@ -621,6 +661,7 @@ pub struct StylePredictor {
     pool: Quant,
     code: ConvQ,
     code_dim: usize,
+    scratch: ScratchCache,
 }
 
 impl StylePredictor {
@@ -649,6 +690,7 @@ impl StylePredictor {
                 cfg,
             )?,
             code_dim: cfg.code_dim,
+            scratch: ScratchCache::default(),
         })
     }
 
@@ -683,15 +725,27 @@ impl StylePredictor {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        self.scratch
+            .with(|s| self.forward_cpu_with(&all, (n, c, h, w), s))
+            .and_then(|codes| Tensor::from_vec(codes, (n, self.code_dim), image.device()))
+    }
+
+    fn forward_cpu_with(
+        &self,
+        all: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        s: &mut Scratch,
+    ) -> Result<Vec<f32>> {
         let mut codes = Vec::with_capacity(n * self.code_dim);
         for i in 0..n {
-            let mut x = Act::image(&all, (c, h, w), i);
+            let mut x = Act::image(all, (c, h, w), i);
             self.input.slice(&mut x.v);
-            let mut x = self.stem.cpu(&x)?;
+            let mut x = self.stem.cpu(&x, s)?;
             for block in &self.blocks {
-                x = block.cpu(&x)?;
+                let y = block.cpu(&x, s)?;
+                s.give(std::mem::replace(&mut x, y).v);
             }
-            let x = self.head.cpu(&x)?;
+            let x = self.head.cpu(&x, s)?;
             let plane = x.h * x.w;
             let inv = (1.0 / plane as f64) as f32;
             let pooled: Vec<f32> =
@@ -704,9 +758,10 @@ impl StylePredictor {
                 h: 1,
                 w: 1,
             };
-            codes.extend(self.code.cpu(&pooled)?.v);
+            s.give(x.v);
+            codes.extend(self.code.cpu(&pooled, s)?.v);
         }
-        Tensor::from_vec(codes, (n, self.code_dim), image.device())
+        Ok(codes)
     }
 }
 
@@ -959,26 +1014,32 @@ struct PlainConv {
 
 impl StyledConv {
     /// Nearest upsampling by `up`, then [`Self::forward`], on one CPU image.
-    fn cpu(&self, x: &Act, up: usize, gamma: &[f32], beta: &[f32]) -> Result<Act> {
+    fn cpu(
+        &self,
+        x: &Act,
+        up: usize,
+        (gamma, beta): (&[f32], &[f32]),
+        scratch: &mut Scratch,
+    ) -> Result<Act> {
         let maps = reflect_maps(x, up, self.conv.kernel() / 2)?;
         let ep = Epilogue {
             clamp: None,
             quant: self.conv_q.op(),
         };
-        let mut y = self.conv.cpu(x, maps, ep)?;
+        let mut y = self.conv.cpu(x, maps, ep, scratch)?;
         self.norm.cpu(&mut y, gamma, beta, self.relu, &self.out_q);
         Ok(y)
     }
 }
 
 impl PlainConv {
-    fn cpu(&self, x: &Act) -> Result<Act> {
+    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
         let maps = reflect_maps(x, 1, self.conv.kernel() / 2)?;
         let ep = Epilogue {
             clamp: Some((0.0, f32::INFINITY)),
             quant: self.q.op(),
         };
-        self.conv.cpu(x, maps, ep)
+        self.conv.cpu(x, maps, ep, scratch)
     }
 }
 
@@ -1007,6 +1068,7 @@ pub struct StyleTransformer {
     expand: Vec<StyledConv>,
     output: Quant,
     code_dim: usize,
+    scratch: ScratchCache,
 }
 
 /// Smallest photo side the transformer accepts (reflection padding needs ≥ 2 pixels at ¼ scale).
@@ -1053,6 +1115,7 @@ impl StyleTransformer {
             expand,
             output: Quant::new(&vb.pp("output"), on)?,
             code_dim: cfg.code_dim,
+            scratch: ScratchCache::default(),
         })
     }
 
@@ -1137,6 +1200,21 @@ impl StyleTransformer {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        let out = self.scratch.with(|s| -> Result<Vec<f32>> {
+            self.forward_cpu_with(&all, (n, c, h, w), &styled, &params, s)
+        })?;
+        Tensor::from_vec(out, (n, 3, h, w), content.device())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn forward_cpu_with(
+        &self,
+        all: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        styled: &[&StyledConv],
+        params: &[(Vec<f32>, Vec<f32>)],
+        s: &mut Scratch,
+    ) -> Result<Vec<f32>> {
         let (ph, pw) = ((4 - h % 4) % 4, (4 - w % 4) % 4);
         let mut out = Vec::with_capacity(n * 3 * h * w);
         for i in 0..n {
@@ -1145,12 +1223,12 @@ impl StyleTransformer {
                 let (g, b) = &params[layer];
                 (&g[i * ch..(i + 1) * ch], &b[i * ch..(i + 1) * ch])
             };
-            let mut x = Act::image(&all, (c, h, w), i);
+            let mut x = Act::image(all, (c, h, w), i);
             if ph + pw > 0 {
                 let rows = conv::reflect_map(h, 1, 0, ph)?;
                 let cols = conv::reflect_map(w, 1, 0, pw)?;
                 x = Act {
-                    v: conv::pad(&x.v, (c, h, w), &rows, &cols)?,
+                    v: conv::pad(&x.v, (c, h, w), &rows, &cols, s)?,
                     c,
                     h: h + ph,
                     w: w + pw,
@@ -1158,18 +1236,20 @@ impl StyleTransformer {
             }
             self.input.slice(&mut x.v);
             for conv in &self.contract {
-                x = conv.cpu(&x)?;
+                let y = conv.cpu(&x, s)?;
+                s.give(std::mem::replace(&mut x, y).v);
             }
             for (bi, block) in self.residual.iter().enumerate() {
-                let (g1, b1) = p(2 * bi);
-                let (g2, b2) = p(2 * bi + 1);
-                let h1 = block.conv1.cpu(&x, 1, g1, b1)?;
-                let h2 = block.conv2.cpu(&h1, 1, g2, b2)?;
+                let h1 = block.conv1.cpu(&x, 1, p(2 * bi), s)?;
+                let h2 = block.conv2.cpu(&h1, 1, p(2 * bi + 1), s)?;
                 add_quant(&mut x.v, &h2.v, &block.add);
+                s.give(h1.v);
+                s.give(h2.v);
             }
             for (ei, conv) in self.expand.iter().enumerate() {
-                let (g, b) = p(2 * self.residual.len() + ei);
-                x = conv.cpu(&x, if ei < 2 { 2 } else { 1 }, g, b)?;
+                let up = if ei < 2 { 2 } else { 1 };
+                let y = conv.cpu(&x, up, p(2 * self.residual.len() + ei), s)?;
+                s.give(std::mem::replace(&mut x, y).v);
             }
             if x.c != 3 || x.h < h || x.w < w {
                 bail!("internal error: transformer output {}x{}x{}", x.c, x.h, x.w);
@@ -1185,8 +1265,9 @@ impl StyleTransformer {
                     out.extend_from_slice(&row[..w]);
                 }
             }
+            s.give(x.v);
         }
-        Tensor::from_vec(out, (n, 3, h, w), content.device())
+        Ok(out)
     }
 }
 

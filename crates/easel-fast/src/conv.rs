@@ -447,6 +447,43 @@ pub(crate) struct Conv2d {
     bias: Vec<f32>,
 }
 
+/// Recycled f32 buffers for one network pass: large fresh allocations cost a page fault and a
+/// kernel-zeroed page per 4 KiB, which for the small predictor layers took longer than the convs.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    free: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// A buffer of `len` floats with unspecified (initialised) contents.
+    pub(crate) fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::new(),
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0.0);
+        }
+        v
+    }
+
+    /// Returns a buffer for reuse (a bounded number are kept).
+    pub(crate) fn give(&mut self, v: Vec<f32>) {
+        if self.free.len() < 16 && v.capacity() > 0 {
+            self.free.push(v);
+        }
+    }
+}
+
 /// The input of one image as the kernel reads it: `rows` rows per channel, each split into
 /// `stride` column phases of `wp` floats (phase `p` holds columns `p, p + s, p + 2s, …`).
 struct Src<'a> {
@@ -457,7 +494,12 @@ struct Src<'a> {
 }
 
 impl<'a> Src<'a> {
-    fn new(x: &'a [f32], c: usize, h: usize, w: usize, stride: usize) -> Self {
+    fn new(
+        x: &'a [f32],
+        (c, h, w): (usize, usize, usize),
+        stride: usize,
+        scratch: &mut Scratch,
+    ) -> Self {
         if stride == 1 {
             return Self {
                 data: Cow::Borrowed(x),
@@ -467,11 +509,13 @@ impl<'a> Src<'a> {
             };
         }
         let wp = w.div_ceil(stride);
-        let mut data = vec![0f32; c * h * stride * wp];
+        let mut data = scratch.take(c * h * stride * wp);
         for (src, dst) in x.chunks_exact(w).zip(data.chunks_exact_mut(stride * wp)) {
             for (p, phase) in dst.chunks_exact_mut(wp).enumerate() {
-                for (d, &v) in phase.iter_mut().zip(src[p.min(w)..].iter().step_by(stride)) {
-                    *d = v;
+                let mut it = src[p.min(w)..].iter().step_by(stride);
+                for d in phase.iter_mut() {
+                    // Past the row's end (only read by no output): zero.
+                    *d = it.next().copied().unwrap_or(0.0);
                 }
             }
         }
@@ -591,7 +635,7 @@ impl Conv2d {
     ) -> Result<Vec<f32>> {
         let (ho, wo) = self.out_size(h, w)?;
         let mut out = vec![0f32; n * self.c_out * ho * wo];
-        self.forward_into(x, (n, c, h, w), ep, &mut out)?;
+        self.forward_into(x, (n, c, h, w), ep, &mut out, &mut Scratch::default())?;
         Ok(out)
     }
 
@@ -602,6 +646,7 @@ impl Conv2d {
         (n, c, h, w): (usize, usize, usize, usize),
         ep: &Epilogue,
         out: &mut [f32],
+        scratch: &mut Scratch,
     ) -> Result<()> {
         if c != self.c_in || x.len() != n * c * h * w {
             bail!(
@@ -656,7 +701,7 @@ impl Conv2d {
                     stride: 1,
                 }
             } else {
-                Src::new(img, c, h, w, self.stride)
+                Src::new(img, (c, h, w), self.stride, scratch)
             };
             let dst = OutPtr(out_img.as_mut_ptr());
             let run = |range: std::ops::Range<usize>| {
@@ -674,6 +719,9 @@ impl Conv2d {
                 }
             };
             par_for(n_units, run);
+            if let Cow::Owned(v) = src.data {
+                scratch.give(v);
+            }
         }
         Ok(())
     }
@@ -967,6 +1015,7 @@ pub(crate) fn pad(
     (planes, h, w): (usize, usize, usize),
     rows: &AxisMap,
     cols: &AxisMap,
+    scratch: &mut Scratch,
 ) -> Result<Vec<f32>> {
     if x.len() != planes * h * w
         || rows.iter().flatten().any(|&r| r >= h)
@@ -975,7 +1024,7 @@ pub(crate) fn pad(
         bail!("pad: index maps out of range for [{planes}, {h}, {w}]")
     }
     let (ho, wo) = (rows.len(), cols.len());
-    let mut out = vec![0f32; planes * ho * wo];
+    let mut out = scratch.take(planes * ho * wo);
     // The run of columns that copies a contiguous input range (the unpadded middle).
     let run = cols
         .iter()
@@ -984,15 +1033,16 @@ pub(crate) fn pad(
         .filter(|&i| i + w <= wo && (0..w).all(|j| cols[i + j] == Some(j)));
     let fill = |dst: &mut [f32], plane: &[f32]| {
         for (dr, r) in dst.chunks_exact_mut(wo).zip(rows) {
-            let Some(r) = *r else { continue };
+            let Some(r) = *r else {
+                dr.fill(0.0);
+                continue;
+            };
             let src = &plane[r * w..(r + 1) * w];
             match run {
                 Some(i) => {
                     dr[i..i + w].copy_from_slice(src);
-                    for (j, c) in cols.iter().enumerate() {
-                        if j < i || j >= i + w {
-                            dr[j] = c.map_or(0.0, |c| src[c]);
-                        }
+                    for j in (0..i).chain(i + w..wo) {
+                        dr[j] = cols[j].map_or(0.0, |c| src[c]);
                     }
                 }
                 None => {
@@ -1044,10 +1094,15 @@ pub(crate) fn par_chunks_mut(
     });
 }
 
-/// Runs `f` on the items `0..n`, in chunks taken from a shared cursor by
-/// `candle_core::utils::get_num_threads()` threads (the caller's and scoped ones; inline for one
-/// thread or one item). The threads block rather than spin while they wait: on a loaded machine
-/// a spinning waiter steals the core its peer needs.
+/// Runs `f` on the items `0..n`, in chunks taken from a shared cursor by the calling thread and
+/// up to `candle_core::utils::get_num_threads() − 1` helpers of a persistent pool (inline for one
+/// thread or one item).
+///
+/// The caller never waits for a helper that has not started: helpers join a job only while it is
+/// open, and once the caller has taken the last chunk it closes the job and waits only for helpers
+/// already inside. Idle helpers block on a condition variable (no spinning). On a loaded machine
+/// (other processes on the cores) this degrades to the caller doing the work alone instead of
+/// stalling each op for a scheduling slice, which spawned-and-joined threads or a barrier do.
 pub(crate) fn par_for(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let threads = candle_core::utils::get_num_threads().min(n);
     if threads <= 1 {
@@ -1063,12 +1118,146 @@ pub(crate) fn par_for(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
         }
         f(start..n.min(start + chunk));
     };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
+    pool::run(threads - 1, &work);
+}
+
+mod pool {
+    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+
+    /// A job as the helpers see it: a type-erased `&(dyn Fn() + Sync)` with its lifetime erased.
+    #[derive(Clone, Copy)]
+    struct Job(*const (dyn Fn() + Sync + 'static));
+    // SAFETY: the pointee is `Sync`, and `run` keeps it alive while any helper may call it.
+    unsafe impl Send for Job {}
+
+    struct State {
+        job: Option<Job>,
+        /// Incremented for every job, so a helper joins each job at most once.
+        gen: u64,
+        /// Helpers allowed to join the current job.
+        wanted: usize,
+        /// Helpers inside the current job.
+        active: usize,
+    }
+
+    struct Pool {
+        state: Mutex<State>,
+        /// Signals helpers that a job is open.
+        start: Condvar,
+        /// Signals the caller that the last active helper left.
+        done: Condvar,
+        helpers: usize,
+    }
+
+    fn pool() -> &'static Pool {
+        static POOL: OnceLock<&'static Pool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let helpers = candle_core::utils::get_num_threads().saturating_sub(1);
+            let pool: &'static Pool = Box::leak(Box::new(Pool {
+                state: Mutex::new(State {
+                    job: None,
+                    gen: 0,
+                    wanted: 0,
+                    active: 0,
+                }),
+                start: Condvar::new(),
+                done: Condvar::new(),
+                helpers,
+            }));
+            for i in 0..helpers {
+                // A failed spawn only means fewer helpers: the caller does the work.
+                let _ = std::thread::Builder::new()
+                    .name(format!("easel-conv-{i}"))
+                    .spawn(move || helper(pool));
+            }
+            pool
+        })
+    }
+
+    impl Pool {
+        /// The state; poisoning is ignored (no code panics while holding the lock, and the
+        /// counters stay consistent either way).
+        fn lock(&self) -> MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
         }
+    }
+
+    fn helper(pool: &'static Pool) {
+        let mut seen = 0u64;
+        loop {
+            let job = {
+                let mut st = pool.lock();
+                loop {
+                    if st.gen != seen {
+                        seen = st.gen;
+                        if let Some(job) = st.job {
+                            if st.wanted > 0 {
+                                st.wanted -= 1;
+                                st.active += 1;
+                                break job;
+                            }
+                        }
+                    }
+                    st = pool.start.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            // SAFETY: `active` was incremented while the job was open, so `run` does not return
+            // (and the closure stays alive) until this helper decrements it below.
+            let f = unsafe { &*job.0 };
+            // A panic inside `f` must still release the caller: catch it (the caller's own
+            // share of the work reports errors; items a panicking chunk skipped stay unwritten,
+            // as after any panic).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let mut st = pool.lock();
+            st.active -= 1;
+            if st.active == 0 {
+                pool.done.notify_all();
+            }
+        }
+    }
+
+    /// Runs `work` on the calling thread and on up to `helpers` pool threads that start while it
+    /// is still running; returns once every thread that started it has finished.
+    pub(super) fn run(helpers: usize, work: &(dyn Fn() + Sync)) {
+        let pool = pool();
+        let helpers = helpers.min(pool.helpers);
+        // SAFETY: only the lifetime is erased; the job is withdrawn below, and `run` waits for
+        // every helper that took it, before `work` goes out of scope.
+        let job = Job(unsafe {
+            std::mem::transmute::<*const (dyn Fn() + Sync + '_), *const (dyn Fn() + Sync + 'static)>(
+                work,
+            )
+        });
+        let opened = helpers > 0 && {
+            let mut st = pool.lock();
+            // Another thread's job still running (nested or concurrent calls): work alone.
+            let free = st.job.is_none();
+            if free {
+                st.job = Some(job);
+                st.gen = st.gen.wrapping_add(1);
+                st.wanted = helpers;
+                pool.start.notify_all();
+            }
+            free
+        };
+        // Withdraws the job and waits for the helpers inside it — also if `work` panics.
+        struct Close<'a>(&'a Pool, bool);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    return;
+                }
+                let mut st = self.0.lock();
+                st.job = None;
+                st.wanted = 0;
+                while st.active > 0 {
+                    st = self.0.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        let _close = Close(pool, opened);
         work();
-    });
+    }
 }
 
 #[cfg(test)]
@@ -1154,12 +1343,21 @@ mod tests {
         let rows = reflect_map(1, 2, 1, 0)?; // upsample 1 → 2 rows, reflect 1 on top
         assert_eq!(rows, vec![Some(0), Some(0), Some(0)]);
         let cols = reflect_map(4, 1, 2, 3)?;
-        let y = pad(&x, (2, 1, 4), &zero_map(1, 1, 0), &cols)?;
+        let mut scratch = Scratch::default();
+        // A dirty recycled buffer: padding must overwrite every value.
+        scratch.give(vec![f32::NAN; 100]);
+        let y = pad(&x, (2, 1, 4), &zero_map(1, 1, 0), &cols, &mut scratch)?;
         assert_eq!(y.len(), 2 * 2 * 9);
         assert_eq!(&y[..9], &[0.0; 9]);
         assert_eq!(&y[9..18], &[2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0]);
         assert_eq!(&y[27..36], &[6.0, 5.0, 4.0, 5.0, 6.0, 7.0, 6.0, 5.0, 4.0]);
-        let up = pad(&x[..4], (1, 1, 4), &rows, &reflect_map(4, 2, 1, 1)?)?;
+        let up = pad(
+            &x[..4],
+            (1, 1, 4),
+            &rows,
+            &reflect_map(4, 2, 1, 1)?,
+            &mut scratch,
+        )?;
         assert_eq!(
             &up[..10],
             &[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
