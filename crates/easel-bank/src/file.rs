@@ -25,8 +25,7 @@
 use std::collections::HashMap;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -265,24 +264,43 @@ pub(crate) fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
-/// safetensors bytes of `tensors` (stored as f32) with `meta`.
+/// safetensors bytes of `tensors` (stored as f32, in the given order) with `meta`.
+/// Written here rather than by the safetensors crate so that the header's keys are sorted and
+/// the bytes are the same on every run (the crate writes metadata in hash-map order).
 pub(crate) fn serialize(
     tensors: &[(String, Tensor)],
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let data = tensors
-        .iter()
-        .map(|(name, t)| Ok((name.as_str(), f32_bytes(t)?, t.dims().to_vec())))
-        .collect::<Result<Vec<_>>>()?;
-    let views = data
-        .iter()
-        .map(|(name, bytes, dims)| {
-            TensorView::new(Dtype::F32, dims.clone(), bytes)
-                .map(|v| (*name, v))
-                .map_err(candle_core::Error::wrap)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(meta)).map_err(candle_core::Error::wrap)
+    let mut header = serde_json::Map::new();
+    let meta: serde_json::Map<String, Value> = meta
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    header.insert("__metadata__".to_string(), Value::Object(meta));
+    let mut data = Vec::new();
+    for (name, t) in tensors {
+        if name == "__metadata__" || header.contains_key(name) {
+            bail!("cannot write tensor name {name:?} (reserved or repeated)")
+        }
+        let start = data.len();
+        data.extend(f32_bytes(t)?);
+        let info = serde_json::json!({
+            "dtype": "F32",
+            "shape": t.dims(),
+            "data_offsets": [start, data.len()],
+        });
+        header.insert(name.clone(), info);
+    }
+    let mut text = serde_json::to_vec(&Value::Object(header)).map_err(candle_core::Error::wrap)?;
+    // The data starts 8-byte aligned, as the safetensors crate writes it.
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + data.len());
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(data);
+    Ok(out)
 }
 
 /// The metadata and tensors (on the CPU) of safetensors bytes; `what` names the file kind in

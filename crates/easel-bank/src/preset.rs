@@ -117,3 +117,125 @@ impl Preset {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use easel_diffusion::contexts::LayerGroups;
+
+    const SD15: CrossAttentionLayout = CrossAttentionLayout {
+        down: 6,
+        mid: 1,
+        up: 9,
+    };
+
+    /// Every built-in preset parses and resolves for SD 1.5 to its documented shape
+    /// (stages, groups, tokens per slot, parameterisation).
+    #[test]
+    fn builtin_presets_parse() {
+        let cases = [
+            ("lsast", 10, 3, 1, "generated"),
+            ("prospect", 10, 1, 1, "direct"),
+            ("p-plus", 1, 16, 1, "direct"),
+            ("ti", 1, 1, 4, "direct"),
+            ("artbank", 1, 1, 1, "implicit"),
+        ];
+        assert_eq!(cases.len(), BUILTIN_PRESETS.len());
+        for (name, stages, groups, tokens, kind) in cases {
+            let p = Preset::builtin(name).unwrap();
+            assert_eq!(p.name, name);
+            let l = p.layout.resolve(&SD15).unwrap();
+            assert_eq!(
+                (
+                    l.stages(),
+                    l.num_groups(),
+                    l.tokens_per_slot(),
+                    p.params.kind()
+                ),
+                (stages, groups, tokens, kind),
+                "{name}"
+            );
+            assert_eq!(p.prompt.placeholder, DEFAULT_PLACEHOLDER);
+            assert_eq!(
+                p.prompt.render(2),
+                "a painting in the style of <easel-style> <easel-style>"
+            );
+        }
+        assert_eq!(
+            Preset::builtin("lsast").unwrap().layout.groups,
+            LayerGroups::DownMidUp
+        );
+        let err = Preset::builtin("nope").unwrap_err().to_string();
+        assert!(
+            err.contains("lsast, prospect, p-plus, ti, artbank"),
+            "{err}"
+        );
+    }
+
+    /// A user preset with explicit stage boundaries parses.
+    #[test]
+    fn user_preset_with_boundaries() {
+        let text = r#"
+            name = "mine"
+            description = "three stages"
+            [layout]
+            stages = 3
+            groups = "down-mid-up"
+            tokens_per_slot = 2
+            stage_map = { boundaries = [300, 700] }
+            [params]
+            kind = "implicit"
+            entries = 8
+            [prompt]
+            template = "{} style"
+        "#;
+        let p = Preset::parse(text, "mine.toml").unwrap();
+        let l = p.layout.resolve(&SD15).unwrap();
+        assert_eq!(l.stage_of(299, 1000).unwrap(), 0);
+        assert_eq!(l.stage_of(700, 1000).unwrap(), 2);
+        assert_eq!(p.params, ParamsSpec::Implicit { entries: 8 });
+        assert_eq!(p.prompt.placeholder, DEFAULT_PLACEHOLDER);
+    }
+
+    /// Malformed presets fail naming the file and the problem.
+    #[test]
+    fn malformed_presets_are_explained() {
+        let good = BUILTIN_PRESETS[0].1;
+        let cases = [
+            (good.replace("stages = 10", "stages = ten"), "line"),
+            (
+                good.replace("stages = 10", "stage = 10"),
+                "unknown field `stage`",
+            ),
+            (
+                good.replace("\"down-mid-up\"", "\"updown\""),
+                "unknown layer groups \"updown\"",
+            ),
+            (
+                good.replace("kind = \"generated\"", "kind = \"lora\""),
+                "unknown variant `lora`",
+            ),
+            (
+                good.replace("style of {}", "style of"),
+                "must contain {} exactly once",
+            ),
+            (
+                good.replace("tokens_per_slot = 1", "tokens_per_slot = 0"),
+                "tokens_per_slot",
+            ),
+            (
+                good.replace("\"uniform\"", "{ boundaries = [500] }"),
+                "10 stages need 9 stage boundaries",
+            ),
+            (
+                good.replace("[prompt]", "[prompts]"),
+                "unknown field `prompts`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Preset::parse(&text, "bad.toml").unwrap_err().to_string();
+            assert!(err.starts_with("preset bad.toml: "), "{err}");
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+}
