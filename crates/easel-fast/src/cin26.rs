@@ -21,6 +21,7 @@
 //! H×W and ε = 1e-5. Preset names: the upstream package ships none ("I did not invent names for
 //! them, because the model I started from never came with any"), so presets are known by index.
 
+use crate::conv::{self, Epilogue, Scratch};
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
@@ -125,6 +126,12 @@ fn reflect_dim(x: &Tensor, dim: usize, n: usize, before: usize, after: usize) ->
     x.index_select(&idx, dim)
 }
 
+thread_local! {
+    /// Whether the native CPU path may run on this thread (crate-private, so tests can force the
+    /// tensor-op path, the one other devices take, on the CPU).
+    static NATIVE_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
 /// Conditional instance norm: per-sample, per-channel normalisation over H×W with the biased
 /// variance, then the style-mixed scale and shift.
 #[derive(Debug, Clone)]
@@ -134,14 +141,23 @@ struct ConditionalInstanceNorm {
     /// `[presets, C]`
     beta: Tensor,
     eps: f64,
+    /// `gamma`, `beta` as row-major vectors, for the native CPU path.
+    tables: (Vec<f32>, Vec<f32>),
 }
 
 impl ConditionalInstanceNorm {
     fn new(vb: VarBuilder, presets: usize, channels: usize, eps: f64) -> Result<Self> {
+        let gamma = vb.get((presets, channels), "gamma")?;
+        let beta = vb.get((presets, channels), "beta")?;
+        let tables = (
+            gamma.flatten_all()?.to_vec1::<f32>()?,
+            beta.flatten_all()?.to_vec1::<f32>()?,
+        );
         Ok(Self {
-            gamma: vb.get((presets, channels), "gamma")?,
-            beta: vb.get((presets, channels), "beta")?,
+            gamma,
+            beta,
             eps,
+            tables,
         })
     }
 
@@ -168,10 +184,88 @@ impl ConditionalInstanceNorm {
     }
 }
 
+impl ConditionalInstanceNorm {
+    /// In place on one CPU image `[C, plane]`, with the preset weights `sw` and an activation:
+    /// `None`, ReLU or the sigmoid.
+    fn cpu(&self, y: &mut [f32], plane: usize, sw: &[f32], act: Act) {
+        let c = y.len() / plane.max(1);
+        let mix = |table: &[f32], ch: usize| -> f32 {
+            sw.iter()
+                .enumerate()
+                .map(|(s, &w)| w * table[s * c + ch])
+                .sum()
+        };
+        let eps = self.eps;
+        conv::par_chunks_mut(y, plane, |ch, xs| {
+            let (gamma, beta) = (mix(&self.tables.0, ch), mix(&self.tables.1, ch));
+            norm_channel(xs, gamma, beta, eps, act);
+        });
+    }
+}
+
+/// The activation after a conditional instance norm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    None,
+    Relu,
+    Sigmoid,
+}
+
+/// Sum in f64 (8 partial sums, so it vectorises).
+#[inline(always)]
+fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v) as f64;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v) as f64;
+    }
+    acc.iter().sum()
+}
+
+conv::simd_fn! {
+    /// Instance norm of one channel with the biased variance, then `gamma`, `beta` and the
+    /// activation, in place.
+    fn norm_channel(xs: &mut [f32], gamma: f32, beta: f32, eps: f64, act: Act) {
+        let n = xs.len().max(1) as f64;
+        let mean = (sum64(xs, |v| v) / n) as f32;
+        let var = sum64(xs, |v| (v - mean) * (v - mean)) / n;
+        let inv_std = (1.0 / (var + eps).sqrt()) as f32;
+        let (a, b) = (inv_std * gamma, beta);
+        match act {
+            Act::None => {
+                for x in xs.iter_mut() {
+                    *x = (*x - mean) * a + b;
+                }
+            }
+            Act::Relu => {
+                for x in xs.iter_mut() {
+                    let v = (*x - mean) * a + b;
+                    *x = if v < 0.0 { 0.0 } else { v };
+                }
+            }
+            Act::Sigmoid => {
+                for x in xs.iter_mut() {
+                    let v = (*x - mean) * a + b;
+                    *x = 1.0 / (1.0 + (-v).exp());
+                }
+            }
+        }
+    }
+}
+
 /// Reflection pad → convolution (no bias) → conditional instance norm.
 #[derive(Debug, Clone)]
 struct ConvLayer {
     conv: Conv2d,
+    /// The same weights packed for the direct CPU kernel (`None` off the CPU, where candle's
+    /// `conv2d` runs).
+    direct: Option<crate::conv::Conv2d>,
     norm: ConditionalInstanceNorm,
     pad: usize,
 }
@@ -183,6 +277,17 @@ impl ConvLayer {
         (in_c, out_c, kernel, stride): (usize, usize, usize, usize),
     ) -> Result<Self> {
         let w = vb.get((out_c, in_c, kernel, kernel), "w")?;
+        let direct = if w.device().is_cpu() {
+            Some(crate::conv::Conv2d::new(
+                &w.flatten_all()?.to_vec1::<f32>()?,
+                None,
+                (in_c, out_c, kernel),
+                stride,
+                false,
+            )?)
+        } else {
+            None
+        };
         let conv_cfg = Conv2dConfig {
             padding: 0,
             stride,
@@ -192,14 +297,50 @@ impl ConvLayer {
         };
         Ok(Self {
             conv: Conv2d::new(w, None, conv_cfg),
+            direct,
             norm: ConditionalInstanceNorm::new(vb.pp("norm"), cfg.num_presets, out_c, cfg.eps)?,
             pad: kernel / 2,
         })
     }
 
+    /// Nearest ×`up` upsampling, reflection pad, conv, norm and `act` on one CPU image
+    /// `[C, h, w]`; returns the output and its size.
+    fn cpu(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        up: usize,
+        sw: &[f32],
+        act: Act,
+        s: &mut Scratch,
+    ) -> Result<(Vec<f32>, usize, usize)> {
+        let Some(d) = &self.direct else {
+            bail!("internal error: conv weights are not on the CPU")
+        };
+        let rows = conv::reflect_map(h, up, self.pad, self.pad)?;
+        let cols = conv::reflect_map(w, up, self.pad, self.pad)?;
+        let (hp, wp) = (rows.len(), cols.len());
+        let padded = conv::pad(x, (c, h, w), &rows, &cols, s)?;
+        let (ho, wo) = d.out_size(hp, wp)?;
+        let mut y = s.take(d.c_out() * ho * wo);
+        d.forward_into(&padded, (1, c, hp, wp), &Epilogue::default(), &mut y, s)?;
+        s.give(padded);
+        self.norm.cpu(&mut y, ho * wo, sw, act);
+        Ok((y, ho, wo))
+    }
+
     fn forward(&self, x: &Tensor, style_weights: &Tensor) -> Result<Tensor> {
         let x = reflect_pad(x, self.pad, self.pad, self.pad, self.pad)?;
-        self.norm.forward(&self.conv.forward(&x)?, style_weights)
+        let y = match &self.direct {
+            Some(direct) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1_no_bwd(&crate::conv::Conv2dOp {
+                    conv: direct,
+                    ep: crate::conv::Epilogue::default(),
+                })?
+            }
+            _ => self.conv.forward(&x)?,
+        };
+        self.norm.forward(&y, style_weights)
     }
 }
 
@@ -278,6 +419,12 @@ impl PresetNet {
     pub fn forward_unpadded(&self, image: &Tensor, style_weights: &Tensor) -> Result<Tensor> {
         self.check_image(image)?;
         let sw = self.check_weights(style_weights)?;
+        if image.device().is_cpu()
+            && NATIVE_CPU.with(|n| n.get())
+            && self.contract[0].direct.is_some()
+        {
+            return self.forward_cpu(image, &sw.flatten_all()?.to_vec1::<f32>()?);
+        }
         let mut x = image.clone();
         for layer in &self.contract {
             x = layer.forward(&x, &sw)?.relu()?;
@@ -296,6 +443,43 @@ impl PresetNet {
             }
         }
         Ok(x)
+    }
+
+    /// [`Self::forward_unpadded`] on plain CPU buffers (direct conv, one-pass norms).
+    fn forward_cpu(&self, image: &Tensor, sw: &[f32]) -> Result<Tensor> {
+        let (n, c, h, w) = image.dims4()?;
+        let all = image.flatten_all()?.to_vec1::<f32>()?;
+        let s = &mut Scratch::default();
+        let mut out = Vec::new();
+        let mut out_hw = (0, 0);
+        for img in all.chunks_exact(c * h * w) {
+            let (mut x, mut dims) = (img.to_vec(), (c, h, w));
+            for layer in &self.contract {
+                let (y, ho, wo) = layer.cpu(&x, dims, 1, sw, Act::Relu, s)?;
+                dims = (layer.norm.tables.0.len() / self.num_presets, ho, wo);
+                s.give(std::mem::replace(&mut x, y));
+            }
+            for (first, second) in &self.residual {
+                let (y, ho, wo) = first.cpu(&x, dims, 1, sw, Act::Relu, s)?;
+                let (z, _, _) = second.cpu(&y, (dims.0, ho, wo), 1, sw, Act::None, s)?;
+                conv::add_assign(&mut x, &z);
+                s.give(y);
+                s.give(z);
+            }
+            for (i, layer) in self.expand.iter().enumerate() {
+                let (up, act) = if i < 2 {
+                    (2, Act::Relu)
+                } else {
+                    (1, Act::Sigmoid)
+                };
+                let (y, ho, wo) = layer.cpu(&x, dims, up, sw, act, s)?;
+                dims = (layer.norm.tables.0.len() / self.num_presets, ho, wo);
+                s.give(std::mem::replace(&mut x, y));
+            }
+            out.extend_from_slice(&x);
+            out_hw = (dims.1, dims.2);
+        }
+        Tensor::from_vec(out, (n, 3, out_hw.0, out_hw.1), image.device())
     }
 
     fn check_image(&self, image: &Tensor) -> Result<(usize, usize, usize, usize)> {
@@ -407,6 +591,32 @@ mod tests {
         let row: Vec<f32> = y.get(0)?.get(0)?.get(0)?.to_vec1()?;
         assert_eq!(row, [2., 1., 0., 1., 2., 3., 2., 1., 0.]);
         assert!(reflect_pad(&x, 2, 0, 0, 0).is_err());
+        Ok(())
+    }
+
+    /// The native CPU path against the tensor-op path (what other devices run; here with the
+    /// same direct conv), on an odd-sized picture.
+    #[test]
+    fn native_cpu_path_matches_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = PresetNet::embedded(&dev)?;
+        let v: Vec<f32> = (0..3 * 29 * 43)
+            .map(|i| 0.5 + 0.45 * ((i % 43) as f32 * 0.3 + (i / 43) as f32 * 0.11).sin())
+            .collect();
+        let image = Tensor::from_vec(v, (1, 3, 29, 43), &dev)?;
+        let sw = Tensor::new(preset_weights(&[(3, 0.5), (12, 0.5)])?, &dev)?;
+        let native = net.forward(&image, &sw)?;
+        NATIVE_CPU.with(|n| n.set(false));
+        let tensor = net.forward(&image, &sw);
+        NATIVE_CPU.with(|n| n.set(true));
+        let tensor = tensor?;
+        assert_eq!(native.dims(), &[1, 3, 29, 43]);
+        let err = (native - tensor)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max abs difference {err}");
         Ok(())
     }
 
