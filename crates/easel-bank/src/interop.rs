@@ -286,7 +286,7 @@ fn embedding_rows(t: &Tensor, name: &str) -> Result<Tensor> {
 fn direct_bank(layout: Layout, flat: Tensor, template: &str, device: &Device) -> Result<Bank> {
     let dim = flat.dim(1)?;
     let tensors = HashMap::from([("bank.vectors".to_string(), flat.to_device(device)?)]);
-    let params = BankParams::from_tensors(&ParamsSpec::Direct, &layout, dim, tensors)?;
+    let params = BankParams::from_tensors(&ParamsSpec::Direct {}, &layout, dim, tensors)?;
     let prompt = PromptSpec {
         template: template.to_string(),
         placeholder: DEFAULT_PLACEHOLDER.to_string(),

@@ -34,8 +34,9 @@ const LN_EPS: f64 = 1e-5;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ParamsSpec {
-    /// One learnable vector per (stage, group, token).
-    Direct,
+    /// One learnable vector per (stage, group, token). (A struct variant without fields, so
+    /// that unknown keys next to `kind = "direct"` are refused.)
+    Direct {},
     /// A transformer block generating every vector from the init embedding.
     Generated {
         /// Attention heads; must divide the embedding width `D`.
@@ -54,7 +55,7 @@ impl ParamsSpec {
     /// The name of the parameterisation: `direct`, `generated` or `implicit`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ParamsSpec::Direct => "direct",
+            ParamsSpec::Direct {} => "direct",
             ParamsSpec::Generated { .. } => "generated",
             ParamsSpec::Implicit { .. } => "implicit",
         }
@@ -62,7 +63,7 @@ impl ParamsSpec {
 
     fn validate(&self, dim: usize) -> Result<()> {
         match *self {
-            ParamsSpec::Direct => {}
+            ParamsSpec::Direct {} => {}
             ParamsSpec::Generated { heads, mlp_ratio } => {
                 if heads == 0 || !dim.is_multiple_of(heads) {
                     bail!("generated bank: {heads} heads do not divide the embedding width {dim}")
@@ -140,7 +141,7 @@ impl BankParams {
         let shape = VectorShape::new(layout, init.dim());
         let mut rng = Rng::new(seed);
         Ok(match *spec {
-            ParamsSpec::Direct => Self::Direct(DirectParams::init(shape, init, device)?),
+            ParamsSpec::Direct {} => Self::Direct(DirectParams::init(shape, init, device)?),
             ParamsSpec::Generated { heads, mlp_ratio } => Self::Generated(GeneratedParams::init(
                 shape, heads, mlp_ratio, init, &mut rng, device,
             )?),
@@ -162,7 +163,7 @@ impl BankParams {
         let shape = VectorShape::new(layout, dim);
         let mut store = TensorStore(tensors);
         let params = match *spec {
-            ParamsSpec::Direct => Self::Direct(DirectParams {
+            ParamsSpec::Direct {} => Self::Direct(DirectParams {
                 shape,
                 vectors: Var::from_tensor(&store.take(DIRECT_VECTORS, &[shape.n(), dim])?)?,
             }),
@@ -181,7 +182,7 @@ impl BankParams {
     /// The spec (kind and hyper-parameters).
     pub fn spec(&self) -> ParamsSpec {
         match self {
-            Self::Direct(_) => ParamsSpec::Direct,
+            Self::Direct(_) => ParamsSpec::Direct {},
             Self::Generated(g) => ParamsSpec::Generated {
                 heads: g.heads,
                 mlp_ratio: g.mlp_hidden / g.shape.dim,
@@ -670,7 +671,7 @@ mod tests {
         )
         .unwrap();
         let specs = [
-            ParamsSpec::Direct,
+            ParamsSpec::Direct {},
             ParamsSpec::Generated {
                 heads: 2,
                 mlp_ratio: 2,
@@ -689,7 +690,7 @@ mod tests {
             );
         }
         // Direct with a 2-token word and T = 2: token k of each slot starts at word token k.
-        let d = BankParams::init(&ParamsSpec::Direct, &layout(), &init, 0, &dev).unwrap();
+        let d = BankParams::init(&ParamsSpec::Direct {}, &layout(), &init, 0, &dev).unwrap();
         let slot = slot_rows(&d.vectors().unwrap(), 1, 2).unwrap();
         assert_eq!(
             slot.to_vec2::<f32>().unwrap(),

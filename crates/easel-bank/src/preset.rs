@@ -232,6 +232,10 @@ mod tests {
                 "unknown field `prompts`",
             ),
         ];
+        let direct = BUILTIN_PRESETS[1]
+            .1
+            .replace("kind = \"direct\"", "kind = \"direct\"\nheads = 8");
+        let cases = cases.into_iter().chain([(direct, "unknown field `heads`")]);
         for (text, expected) in cases {
             let err = Preset::parse(&text, "bad.toml").unwrap_err().to_string();
             assert!(err.starts_with("preset bad.toml: "), "{err}");

@@ -85,7 +85,7 @@ impl fmt::Display for BankSummary {
             StageMap::Boundaries(b) => writeln!(f, "stage map: boundaries {b:?}")?,
         }
         let params = match self.params {
-            ParamsSpec::Direct => "direct".to_string(),
+            ParamsSpec::Direct {} => "direct".to_string(),
             ParamsSpec::Generated { heads, mlp_ratio } => {
                 format!("generated (heads {heads}, mlp ratio {mlp_ratio})")
             }

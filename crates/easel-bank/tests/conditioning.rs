@@ -63,7 +63,7 @@ fn each_slot_routes_to_its_stage_and_layer_group_only() {
         (4, LayerGroups::Single, 1),
     ];
     for (stages, groups, tokens) in cases {
-        let p = preset(stages, groups, tokens, ParamsSpec::Direct);
+        let p = preset(stages, groups, tokens, ParamsSpec::Direct {});
         let mut c = conditioner(bank(&p, &clip(32, 1)));
         let base = all_contexts(&mut c);
         let layout = c.bank().layout().clone();
@@ -129,7 +129,7 @@ fn gradients_reach_the_used_direct_vectors_only() {
         (2, LayerGroups::PerLayer, 1),
     ];
     for (stages, groups, tokens) in cases {
-        let p = preset(stages, groups, tokens, ParamsSpec::Direct);
+        let p = preset(stages, groups, tokens, ParamsSpec::Direct {});
         let c = conditioner(bank(&p, &clip(32, 1)));
         let layout = c.bank().layout().clone();
         let var = c.bank().vars()[0].clone();
@@ -191,7 +191,7 @@ fn gradients_reach_every_generator_and_implicit_variable() {
 /// the timestep → stage map; a template that cannot hold the tokens is refused.
 #[test]
 fn cached_contexts_match_the_training_path() {
-    let p = preset(10, LayerGroups::DownMidUp, 1, ParamsSpec::Direct);
+    let p = preset(10, LayerGroups::DownMidUp, 1, ParamsSpec::Direct {});
     let mut c = conditioner(bank(&p, &clip(32, 1)));
     assert_eq!(c.stage_of(999).unwrap(), 9);
     assert_eq!(c.stage_of(0).unwrap(), 0);

@@ -139,13 +139,10 @@ fn base_model_mismatches_are_explained() {
 fn edit_metadata(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let header_map = header.as_object_mut().unwrap();
-    match header_map.get_mut("__metadata__") {
-        Some(m) => edit(m.as_object_mut().unwrap()),
-        None => unreachable!(),
-    }
+    let meta = header["__metadata__"].as_object_mut();
+    edit(meta.expect("bank files have metadata"));
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
