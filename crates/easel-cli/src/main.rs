@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Stylize(commands::stylize::StylizeArgs),
+    // Boxed: the diffusion flags make it much larger than the other variants.
+    Stylize(Box<commands::stylize::StylizeArgs>),
     Presets(commands::presets::PresetsArgs),
     ImportOnnx(commands::import_onnx::ImportOnnxArgs),
 }
@@ -28,7 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Stylize(args) => commands::stylize::run(args),
+        Command::Stylize(args) => commands::stylize::run(*args),
         Command::Presets(args) => commands::presets::run(args),
         Command::ImportOnnx(args) => commands::import_onnx::run(args),
     };

@@ -475,6 +475,65 @@ pub fn save_image(
     inputs: &[PathBuf],
 ) -> Result<()> {
     let format = OutputFormat::from_path(out)?;
+    let (dir, name) = check_output(out, inputs, img.width(), img.height())?;
+    write_atomically(out, dir, name, |file| {
+        encode_into(file, img, format, params)
+    })
+    .map_err(|reason| Error::Write {
+        path: out.to_path_buf(),
+        reason,
+    })
+}
+
+/// A 16-bit-per-channel RGB image, as [`save_image16`] writes it.
+pub type Rgb16Image = image::ImageBuffer<image::Rgb<u16>, Vec<u16>>;
+
+/// Saves a 16-bit RGB image as a 16-bit PNG, with the same guarantees as
+/// [`save_image`] (parameters chunk, atomic write, never over an input).
+/// JPEG cannot hold 16 bits per channel: a `.jpg` / `.jpeg` `out` is
+/// refused.
+pub fn save_image16(
+    img: &Rgb16Image,
+    out: &Path,
+    params: Option<&Parameters>,
+    inputs: &[PathBuf],
+) -> Result<()> {
+    if OutputFormat::from_path(out)? != OutputFormat::Png {
+        return Err(Error::Write {
+            path: out.to_path_buf(),
+            reason: "JPEG holds 8 bits per channel; write 16-bit images to a .png file".to_string(),
+        });
+    }
+    let (dir, name) = check_output(out, inputs, img.width(), img.height())?;
+    // PNG stores 16-bit samples big-endian.
+    let bytes: Vec<u8> = img.as_raw().iter().flat_map(|v| v.to_be_bytes()).collect();
+    write_atomically(out, dir, name, |file| {
+        let mut w = BufWriter::new(file);
+        write_png(
+            &mut w,
+            img.width(),
+            img.height(),
+            png::BitDepth::Sixteen,
+            &bytes,
+            params,
+        )?;
+        w.flush().map_err(|e| io_reason(&e))
+    })
+    .map_err(|reason| Error::Write {
+        path: out.to_path_buf(),
+        reason,
+    })
+}
+
+/// The checks shared by [`save_image`] and [`save_image16`]: not an input,
+/// non-zero size, an existing parent directory, not a directory itself.
+/// Returns the parent directory and the file name.
+fn check_output<'a>(
+    out: &'a Path,
+    inputs: &[PathBuf],
+    width: u32,
+    height: u32,
+) -> Result<(&'a Path, &'a OsStr)> {
     if is_one_of(out, inputs) {
         return Err(Error::OutputIsInput {
             path: out.to_path_buf(),
@@ -484,11 +543,9 @@ pub fn save_image(
         path: out.to_path_buf(),
         reason,
     };
-    if img.width() == 0 || img.height() == 0 {
+    if width == 0 || height == 0 {
         return Err(write_error(format!(
-            "the image has zero size ({}x{})",
-            img.width(),
-            img.height()
+            "the image has zero size ({width}x{height})"
         )));
     }
     let dir = match out.parent() {
@@ -509,11 +566,7 @@ pub fn save_image(
     let Some(name) = out.file_name() else {
         return Err(write_error("the path has no file name".to_string()));
     };
-
-    write_atomically(out, dir, name, |file| {
-        encode_into(file, img, format, params)
-    })
-    .map_err(write_error)
+    Ok((dir, name))
 }
 
 /// Writes `out` via `<dir>/<name>.<random>.tmp` + fsync + rename, calling
@@ -581,28 +634,14 @@ fn encode_into(
 ) -> std::result::Result<(), String> {
     let mut w = BufWriter::new(file);
     match format {
-        OutputFormat::Png => {
-            let mut encoder = png::Encoder::new(&mut w, img.width(), img.height());
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            if let Some(params) = params {
-                let text = params.to_text();
-                // tEXt is Latin-1 only; iTXt carries UTF-8 but older readers
-                // skip it, so use it only when needed.
-                let latin1 = text.chars().all(|c| u32::from(c) <= 0xff);
-                let added = if latin1 {
-                    encoder.add_text_chunk(PARAMETERS_KEYWORD.to_string(), text)
-                } else {
-                    encoder.add_itxt_chunk(PARAMETERS_KEYWORD.to_string(), text)
-                };
-                added.map_err(|e| e.to_string())?;
-            }
-            let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-            writer
-                .write_image_data(img.as_raw())
-                .map_err(|e| e.to_string())?;
-            writer.finish().map_err(|e| e.to_string())?;
-        }
+        OutputFormat::Png => write_png(
+            &mut w,
+            img.width(),
+            img.height(),
+            png::BitDepth::Eight,
+            img.as_raw(),
+            params,
+        )?,
         OutputFormat::Jpeg => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, JPEG_QUALITY)
                 .encode_image(img)
@@ -610,6 +649,36 @@ fn encode_into(
         }
     }
     w.flush().map_err(|e| io_reason(&e))
+}
+
+/// Writes an RGB PNG of `depth` (`data` in PNG byte order) with `params` as
+/// a text chunk under [`PARAMETERS_KEYWORD`].
+fn write_png<W: Write>(
+    w: W,
+    width: u32,
+    height: u32,
+    depth: png::BitDepth,
+    data: &[u8],
+    params: Option<&Parameters>,
+) -> std::result::Result<(), String> {
+    let mut encoder = png::Encoder::new(w, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(depth);
+    if let Some(params) = params {
+        let text = params.to_text();
+        // tEXt is Latin-1 only; iTXt carries UTF-8 but older readers skip
+        // it, so use it only when needed.
+        let latin1 = text.chars().all(|c| u32::from(c) <= 0xff);
+        let added = if latin1 {
+            encoder.add_text_chunk(PARAMETERS_KEYWORD.to_string(), text)
+        } else {
+            encoder.add_itxt_chunk(PARAMETERS_KEYWORD.to_string(), text)
+        };
+        added.map_err(|e| e.to_string())?;
+    }
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(data).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
 }
 
 /// Canonical form of a path that may not exist yet: the file itself if it
@@ -791,5 +860,41 @@ mod tests {
         for cut in 2..data.len() {
             assert!(check_jpeg_complete(&data[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn sixteen_bit_png_round_trips_with_parameters() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("deep.png");
+        // Values that differ only in the low byte, which 8-bit output would lose.
+        let img = Rgb16Image::from_fn(5, 3, |x, y| {
+            let v = (x * 13_107 + y * 257 + 1) as u16;
+            image::Rgb([v, 65_535 - v, v ^ 0x00ff])
+        });
+        let mut params = Parameters::new("sd");
+        params.prompt = Some("a cat, in oil".to_string());
+        params.seed = Some(42);
+        save_image16(&img, &out, Some(&params), &[]).expect("save");
+        let back = image::open(&out).expect("decode");
+        assert_eq!(back.color(), image::ColorType::Rgb16);
+        assert_eq!(back.into_rgb16(), img);
+        assert_eq!(
+            read_png_parameters(&out).expect("read"),
+            Some(params.to_text())
+        );
+
+        let jpeg = dir.path().join("deep.jpg");
+        let err = save_image16(&img, &jpeg, None, &[])
+            .expect_err("JPEG refuses 16 bits")
+            .to_string();
+        assert!(
+            err.contains("8 bits per channel") && err.contains(".png"),
+            "{err}"
+        );
+        assert!(!jpeg.exists());
+        let err = save_image16(&img, &out, None, std::slice::from_ref(&out))
+            .expect_err("never over an input")
+            .to_string();
+        assert!(err.contains("input"), "{err}");
     }
 }

@@ -32,8 +32,9 @@ pub use hub::{
     MissingModelFiles, MissingReason, ProgressHook, RepoFiles, WeightSource,
 };
 pub use image_io::{
-    collect_images, load_rgb, read_png_parameters, save_image, LoadOptions, DEFAULT_MAX_PIXELS,
-    DOWNSCALE_MAX_PIXELS, IMAGE_EXTENSIONS, JPEG_QUALITY, PARAMETERS_KEYWORD,
+    collect_images, load_rgb, read_png_parameters, save_image, save_image16, LoadOptions,
+    Rgb16Image, DEFAULT_MAX_PIXELS, DOWNSCALE_MAX_PIXELS, IMAGE_EXTENSIONS, JPEG_QUALITY,
+    PARAMETERS_KEYWORD,
 };
 pub use parameters::Parameters;
-pub use tensor::{rgb_to_tensor, tensor_to_rgb};
+pub use tensor::{rgb_to_tensor, tensor_to_rgb, tensor_to_rgb16};

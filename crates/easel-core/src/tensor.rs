@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use crate::error::{Error, Result};
+use crate::image_io::Rgb16Image;
 
 /// Converts an RGB8 image to a `[1, 3, H, W]` `f32` tensor in `[0, 1]` on
 /// `device`.
@@ -30,6 +31,36 @@ pub fn rgb_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
 /// A wrong rank or channel count, or a NaN anywhere, is an error: NaN means
 /// the network diverged, and silently turning it into black would hide that.
 pub fn tensor_to_rgb(tensor: &Tensor) -> Result<RgbImage> {
+    let (width, height, values) = image_values(tensor)?;
+    let raw = values
+        .iter()
+        // In [0, 255.5] after clamping, so the cast cannot wrap.
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0 + 0.5).floor().min(255.0) as u8)
+        .collect();
+    // The buffer holds exactly width * height * 3 values, which is all
+    // from_raw checks.
+    RgbImage::from_raw(width, height, raw).ok_or_else(|| {
+        Error::InvalidArgument("internal error: image buffer size mismatch".to_string())
+    })
+}
+
+/// [`tensor_to_rgb`] with 16 bits per channel (`floor(x * 65535 + 0.5)`),
+/// for PNG output that keeps more than 8 bits of the model's values.
+pub fn tensor_to_rgb16(tensor: &Tensor) -> Result<Rgb16Image> {
+    let (width, height, values) = image_values(tensor)?;
+    let raw = values
+        .iter()
+        // In [0, 65535.5] after clamping, so the cast cannot wrap.
+        .map(|v| (v.clamp(0.0, 1.0) * 65_535.0 + 0.5).floor().min(65_535.0) as u16)
+        .collect();
+    Rgb16Image::from_raw(width, height, raw).ok_or_else(|| {
+        Error::InvalidArgument("internal error: image buffer size mismatch".to_string())
+    })
+}
+
+/// The checked width, height and interleaved (HWC) f32 values of an image
+/// tensor.
+fn image_values(tensor: &Tensor) -> Result<(u32, u32, Vec<f32>)> {
     let (channels, height, width) = match tensor.dims() {
         [1, c, h, w] | [c, h, w] => (*c, *h, *w),
         dims => {
@@ -63,17 +94,11 @@ pub fn tensor_to_rgb(tensor: &Tensor) -> Result<RgbImage> {
         )));
     }
     let plane = width * height;
-    let mut raw = Vec::with_capacity(3 * plane);
+    let mut interleaved = Vec::with_capacity(3 * plane);
     for i in 0..plane {
         for c in 0..3 {
-            let v = values[c * plane + i].clamp(0.0, 1.0);
-            // In [0, 255.5] after clamping, so the cast cannot wrap.
-            raw.push((v * 255.0 + 0.5).floor().min(255.0) as u8);
+            interleaved.push(values[c * plane + i]);
         }
     }
-    // The buffer holds exactly width * height * 3 bytes, which is all
-    // from_raw checks.
-    RgbImage::from_raw(w32, h32, raw).ok_or_else(|| {
-        Error::InvalidArgument("internal error: image buffer size mismatch".to_string())
-    })
+    Ok((w32, h32, interleaved))
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod controlnet_registry;
 pub mod import_onnx;
 pub mod presets;
 pub mod stylize;
+pub mod stylize_diffusion;

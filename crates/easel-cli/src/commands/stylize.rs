@@ -1,4 +1,5 @@
-//! `easel stylize`: paint photos in a style with the embedded fast networks.
+//! `easel stylize`: paint photos in a style with the embedded fast networks (`--style`,
+//! `--preset`), or with Stable Diffusion + ControlNet (`--prompt`, in `stylize_diffusion.rs`).
 
 use crate::progress;
 use anyhow::{bail, Context, Result};
@@ -9,19 +10,23 @@ use easel_fast::arbitrary::{self, StyleCode};
 use easel_fast::cin26::{self, PresetNet};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+use super::stylize_diffusion::{self, DiffusionArgs};
 use std::time::Instant;
 
 #[derive(Args)]
 #[command(
-    about = "Paint photos in the style of a painting (--style) or of a built-in preset (--preset)",
+    about = "Paint photos in the style of a painting (--style), of a built-in preset (--preset), \
+             or as a text prompt describes with Stable Diffusion + ControlNet (--prompt)",
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
-                  easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg"
+                  easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg\n  \
+                  easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png"
 )]
 pub struct StylizeArgs {
     /// Photos to paint: image files, or directories whose images are all painted.
     #[arg(required = true, value_name = "PHOTO")]
-    inputs: Vec<PathBuf>,
+    pub(super) inputs: Vec<PathBuf>,
 
     /// A painting whose style to use, optionally with a mixing weight (`IMG:WEIGHT`); repeat the
     /// flag to mix several styles by their style codes.
@@ -29,19 +34,21 @@ pub struct StylizeArgs {
     styles: Vec<String>,
 
     /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
-    #[arg(long, value_name = "N[:W],...", required_unless_present = "styles")]
+    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt"])]
     preset: Option<String>,
 
     /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
     /// photo, named after it).
     #[arg(short, long, value_name = "OUT")]
-    output: PathBuf,
+    pub(super) output: PathBuf,
 
-    /// How much style to apply, 0 to 1. With --style the style code is interpolated towards the
-    /// photo's own code (0: the photo re-rendered in its own style); with --preset the painting is
-    /// blended with the photo (0: the photo unchanged).
-    #[arg(long, default_value_t = 1.0, value_name = "0..1")]
-    strength: f64,
+    /// How much style to apply, 0 to 1 (default 1.0 with --style/--preset, 0.7 with --prompt).
+    /// With --style the style code is interpolated towards the photo's own code (0: the photo
+    /// re-rendered in its own style); with --preset the painting is blended with the photo (0:
+    /// the photo unchanged); with --prompt it is how much of the photo is repainted (the
+    /// fraction of the denoising schedule run, in (0, 1]).
+    #[arg(long, value_name = "0..1")]
+    pub(super) strength: Option<f64>,
 
     /// Keep the photo's colours: transfer only the painting's luminance (brush strokes, texture).
     #[arg(long)]
@@ -54,11 +61,14 @@ pub struct StylizeArgs {
 
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceChoice,
+    pub(super) device: DeviceChoice,
 
     /// Print a JSON summary of what was written on stdout.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+
+    #[command(flatten)]
+    pub(super) diffusion: DiffusionArgs,
 }
 
 /// What the run wrote, for `--json`.
@@ -135,7 +145,7 @@ impl Method {
 }
 
 /// Decides where each photo's painting goes: a file for one photo, or `<dir>/<stem>.png`.
-fn output_paths(inputs: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn output_paths(inputs: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>> {
     let is_file_target = output.extension().is_some() && !output.is_dir();
     if is_file_target {
         if inputs.len() > 1 {
@@ -247,7 +257,7 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
             params.models.push(PRESET_MODEL_ID.to_string());
         }
     }
-    params.strength = Some(args.strength);
+    params.strength = Some(args.strength.unwrap_or(1.0));
     params
         .extra
         .push(("Keep colors".into(), args.keep_colors.to_string()));
@@ -258,8 +268,15 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
 }
 
 pub fn run(args: StylizeArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.strength) {
-        bail!("--strength {} is outside 0..1", args.strength);
+    if let Some(prompt) = args.diffusion.prompt.clone() {
+        return stylize_diffusion::run(&args, prompt);
+    }
+    if let [flag, ..] = args.diffusion.given_flags().as_slice() {
+        bail!("{flag} applies to the diffusion method only: add --prompt TEXT (and drop --style/--preset)");
+    }
+    let strength = args.strength.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&strength) {
+        bail!("--strength {strength} is outside 0..1");
     }
     if args.max_size < 16 {
         bail!("--max-size {} is too small; use at least 16", args.max_size);
@@ -286,7 +303,7 @@ pub fn run(args: StylizeArgs) -> Result<()> {
         bar.set_message(input.display().to_string());
         let started = Instant::now();
         let photo = load_photo(input, args.max_size, &device)?;
-        let mut painted = paint(&method, &photo, args.strength)
+        let mut painted = paint(&method, &photo, strength)
             .with_context(|| format!("painting {}", input.display()))?;
         if args.keep_colors {
             painted = easel_core::keep_colors(&photo, &painted)?;
