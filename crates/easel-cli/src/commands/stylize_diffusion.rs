@@ -130,7 +130,7 @@ pub struct DiffusionArgs {
     pub control_image: Option<PathBuf>,
 
     /// Also write the control image (the Canny edge map, or the resized --control-image) to
-    /// this file (.png or .jpg).
+    /// this file (.png or .jpg; with several photos, <stem>-<photo stem>.<ext>).
     #[arg(long, value_name = "FILE")]
     pub save_control: Option<PathBuf>,
 
@@ -771,6 +771,27 @@ fn batch_output(output: &Path, index: usize, batch: usize) -> PathBuf {
     output.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
+/// Where `--save-control FILE` goes for `input`: `FILE` itself for one photo, else
+/// `<FILE stem>-<photo stem>.<FILE ext>` next to it.
+fn control_output(path: &Path, input: &Path, photos: usize) -> PathBuf {
+    if photos == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let photo = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".to_string());
+    path.with_file_name(format!("{stem}-{photo}.{ext}"))
+}
+
 #[derive(Serialize)]
 struct Summary {
     method: &'static str,
@@ -860,7 +881,8 @@ pub fn run(args: &StylizeArgs, prompt: String) -> Result<()> {
                     }
                 };
                 if let Some(path) = &d.save_control {
-                    easel_core::save_image(&image, path, None, &protected)
+                    let path = control_output(path, input, inputs.len());
+                    easel_core::save_image(&image, &path, None, &protected)
                         .context("--save-control")?;
                 }
                 Some(easel_core::rgb_to_tensor(&image, &Device::Cpu)?)
@@ -1023,6 +1045,19 @@ mod tests {
         assert_eq!(batch_output(out, 0, 1), PathBuf::from("dir/cat.png"));
         assert_eq!(batch_output(out, 0, 2), PathBuf::from("dir/cat-0.png"));
         assert_eq!(batch_output(out, 1, 2), PathBuf::from("dir/cat-1.png"));
+    }
+
+    #[test]
+    fn control_images_of_several_photos_are_named_after_them() {
+        let path = Path::new("out/edges.png");
+        assert_eq!(
+            control_output(path, Path::new("p/cat.jpg"), 1),
+            PathBuf::from("out/edges.png")
+        );
+        assert_eq!(
+            control_output(path, Path::new("p/cat.jpg"), 2),
+            PathBuf::from("out/edges-cat.png")
+        );
     }
 
     #[test]
