@@ -532,3 +532,81 @@ fn the_same_seed_gives_the_same_file() {
         .unwrap();
     assert!(params.contains(&format!("Seed: {seed}")), "{params}");
 }
+
+/// Copies a diffusers folder, renaming every `X.safetensors` to `X.fp16.safetensors` (the
+/// tensors stay f32; loading converts whatever is stored).
+fn copy_as_fp16_variant(src: &Path, dst: &Path) {
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().unwrap().is_dir() {
+            copy_as_fp16_variant(&entry.path(), &dst.join(&name));
+            continue;
+        }
+        std::fs::create_dir_all(dst).unwrap();
+        let name = match name.strip_suffix(".safetensors") {
+            Some(stem) => format!("{stem}.fp16.safetensors"),
+            None => name,
+        };
+        std::fs::copy(entry.path(), dst.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn a_cache_with_only_fp16_files_serves_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = cases();
+    let photo = tmp.path().join("photo.png");
+    write_u8_png(&cases.tensors["image_u8"], &photo);
+    let plain_cache = tiny_cache(&tmp.path().join("plain"));
+    let variant_src = tmp.path().join("variant-src");
+    copy_as_fp16_variant(&fixtures().join("tiny-sd"), &variant_src.join("sd"));
+    copy_as_fp16_variant(&fixtures().join("tiny-controlnet"), &variant_src.join("cn"));
+    let fp16_cache = tmp.path().join("fp16").join("hub");
+    add_to_cache(
+        &fp16_cache,
+        "org/tiny-sd",
+        &variant_src.join("sd"),
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    add_to_cache(
+        &fp16_cache,
+        "org/tiny-controlnet",
+        &variant_src.join("cn"),
+        "89abcdef0123456789abcdef0123456789abcdef",
+    );
+    let run = |cache: &Path, name: &str| -> Vec<u8> {
+        let out = tmp.path().join(name);
+        let args = [
+            "stylize",
+            s(&photo),
+            "--prompt",
+            "a cat",
+            "--sd",
+            "org/tiny-sd",
+            "--controlnet",
+            "org/tiny-controlnet",
+            "--device",
+            "cpu",
+            "--size",
+            "64",
+            "--steps",
+            "4",
+            "--strength",
+            "0.5",
+            "--seed",
+            "3",
+            "-o",
+            s(&out),
+        ];
+        let run = easel(
+            &args,
+            &[("HF_HUB_CACHE", cache), ("HF_HUB_OFFLINE", Path::new("1"))],
+        );
+        assert_success(&run);
+        std::fs::read(&out).unwrap()
+    };
+    let plain = run(&plain_cache, "plain.png");
+    let fp16 = run(&fp16_cache, "fp16.png");
+    assert!(plain == fp16, "the fp16-named files give another image");
+}
