@@ -24,6 +24,7 @@ enum Command {
     Stylize(Box<commands::stylize::StylizeArgs>),
     Presets(commands::presets::PresetsArgs),
     ImportOnnx(commands::import_onnx::ImportOnnxArgs),
+    Bank(commands::bank::BankArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Stylize(args) => commands::stylize::run(*args),
         Command::Presets(args) => commands::presets::run(args),
         Command::ImportOnnx(args) => commands::import_onnx::run(args),
+        Command::Bank(args) => commands::bank::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

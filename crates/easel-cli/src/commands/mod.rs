@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod bank;
 pub mod controlnet_registry;
 pub mod import_onnx;
 pub mod presets;
 pub mod stylize;
+pub mod stylize_bank;
 pub mod stylize_diffusion;

@@ -17,11 +17,13 @@ use std::time::Instant;
 #[derive(Args)]
 #[command(
     about = "Paint photos in the style of a painting (--style), of a built-in preset (--preset), \
-             or as a text prompt describes with Stable Diffusion + ControlNet (--prompt)",
+             or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
+             (--prompt, --bank)",
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
                   easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg\n  \
-                  easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png"
+                  easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png\n  \
+                  easel stylize photo.jpg --bank style.bank --prompt \"a city at dusk in the style of {bank}\" -o out.png"
 )]
 pub struct StylizeArgs {
     /// Photos to paint: image files, or directories whose images are all painted.
@@ -34,7 +36,7 @@ pub struct StylizeArgs {
     styles: Vec<String>,
 
     /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
-    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt"])]
+    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank"])]
     preset: Option<String>,
 
     /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
@@ -268,11 +270,11 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
 }
 
 pub fn run(args: StylizeArgs) -> Result<()> {
-    if let Some(prompt) = args.diffusion.prompt.clone() {
-        return stylize_diffusion::run(&args, prompt);
+    if args.diffusion.prompt.is_some() || args.diffusion.bank.is_some() {
+        return stylize_diffusion::run(&args);
     }
     if let [flag, ..] = args.diffusion.given_flags().as_slice() {
-        bail!("{flag} applies to the diffusion method only: add --prompt TEXT (and drop --style/--preset)");
+        bail!("{flag} applies to the diffusion method only: add --prompt TEXT or --bank FILE (and drop --style/--preset)");
     }
     let strength = args.strength.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&strength) {

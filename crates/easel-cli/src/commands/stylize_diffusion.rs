@@ -20,7 +20,7 @@ use easel_diffusion::controlnet::ControlNetConfig;
 use easel_diffusion::schedulers::SchedulerKind;
 use easel_diffusion::weights::{component_files, Component};
 use easel_pipeline::canny::{self, CannyOptions};
-use easel_pipeline::conditioning::PromptConditioning;
+use easel_pipeline::conditioning::{Conditioning, PromptConditioning};
 use easel_pipeline::models::{
     self, load_controlnet_dir, load_controlnet_single_file, load_tokenizer_dir, ControlNet,
     ModelConfigs, StableDiffusion,
@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use super::controlnet_registry::{self, ControlNetEntry};
 use super::stylize::{output_paths, StylizeArgs};
+use super::stylize_bank;
 use crate::progress;
 
 /// The Stable Diffusion weights used when `--sd` is not given.
@@ -50,6 +51,21 @@ pub struct DiffusionArgs {
     /// diffusion method instead of --style/--preset; needs the SD 1.5 weights, see the README).
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["styles", "preset", "keep_colors", "max_size"])]
     pub prompt: Option<String>,
+
+    /// Paint in the style of a learned prompt bank (an easel .bank file; selects the diffusion
+    /// method). Alone, the bank's own prompt template is used; with --prompt, write {bank}
+    /// where the style goes ("a city at dusk in the style of {bank}"). The bank must have the
+    /// text encoder's embedding width, and unless --force-bank, the base-model hash it was
+    /// learned on (computed from the text encoder's token table and the UNet's
+    /// conv_in/conv_out/cross-attention weights of a diffusers folder; a single-file --sd
+    /// checkpoint cannot be hashed and needs --force-bank).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["styles", "preset", "keep_colors", "max_size"])]
+    pub bank: Option<PathBuf>,
+
+    /// Use a --bank learned on a different base model (same embedding width), printing a
+    /// warning instead of failing; the style may not transfer.
+    #[arg(long, requires = "bank")]
+    pub force_bank: bool,
 
     /// What the painting should not look like (classifier-free guidance steers away from it;
     /// default: empty).
@@ -83,12 +99,7 @@ pub struct DiffusionArgs {
 
     /// Seed of the random noise; the same seed, settings and models give the same image on the
     /// CPU (default: a random seed, printed and stored in the PNG parameters).
-    #[arg(
-        long,
-        value_name = "N",
-        requires = "prompt",
-        conflicts_with = "noise_file"
-    )]
+    #[arg(long, value_name = "N", conflicts_with = "noise_file")]
     pub seed: Option<u64>,
 
     /// Paint this many images from each photo, each with its own noise (outputs are named
@@ -116,12 +127,7 @@ pub struct DiffusionArgs {
 
     /// Canny edge thresholds LOW:HIGH for the control image (default: the registry entry's,
     /// 100:200).
-    #[arg(
-        long,
-        value_name = "LOW:HIGH",
-        requires = "prompt",
-        conflicts_with = "control_image"
-    )]
+    #[arg(long, value_name = "LOW:HIGH", conflicts_with = "control_image")]
     pub canny: Option<String>,
 
     /// Use this image as the control image instead of the photo's Canny edges (resized to the
@@ -186,6 +192,7 @@ impl DiffusionArgs {
     /// The diffusion-only flags that were given (for refusing them without --prompt).
     pub fn given_flags(&self) -> Vec<&'static str> {
         let given = [
+            ("--force-bank", self.force_bank),
             ("--negative-prompt", self.negative_prompt.is_some()),
             ("--size", self.size.is_some()),
             ("--steps", self.steps.is_some()),
@@ -256,6 +263,8 @@ struct Settings {
     control: Option<ControlChoice>,
     dtype: DType,
     depth: u8,
+    /// The --bank file's name and sha256.
+    bank: Option<(String, String)>,
 }
 
 /// Where the control image comes from.
@@ -362,6 +371,7 @@ fn settings(
         control,
         dtype,
         depth: d.depth.unwrap_or(8),
+        bank: None,
     })
 }
 
@@ -813,12 +823,22 @@ struct OutputRecord {
     seconds: f64,
 }
 
-/// Runs `easel stylize --prompt ...`.
-pub fn run(args: &StylizeArgs, prompt: String) -> Result<()> {
+/// Runs `easel stylize --prompt ...` / `--bank ...`.
+pub fn run(args: &StylizeArgs) -> Result<()> {
     let started = Instant::now();
     let d = &args.diffusion;
     let device = easel_core::select_device(args.device)?;
-    let s = settings(d, args.strength, &device, prompt)?;
+    if let Some(bank) = &d.bank {
+        if !bank.is_file() {
+            bail!("--bank {}: no such file", bank.display());
+        }
+    }
+    let mut s = settings(
+        d,
+        args.strength,
+        &device,
+        d.prompt.clone().unwrap_or_default(),
+    )?;
     let noises = d.noise_file.as_deref().map(load_noise_file).transpose()?;
     let inputs = easel_core::collect_images(&args.inputs)?;
     let outputs = output_paths(&inputs, &args.output)?;
@@ -844,8 +864,36 @@ pub fn run(args: &StylizeArgs, prompt: String) -> Result<()> {
     let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
     let resolved = resolve_models(d, s.control.as_ref(), prefer_fp16)?;
     let sd = load_models(&resolved, &device, s.dtype)?;
-    let mut conditioning = PromptConditioning::new(&sd, &s.prompt, &s.negative_prompt)
-        .context("encoding the prompt")?;
+    let mut conditioning: Box<dyn Conditioning> = match &d.bank {
+        None => Box::new(
+            PromptConditioning::new(&sd, &s.prompt, &s.negative_prompt)
+                .context("encoding the prompt")?,
+        ),
+        Some(path) => {
+            let unet = match &resolved.sd {
+                SdLocation::Dir { dir, variant } => {
+                    stylize_bank::unet_file(dir, variant.as_deref())
+                }
+                SdLocation::SingleFile { .. } => None,
+            };
+            let model = stylize_bank::base_model_info(
+                &sd,
+                d.sd.as_deref().unwrap_or(DEFAULT_SD),
+                unet.as_deref(),
+            )?;
+            let run = stylize_bank::prepare(
+                path,
+                d.prompt.as_deref(),
+                &s.negative_prompt,
+                d.force_bank,
+                &sd,
+                &model,
+            )?;
+            s.prompt = run.prompt;
+            s.bank = Some((run.file_name, run.sha256));
+            Box::new(run.conditioning)
+        }
+    };
 
     if args.output.extension().is_none() || args.output.is_dir() {
         std::fs::create_dir_all(&args.output)
@@ -860,6 +908,7 @@ pub fn run(args: &StylizeArgs, prompt: String) -> Result<()> {
         protected.push(path.clone());
     }
     protected.extend(d.noise_file.iter().cloned());
+    protected.extend(d.bank.iter().cloned());
 
     let mut records = Vec::new();
     for (input, output) in inputs.iter().zip(&outputs) {
@@ -911,7 +960,7 @@ pub fn run(args: &StylizeArgs, prompt: String) -> Result<()> {
         let images = sd
             .stylize_with_noise(
                 &request,
-                &mut conditioning,
+                conditioning.as_mut(),
                 noise.as_mut(),
                 &mut |step, n| {
                     bar.set_length(n as u64);
@@ -1016,6 +1065,10 @@ fn parameters(
         extra("Control start", choice.settings.start.to_string());
         extra("Control end", choice.settings.end.to_string());
         extra("Guess mode", choice.settings.guess_mode.to_string());
+    }
+    if let Some((name, sha256)) = &s.bank {
+        extra("Bank", name.clone());
+        extra("Bank sha256", sha256.clone());
     }
     extra("Dtype", s.dtype.as_str().to_string());
     extra("VAE tiling", d.vae_tiling.to_string());

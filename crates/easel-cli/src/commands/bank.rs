@@ -1,0 +1,319 @@
+//! `easel bank show | export | import`: inspect prompt-bank files and exchange them with
+//! diffusers and AUTOMATIC1111 textual-inversion embeddings.
+//!
+//! Every file is written atomically (a temporary file beside it, then renamed) and never over
+//! one of the command's inputs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use easel_bank::file::{read_bank, save_bank, BankMetadata};
+use easel_bank::interop::{export_a1111, export_diffusers, import_embedding, A1111Info};
+use easel_bank::layout::Slot;
+use easel_bank::show::BankSummary;
+
+use super::stylize_bank::sha256_hex;
+
+/// Inspect, export and import prompt banks (.bank files).
+#[derive(Args)]
+pub struct BankArgs {
+    #[command(subcommand)]
+    command: BankCommand,
+}
+
+#[derive(Subcommand)]
+enum BankCommand {
+    Show(ShowArgs),
+    Export(ExportArgs),
+    Import(ImportArgs),
+}
+
+/// Print a bank's layout, parameterisation, prompt, metadata and vector norms.
+#[derive(Args)]
+struct ShowArgs {
+    /// The bank file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+/// Which embedding format to export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// diffusers `load_textual_inversion`: learned_embeds.safetensors, one token per slot,
+    /// plus learned_embeds.easel.json describing the slots when the bank has more than one.
+    Diffusers,
+    /// AUTOMATIC1111: one embedding (`string_to_param.*`) of one slot.
+    A1111,
+}
+
+/// Export a bank as a textual-inversion embedding for diffusers or AUTOMATIC1111.
+#[derive(Args)]
+struct ExportArgs {
+    /// The bank file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+
+    /// The embedding format: diffusers or a1111.
+    #[arg(long, value_name = "FORMAT")]
+    format: Format,
+
+    /// The slot STAGE,GROUP to export (a1111 only; required for a bank with more than one
+    /// slot, since an A1111 embedding holds one token for all steps and layers).
+    #[arg(long, value_name = "S,G", value_parser = parse_slot)]
+    slot: Option<Slot>,
+
+    /// The embedding's token name (default: the bank file's stem).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Output: for diffusers a .safetensors file or a directory (which gets
+    /// learned_embeds.safetensors; the sidecar goes beside the file as <stem>.easel.json); for
+    /// a1111 a .safetensors file.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+}
+
+/// Import a diffusers or AUTOMATIC1111 textual-inversion embedding (safetensors; PyTorch
+/// pickles are refused) as a bank file.
+#[derive(Args)]
+struct ImportArgs {
+    /// The embedding: learned_embeds.safetensors (diffusers), or an A1111 / kohya
+    /// .safetensors embedding.
+    #[arg(value_name = "EMBEDDING")]
+    embedding: PathBuf,
+
+    /// The sidecar JSON of a multi-slot diffusers export (learned_embeds.easel.json), to
+    /// import all its slots as one bank.
+    #[arg(long, value_name = "JSON")]
+    sidecar: Option<PathBuf>,
+
+    /// The bank file to write (.bank). Embeddings carry no base-model hash, so using the
+    /// bank with `easel stylize --bank` needs --force-bank.
+    #[arg(short, long, value_name = "OUT.bank")]
+    output: PathBuf,
+}
+
+fn parse_slot(s: &str) -> std::result::Result<Slot, String> {
+    let bad = || format!("slot {s:?} must be STAGE,GROUP (two non-negative integers, e.g. 3,1)");
+    let (a, b) = s.split_once(',').ok_or_else(bad)?;
+    Ok(Slot {
+        stage: a.trim().parse().map_err(|_| bad())?,
+        group: b.trim().parse().map_err(|_| bad())?,
+    })
+}
+
+/// Runs `easel bank ...`.
+pub fn run(args: BankArgs) -> Result<()> {
+    match args.command {
+        BankCommand::Show(a) => show(&a),
+        BankCommand::Export(a) => export(&a),
+        BankCommand::Import(a) => import(&a),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn load(path: &Path) -> Result<(easel_bank::bank::Bank, BankMetadata, Vec<u8>)> {
+    let bytes = read(path)?;
+    let (bank, meta) = read_bank(&bytes, &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("bank {}: {e}", file_name(path)))?;
+    Ok((bank, meta, bytes))
+}
+
+fn show(a: &ShowArgs) -> Result<()> {
+    let (bank, meta, bytes) = load(&a.file)?;
+    let summary = BankSummary::new(&bank, Some(&meta))?;
+    println!(
+        "file: {} (sha256 {})",
+        file_name(&a.file),
+        sha256_hex(&bytes)
+    );
+    print!("{summary}");
+    Ok(())
+}
+
+/// Fails when `out` is one of `inputs` (same file, however spelled).
+fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        for input in inputs {
+            if canon(input).as_ref() == Some(&o) {
+                bail!(
+                    "refusing to overwrite the input {} with the output",
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+fn write_atomic(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+    refuse_overwrite(path, inputs)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", file_name(path), std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {e}", path.display())
+    })
+}
+
+fn export(a: &ExportArgs) -> Result<()> {
+    let (bank, meta, _) = load(&a.file)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "easel-style".to_string()),
+    };
+    let input = a.file.as_path();
+    match a.format {
+        Format::Diffusers => {
+            if a.slot.is_some() {
+                bail!("--slot applies to --format a1111 only (diffusers exports every slot)");
+            }
+            let export = export_diffusers(&bank, &name)?;
+            let file = if a.output.is_dir() || a.output.extension().is_none() {
+                a.output.join("learned_embeds.safetensors")
+            } else {
+                a.output.clone()
+            };
+            let sidecar_path = file.with_file_name(format!(
+                "{}.easel.json",
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            write_atomic(&file, &export.embeddings, &[input])?;
+            eprintln!("wrote {}", file.display());
+            if let Some(sidecar) = &export.sidecar {
+                write_atomic(&sidecar_path, sidecar.as_bytes(), &[input])?;
+                eprintln!(
+                    "wrote {} ({} slots; diffusers has no per-stage prompts: the sidecar says \
+                     which token belongs to which stage and layer group)",
+                    sidecar_path.display(),
+                    bank.layout().num_slots()
+                );
+            }
+        }
+        Format::A1111 => {
+            let info = A1111Info {
+                step: meta
+                    .training
+                    .get("steps")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+                base_model: meta.base_model.clone(),
+                base_model_hash: meta.base_model_hash.clone(),
+            };
+            let bytes = export_a1111(&bank, &name, a.slot, &info)?;
+            write_atomic(&a.output, &bytes, &[input])?;
+            eprintln!("wrote {}", a.output.display());
+        }
+    }
+    Ok(())
+}
+
+fn import(a: &ImportArgs) -> Result<()> {
+    let bytes = read(&a.embedding)?;
+    let sidecar = a
+        .sidecar
+        .as_deref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()?;
+    let imported = import_embedding(&bytes, sidecar.as_deref(), &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file_name(&a.embedding)))?;
+    let metadata = BankMetadata {
+        base_model: "unknown (imported embedding)".to_string(),
+        base_model_hash: "unknown".to_string(),
+        training: serde_json::json!({
+            "imported_from": file_name(&a.embedding),
+            "format": format!("{:?}", imported.format),
+            "name": imported.name,
+        }),
+        collection_hash: String::new(),
+        created: now_rfc3339(),
+    };
+    let out = save_bank(&imported.bank, &metadata)?;
+    let mut inputs = vec![a.embedding.as_path()];
+    inputs.extend(a.sidecar.as_deref());
+    write_atomic(&a.output, &out, &inputs)?;
+    let l = imported.bank.layout();
+    eprintln!(
+        "wrote {} ({} stages x {} groups x {} tokens of {} dims; no base-model hash: use \
+         --force-bank with easel stylize --bank)",
+        a.output.display(),
+        l.stages(),
+        l.num_groups(),
+        l.tokens_per_slot(),
+        imported.bank.dim()
+    );
+    Ok(())
+}
+
+/// The current time as RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// `secs` since the Unix epoch as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_714_564_800), "2024-05-01T12:00:00Z");
+    }
+
+    #[test]
+    fn slots_parse_as_stage_comma_group() {
+        assert_eq!(parse_slot("3,1"), Ok(Slot { stage: 3, group: 1 }));
+        assert_eq!(parse_slot(" 0 , 2 "), Ok(Slot { stage: 0, group: 2 }));
+        assert!(parse_slot("3").unwrap_err().contains("STAGE,GROUP"));
+        assert!(parse_slot("a,1").is_err());
+    }
+}
