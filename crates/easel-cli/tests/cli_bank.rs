@@ -1,0 +1,495 @@
+//! End-to-end tests of prompt banks from the command line: `easel bank show | export |
+//! import` and `easel stylize --bank`, with banks built by easel-bank against the tiny random
+//! SD of easel-pipeline's fixtures (served from a Hugging Face cache layout, offline, CPU).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use easel_bank::bank::Bank;
+use easel_bank::file::{base_model_hash, read_bank, save_bank, BankMetadata};
+use easel_bank::inject::init_embedding;
+use easel_bank::layout::Slot;
+use easel_bank::params::{BankParams, ParamsSpec};
+use easel_bank::preset::Preset;
+use easel_pipeline::models::{LoadOptions, StableDiffusion};
+
+const SNAPSHOT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-pipeline/tests/fixtures")
+}
+
+fn easel(args: &[&str], cache: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easel"));
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("HF_HOME")
+        .env_remove("HF_ENDPOINT")
+        .env("HF_HUB_OFFLINE", "1");
+    if let Some(cache) = cache {
+        cmd.env("HF_HUB_CACHE", cache);
+    }
+    cmd.output().expect("the easel binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "easel failed: {}", stderr(out));
+}
+
+/// The one-line error of a failed run.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "easel succeeded: {}", stderr(out));
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    lines[0].to_string()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// Copies the tiny SD into `root/hub` as huggingface_hub lays it out (`org/tiny-sd`).
+fn tiny_cache(root: &Path) -> PathBuf {
+    let cache = root.join("hub");
+    let repo = cache.join("models--org--tiny-sd");
+    let snapshot = repo.join("snapshots").join(SNAPSHOT);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), SNAPSHOT).unwrap();
+    let src = fixtures().join("tiny-sd");
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(src.join(&rel)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = rel.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(rel);
+                continue;
+            }
+            let dest = snapshot.join(&rel);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(src.join(&rel), dest).unwrap();
+        }
+    }
+    cache
+}
+
+fn tiny_sd() -> StableDiffusion {
+    let opts = LoadOptions::new(Device::Cpu, DType::F32).unwrap();
+    StableDiffusion::from_diffusers_dir(&fixtures().join("tiny-sd"), &opts).unwrap()
+}
+
+/// The base-model hash of the tiny SD, computed with the library from its files.
+fn tiny_hash(sd: &StableDiffusion) -> String {
+    let vocab = sd.text_encoder.config().vocab_size as u32;
+    let ids = Tensor::arange(0u32, vocab, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let table = sd
+        .text_encoder
+        .token_embeddings(&ids)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let unet = candle_core::safetensors::load(
+        fixtures().join("tiny-sd/unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    base_model_hash(&table, unet.iter().map(|(k, v)| (k.as_str(), v))).unwrap()
+}
+
+/// The LSAST preset's bank (10 stages × down/mid/up) for the tiny SD.
+fn lsast(sd: &StableDiffusion) -> Bank {
+    let init = init_embedding(&sd.text_encoder, &sd.tokenizer, "painting").unwrap();
+    let layout = sd.unet.cross_attention_layout();
+    Bank::from_preset(
+        &Preset::builtin("lsast").unwrap(),
+        &layout,
+        "painting",
+        &init,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// `bank`'s vectors as a direct bank, with `shift` added to the vectors of `slot`.
+fn direct(bank: &Bank, slot: Option<Slot>, shift: f64) -> Bank {
+    let l = bank.layout();
+    let (stages, groups, tokens) = (l.stages(), l.num_groups(), l.tokens_per_slot());
+    let v = bank.vectors().unwrap().detach();
+    let d = v.dim(3).unwrap();
+    let mut flat = v.reshape((stages * groups * tokens, d)).unwrap();
+    if let Some(slot) = slot {
+        let start = (slot.stage * groups + slot.group) * tokens;
+        let mut mask = vec![0f32; stages * groups * tokens];
+        mask[start..start + tokens].fill(shift as f32);
+        let mask = Tensor::from_vec(mask, (stages * groups * tokens, 1), &Device::Cpu).unwrap();
+        flat = flat.broadcast_add(&mask).unwrap();
+    }
+    let params = BankParams::from_tensors(
+        &ParamsSpec::Direct {},
+        l,
+        d,
+        HashMap::from([("bank.vectors".to_string(), flat)]),
+    )
+    .unwrap();
+    Bank::new(
+        l.clone(),
+        params,
+        bank.prompt().clone(),
+        bank.init_word().to_string(),
+    )
+    .unwrap()
+}
+
+fn metadata(hash: &str) -> BankMetadata {
+    BankMetadata {
+        base_model: "org/tiny-sd".to_string(),
+        base_model_hash: hash.to_string(),
+        training: serde_json::json!({"steps": 120}),
+        collection_hash: "c0ffee".to_string(),
+        created: "2024-05-01T12:00:00Z".to_string(),
+    }
+}
+
+fn save(bank: &Bank, hash: &str, path: &Path) {
+    std::fs::write(path, save_bank(bank, &metadata(hash)).unwrap()).unwrap();
+}
+
+fn vector_bits(bank: &Bank) -> Vec<u32> {
+    bank.vectors()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+fn read(path: &Path) -> Bank {
+    read_bank(&std::fs::read(path).unwrap(), &Device::Cpu)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn show_prints_the_layout_and_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tiny_sd();
+    let path = tmp.path().join("style.bank");
+    save(&lsast(&sd), "ab12cd34ef56ab12", &path);
+    let out = easel(&["bank", "show", s(&path)], None);
+    assert_success(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "layout: 10 stages x 3 groups (down-mid-up) x 1 tokens = 30 vectors of 32 dims"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("parameterisation: generated"), "{text}");
+    assert!(
+        text.contains("base model: org/tiny-sd (hash ab12cd34ef56ab12)"),
+        "{text}"
+    );
+    assert!(text.contains("created: 2024-05-01T12:00:00Z"), "{text}");
+    assert!(text.contains("file: style.bank (sha256 "), "{text}");
+    // The header row and 10 stage rows of the norm table.
+    let rows = text
+        .lines()
+        .skip_while(|l| l.split_whitespace().collect::<Vec<_>>() != ["stage", "down", "mid", "up"])
+        .count();
+    assert_eq!(rows, 11, "{text}");
+}
+
+#[test]
+fn diffusers_export_imports_back_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tiny_sd();
+    let path = tmp.path().join("style.bank");
+    let bank = lsast(&sd);
+    save(&bank, "ab12", &path);
+    let export_dir = tmp.path().join("export");
+    let out = easel(
+        &[
+            "bank",
+            "export",
+            s(&path),
+            "--format",
+            "diffusers",
+            "-o",
+            s(&export_dir),
+        ],
+        None,
+    );
+    assert_success(&out);
+    let embeds = export_dir.join("learned_embeds.safetensors");
+    let sidecar = export_dir.join("learned_embeds.easel.json");
+    assert!(sidecar.is_file(), "{}", stderr(&out));
+    let tokens = candle_core::safetensors::load(&embeds, &Device::Cpu).unwrap();
+    assert_eq!(tokens.len(), 30);
+    assert_eq!(tokens["<style-s3-g1>"].dims(), [1, 32]);
+
+    let imported = tmp.path().join("imported.bank");
+    let out = easel(
+        &[
+            "bank",
+            "import",
+            s(&embeds),
+            "--sidecar",
+            s(&sidecar),
+            "-o",
+            s(&imported),
+        ],
+        None,
+    );
+    assert_success(&out);
+    let back = read(&imported);
+    assert_eq!(back.layout(), bank.layout());
+    assert_eq!(vector_bits(&back), vector_bits(&bank));
+    let shown = easel(&["bank", "show", s(&imported)], None);
+    assert_success(&shown);
+    let text = stdout(&shown);
+    assert!(text.contains("layout: 10 stages x 3 groups"), "{text}");
+    assert!(text.contains("parameterisation: direct"), "{text}");
+
+    // A1111: one slot, chosen with --slot.
+    let a1111 = tmp.path().join("style-a1111.safetensors");
+    let refused = easel(
+        &[
+            "bank",
+            "export",
+            s(&path),
+            "--format",
+            "a1111",
+            "-o",
+            s(&a1111),
+        ],
+        None,
+    );
+    assert!(error_line(&refused).contains("30 slots"));
+    let out = easel(
+        &[
+            "bank",
+            "export",
+            s(&path),
+            "--format",
+            "a1111",
+            "--slot",
+            "3,1",
+            "-o",
+            s(&a1111),
+        ],
+        None,
+    );
+    assert_success(&out);
+    let one = tmp.path().join("one.bank");
+    assert_success(&easel(&["bank", "import", s(&a1111), "-o", s(&one)], None));
+    let one = read(&one);
+    assert_eq!(one.layout().num_slots(), 1);
+    let expected = bank.slot_vectors(Slot { stage: 3, group: 1 }).unwrap();
+    let got = one.slot_vectors(Slot { stage: 0, group: 0 }).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&got), bits(&expected));
+
+    // Never over the input; pickles refused.
+    let before = std::fs::read(&path).unwrap();
+    let out = easel(
+        &[
+            "bank",
+            "export",
+            s(&path),
+            "--format",
+            "diffusers",
+            "-o",
+            s(&path),
+        ],
+        None,
+    );
+    assert!(error_line(&out).contains("refusing to overwrite the input"));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let pickle = tmp.path().join("learned_embeds.bin");
+    std::fs::write(&pickle, b"PK\x03\x04rest of a zip").unwrap();
+    let out = easel(
+        &[
+            "bank",
+            "import",
+            s(&pickle),
+            "-o",
+            s(&tmp.path().join("p.bank")),
+        ],
+        None,
+    );
+    assert!(error_line(&out).contains("PyTorch pickle"));
+}
+
+fn photo(dir: &Path) -> PathBuf {
+    let path = dir.join("photo.png");
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+    });
+    img.save(&path).unwrap();
+    path
+}
+
+fn stylize(cache: &Path, photo: &Path, bank: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "stylize",
+        s(photo),
+        "--bank",
+        s(bank),
+        "--sd",
+        "org/tiny-sd",
+        "--no-control",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--steps",
+        "4",
+        "--size",
+        "64",
+        "-o",
+        s(out),
+    ];
+    args.extend(extra);
+    easel(&args, Some(cache))
+}
+
+#[test]
+fn stylize_with_a_bank_follows_its_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let photo = photo(tmp.path());
+    let sd = tiny_sd();
+    let hash = tiny_hash(&sd);
+    let base = lsast(&sd);
+    let a = tmp.path().join("a.bank");
+    let b = tmp.path().join("b.bank");
+    save(&direct(&base, None, 0.0), &hash, &a);
+    // DDIM, 4 steps at strength 0.7: the last step is at timestep 1, stage 0.
+    save(
+        &direct(&base, Some(Slot { stage: 0, group: 2 }), 0.5),
+        &hash,
+        &b,
+    );
+
+    let run = |bank: &Path, name: &str| -> Vec<u8> {
+        let out = tmp.path().join(name);
+        let r = stylize(&cache, &photo, bank, &out, &[]);
+        assert_success(&r);
+        std::fs::read(&out).unwrap()
+    };
+    let first = run(&a, "a1.png");
+    let again = run(&a, "a2.png");
+    let changed = run(&b, "b.png");
+    assert!(first == again, "the same bank gave different images");
+    assert!(first != changed, "changing a slot left the image unchanged");
+
+    let params = easel_core::read_png_parameters(&tmp.path().join("a1.png"))
+        .unwrap()
+        .unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(&a).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(params.contains("Bank: a.bank"), "{params}");
+    assert!(params.contains(&format!("Bank sha256: {sha}")), "{params}");
+    assert!(
+        params.contains("a painting in the style of {bank}"),
+        "{params}"
+    );
+
+    // --prompt with {bank}: another prompt, another image, recorded as given.
+    let out = tmp.path().join("city.png");
+    let r = stylize(
+        &cache,
+        &photo,
+        &a,
+        &out,
+        &["--prompt", "a city at dusk in the style of {bank}"],
+    );
+    assert_success(&r);
+    assert!(std::fs::read(&out).unwrap() != first);
+    let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+    assert!(
+        params.contains("a city at dusk in the style of {bank}"),
+        "{params}"
+    );
+    let r = stylize(&cache, &photo, &a, &out, &["--prompt", "a city at dusk"]);
+    assert!(error_line(&r).contains("has no {bank}"));
+}
+
+#[test]
+fn stylize_checks_the_banks_base_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let photo = photo(tmp.path());
+    let sd = tiny_sd();
+    let out = tmp.path().join("out.png");
+
+    // Another base model (same width): refused, or loaded with a warning when forced.
+    let other = tmp.path().join("other.bank");
+    save(&lsast(&sd), "ffffffffffffffff", &other);
+    let r = stylize(&cache, &photo, &other, &out, &[]);
+    let line = error_line(&r);
+    assert!(line.contains("use --force-bank"), "{line}");
+    assert!(line.contains("ffffffffffff"), "{line}");
+    let r = stylize(&cache, &photo, &other, &out, &["--force-bank"]);
+    assert_success(&r);
+    assert!(stderr(&r).contains("warning: bank other.bank was learned on org/tiny-sd"));
+
+    // Another embedding width: one line naming both.
+    let l = lsast(&sd).layout().clone();
+    let n = l.num_vectors();
+    let flat = Tensor::ones((n, 40), DType::F32, &Device::Cpu).unwrap();
+    let params = BankParams::from_tensors(
+        &ParamsSpec::Direct {},
+        &l,
+        40,
+        HashMap::from([("bank.vectors".to_string(), flat)]),
+    )
+    .unwrap();
+    let wide = Bank::new(
+        l,
+        params,
+        Preset::builtin("lsast").unwrap().prompt,
+        "painting".to_string(),
+    )
+    .unwrap();
+    let wide_path = tmp.path().join("wide.bank");
+    save(&wide, &tiny_hash(&sd), &wide_path);
+    let r = stylize(&cache, &photo, &wide_path, &out, &["--force-bank"]);
+    let line = error_line(&r);
+    assert!(
+        line.contains("40-d embeddings") && line.contains("32-d"),
+        "{line}"
+    );
+}
