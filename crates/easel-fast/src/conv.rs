@@ -29,8 +29,9 @@ use std::borrow::Cow;
 
 /// Output channels per register tile (groups-1 convs).
 const OCB: usize = 4;
-/// Pixels per column chunk of a 1×1 conv's single "row" (one work unit).
-const FLAT_CHUNK: usize = 256;
+/// Pixels per column chunk of a 1×1 conv's single "row" (one work unit): one AVX-512 tile wide,
+/// so that the chunk's input column (`c_in` × 64 floats) stays in L1 across all output blocks.
+const FLAT_CHUNK: usize = 64;
 
 /// `x ↦ (clamp(round_half_even(x / scale), lo, hi)) · scale`: int8 quantize → dequantize with the
 /// zero point folded into `lo = −128 − zp`, `hi = 127 − zp`.
@@ -511,6 +512,18 @@ impl<'a> Src<'a> {
         let wp = w.div_ceil(stride);
         let mut data = scratch.take(c * h * stride * wp);
         for (src, dst) in x.chunks_exact(w).zip(data.chunks_exact_mut(stride * wp)) {
+            if stride == 2 {
+                let (even, odd) = dst.split_at_mut(wp);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if w % 2 == 1 {
+                    even[wp - 1] = src[w - 1];
+                    odd[wp - 1] = 0.0;
+                }
+                continue;
+            }
             for (p, phase) in dst.chunks_exact_mut(wp).enumerate() {
                 let mut it = src[p.min(w)..].iter().step_by(stride);
                 for d in phase.iter_mut() {
