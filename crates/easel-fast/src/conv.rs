@@ -492,6 +492,8 @@ struct Src<'a> {
     rows: usize,
     wp: usize,
     stride: usize,
+    /// [`Self::kx_offsets`] of the conv reading it.
+    kx_off: Vec<usize>,
 }
 
 impl<'a> Src<'a> {
@@ -507,6 +509,7 @@ impl<'a> Src<'a> {
                 rows: h,
                 wp: w,
                 stride,
+                kx_off: Vec::new(),
             };
         }
         let wp = w.div_ceil(stride);
@@ -537,6 +540,7 @@ impl<'a> Src<'a> {
             rows: h,
             wp,
             stride,
+            kx_off: Vec::new(),
         }
     }
 
@@ -548,6 +552,14 @@ impl<'a> Src<'a> {
         // SAFETY: callers pass c < channels, r < rows, kx/s + x0 ≤ wp, so the offset is within
         // (or one past the end of) `data`.
         unsafe { self.data.as_ptr().add(base + kx / self.stride + x0) }
+    }
+
+    /// The offsets of the `k` kernel columns from [`Self::ptr`]`(c, r, 0, x0)` (phase and
+    /// position), computed once per conv call rather than with two divisions per product.
+    fn kx_offsets(&self, k: usize) -> Vec<usize> {
+        (0..k)
+            .map(|kx| (kx % self.stride) * self.wp + kx / self.stride)
+            .collect()
     }
 }
 
@@ -712,9 +724,14 @@ impl Conv2d {
                     rows: 1,
                     wp: h * w,
                     stride: 1,
+                    kx_off: Vec::new(),
                 }
             } else {
                 Src::new(img, (c, h, w), self.stride, scratch)
+            };
+            let src = Src {
+                kx_off: src.kx_offsets(self.k),
+                ..src
             };
             let dst = OutPtr(out_img.as_mut_ptr());
             let run = |range: std::ops::Range<usize>| {
@@ -873,11 +890,13 @@ impl Conv2d {
         // packed weights hold `per_block` floats per block.
         unsafe {
             let mut acc = [[S::zero(); PB]; OCB];
+            let kx_off = &src.kx_off[..];
             let mut wp = self.packed.as_ptr().add(b * per_block);
             for ci in 0..self.c_in {
                 for ky in 0..k {
-                    for kx in 0..k {
-                        let p = src.ptr(ci, y * s + ky, kx, x0);
+                    let row = src.ptr(ci, y * s + ky, 0, x0);
+                    for &off in kx_off {
+                        let p = row.add(off);
                         let mut xv = [S::zero(); PB];
                         for (i, v) in xv.iter_mut().enumerate() {
                             *v = if i + 1 == PB && last < S::L {
@@ -928,11 +947,14 @@ impl Conv2d {
         // SAFETY: as in `tile`.
         unsafe {
             let mut acc = [S::zero(); PB];
-            let w = self.packed.as_ptr().add(c * k * k);
+            let kx_off = &src.kx_off[..];
+            let mut w = self.packed.as_ptr().add(c * k * k);
             for ky in 0..k {
-                for kx in 0..k {
-                    let p = src.ptr(c, y * s + ky, kx, x0);
-                    let wv = S::splat(*w.add(ky * k + kx));
+                let row = src.ptr(c, y * s + ky, 0, x0);
+                for &off in kx_off {
+                    let p = row.add(off);
+                    let wv = S::splat(*w);
+                    w = w.add(1);
                     for (i, a) in acc.iter_mut().enumerate() {
                         let xv = if i + 1 == PB && last < S::L {
                             S::load_n(p.add(i * S::L), last)
