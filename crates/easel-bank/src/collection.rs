@@ -18,7 +18,6 @@
 //! stale latents). Tensors: `latents` f32 `[K, 4, r/8, r/8]`, `edges` u8 `[K, r, r]`. Files are
 //! written atomically (temporary file + rename); an unreadable cache file is recomputed.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
@@ -26,6 +25,7 @@ use easel_diffusion::vae::AutoencoderKL;
 use easel_pipeline::canny::{canny, control_tensor, CannyOptions};
 use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
+use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::write_atomic;
@@ -135,7 +135,12 @@ pub fn prepare_examples(
     }
     let mut out = Vec::with_capacity(images.len() * config.views_per_image);
     for image in images {
-        let path = cache.map(|dir| dir.join(format!("{}.safetensors", cache_key(image, config, model_key))));
+        let path = cache.map(|dir| {
+            dir.join(format!(
+                "{}.safetensors",
+                cache_key(image, config, model_key)
+            ))
+        });
         let cached = path.as_deref().and_then(|p| read_cache(p, config).ok());
         let (latents, edges) = match cached {
             Some(c) => c,
@@ -150,7 +155,8 @@ pub fn prepare_examples(
         for (k, e) in edges.iter().enumerate() {
             out.push(TrainExample {
                 latents: latents.narrow(0, k, 1)?.to_device(device)?,
-                control: control_tensor(e, device)?,
+                control: control_tensor(e, device)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
             });
         }
     }
@@ -192,9 +198,7 @@ fn encode_views(
             .to_device(device)?
             .to_dtype(dtype)?;
         let posterior = vae.encode(&pixels)?;
-        latents.push(
-            (posterior.mode().to_dtype(DType::F32)? * scaling)?.to_device(&Device::Cpu)?,
-        );
+        latents.push((posterior.mode().to_dtype(DType::F32)? * scaling)?.to_device(&Device::Cpu)?);
         edges.push(canny(&view, &opts).map_err(|e| candle_core::Error::Msg(e.to_string()))?);
     }
     Ok((Tensor::cat(&latents, 0)?, edges))
@@ -225,20 +229,26 @@ fn read_cache(path: &Path, config: &TrainConfig) -> Result<(Tensor, Vec<GrayImag
 
 fn write_cache(path: &Path, latents: &Tensor, edges: &[GrayImage]) -> Result<()> {
     let res = edges.first().map_or(0, |e| e.width() as usize);
-    let raw: Vec<u8> = edges.iter().flat_map(|e| e.as_raw().iter().copied()).collect();
-    let edges = Tensor::from_vec(raw, (edges.len(), res, res), &Device::Cpu)?;
-    let tensors = HashMap::from([
-        ("latents".to_string(), latents.clone()),
-        ("edges".to_string(), edges),
-    ]);
-    let bytes = safetensors::serialize(
-        tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t))
-            .collect::<Vec<_>>(),
-        None,
-    )
-    .map_err(candle_core::Error::wrap)?;
+    let raw: Vec<u8> = edges
+        .iter()
+        .flat_map(|e| e.as_raw().iter().copied())
+        .collect();
+    let latent_bytes = crate::file::f32_bytes(latents)?;
+    let views = [
+        (
+            "edges",
+            TensorView::new(Dtype::U8, vec![edges.len(), res, res], &raw),
+        ),
+        (
+            "latents",
+            TensorView::new(Dtype::F32, latents.dims().to_vec(), &latent_bytes),
+        ),
+    ];
+    let views = views
+        .into_iter()
+        .map(|(n, v)| Ok((n, v.map_err(candle_core::Error::wrap)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(candle_core::Error::wrap)?;
     write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
 }
 

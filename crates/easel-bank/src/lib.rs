@@ -12,8 +12,13 @@
 //! - [`file`]: the bank file (safetensors + metadata), base-model checks and hash.
 //! - [`interop`]: export to and import from diffusers and AUTOMATIC1111 embeddings.
 //! - [`show`]: the summary `easel bank show` prints.
+//! - [`collection`]: the artworks as cached training views (VAE latents, Canny controls).
+//! - [`train`]: the `learn` trainer (inversion with the frozen UNet and ControlNet).
+//! - [`checkpoint`]: training checkpoints, written atomically, resumed exactly.
 
 pub mod bank;
+pub mod checkpoint;
+pub mod collection;
 pub mod file;
 pub mod inject;
 pub mod interop;
@@ -21,3 +26,4 @@ pub mod layout;
 pub mod params;
 pub mod preset;
 pub mod show;
+pub mod train;
