@@ -302,3 +302,69 @@ fn failed_checkpoint_write_keeps_the_previous_one() {
     assert_eq!(ckpt.step, 1);
     assert!(Checkpoint::from_bytes(&next[..next.len() / 2], &Device::Cpu).is_err());
 }
+
+/// `train` runs to the end calling the hooks (progress every step, validation every 2 steps,
+/// checkpoints every 2), stops on the flag with a checkpoint; the latent cache gives the same
+/// views as encoding afresh and holds one file per artwork.
+#[test]
+fn train_loop_hooks_stop_flag_and_latent_cache() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sd = models();
+    let cfg = TrainConfig {
+        checkpoint_every: 2,
+        validate_every: 2,
+        ..config(4)
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let fresh = examples(&sd, &cfg);
+    let prep = || {
+        prepare_examples(
+            &collection(),
+            &sd.vae,
+            &cfg,
+            Some(cache.path()),
+            "tiny",
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
+    };
+    let written = prep();
+    let read = prep();
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4);
+    assert_eq!(fresh.len(), 16);
+    for ((a, b), c) in fresh.iter().zip(&written).zip(&read) {
+        assert_eq!(bytes(&a.latents), bytes(&b.latents));
+        assert_eq!(bytes(&a.latents), bytes(&c.latents));
+        assert_eq!(bytes(&a.control), bytes(&c.control));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut tr = Trainer::new(&sd, bank(&sd, 3), read, cfg, dir.path()).unwrap();
+    let mut steps = vec![];
+    let mut validated = vec![];
+    let stop = AtomicBool::new(false);
+    {
+        let mut hooks = easel_bank::train::Hooks {
+            on_step: Some(Box::new(|r| {
+                steps.push(r.step);
+                if r.step == 3 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })),
+            on_validate: Some(Box::new(|s, _bank| {
+                validated.push(s);
+                Ok(())
+            })),
+            stop: Some(&stop),
+        };
+        let outcome = tr.train(&mut hooks).unwrap();
+        assert_eq!(outcome, easel_bank::train::TrainOutcome::Stopped);
+    }
+    assert_eq!(steps, vec![1, 2, 3]);
+    assert_eq!(validated, vec![2]);
+    assert_eq!(Checkpoint::load(dir.path(), &Device::Cpu).unwrap().step, 3);
+    let mem = tr.memory_report();
+    assert_eq!(mem.parameter_bytes, 18 * 32 * 4);
+    assert_eq!(mem.optimizer_bytes, 2 * mem.parameter_bytes);
+}
