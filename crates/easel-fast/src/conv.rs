@@ -458,13 +458,23 @@ pub(crate) struct Scratch {
 impl Scratch {
     /// A buffer of `len` floats with unspecified (initialised) contents.
     pub(crate) fn take(&mut self, len: usize) -> Vec<f32> {
-        let best = self
+        // Prefer the shortest buffer already `len` long (nothing to initialise), else the one
+        // with room that is longest (least to zero), else a new one.
+        let ready = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
             .map(|(i, _)| i);
+        let best = ready.or_else(|| {
+            self.free
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= len)
+                .max_by_key(|(_, v)| v.len())
+                .map(|(i, _)| i)
+        });
         let mut v = match best {
             Some(i) => self.free.swap_remove(i),
             None => Vec::new(),
@@ -713,6 +723,9 @@ impl Conv2d {
         let groups = blocks.div_ceil(group);
         let geom = Geom { ho: gh, wo: gw };
         let n_units = gh * units_per_row * groups;
+        // Below ~1M multiply-adds per image, waking a helper costs about what it saves.
+        let per_out = if self.depthwise { 1 } else { c } * self.k * self.k;
+        let small = self.c_out * plane * per_out < 1 << 20;
         let isa = isa();
         for (img, out_img) in x
             .chunks_exact(c * h * w)
@@ -748,7 +761,11 @@ impl Conv2d {
                     unsafe { self.unit(isa, &src, dst, geom, y, x0..x1, b, ep) };
                 }
             };
-            par_for(n_units, run);
+            if small {
+                run(0..n_units);
+            } else {
+                par_for(n_units, run);
+            }
             if let Cow::Owned(v) = src.data {
                 scratch.give(v);
             }
