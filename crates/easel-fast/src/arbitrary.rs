@@ -226,17 +226,18 @@ impl Conv {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in / groups, k, k), "weight")?;
         let bias = vb.get(c_out, "bias")?;
-        let direct = if weight.device().is_cpu() && (groups == 1 || groups == c_in) {
-            Some(Conv2d::new(
-                &weight.flatten_all()?.to_vec1::<f32>()?,
-                Some(&bias.to_vec1::<f32>()?),
-                (c_in, c_out, k),
-                stride,
-                groups > 1,
-            )?)
-        } else {
-            None
-        };
+        let direct =
+            if weight.device().is_cpu() && (groups == 1 || (groups == c_in && c_in == c_out)) {
+                Some(Conv2d::new(
+                    &weight.flatten_all()?.to_vec1::<f32>()?,
+                    Some(&bias.to_vec1::<f32>()?),
+                    (c_in, c_out, k),
+                    stride,
+                    groups > 1,
+                )?)
+            } else {
+                None
+            };
         Ok(Self {
             weight,
             bias: bias.reshape((1, c_out, 1, 1))?,
