@@ -289,11 +289,8 @@ impl Simd for Portable {
     }
 }
 
-// The AVX-512 intrinsics (and `target_feature(enable = "avx512f")`, which the previous kernel in
-// `arbitrary.rs` already used) are stable since Rust 1.89, above the workspace's declared MSRV
-// 1.88: the workspace `rust-version` should be raised to 1.89.
+// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::Simd;
     use std::arch::x86_64::*;
