@@ -3,8 +3,9 @@
 //! The expected ids come from `tools/ref/tokenizer_ref.py` (run it from the repository root
 //! to regenerate `tests/fixtures/tokenizer_cases.json`, `tokenizer_small.json` and
 //! `tokenizer_small_cases.json`). The full 49,408-id tokenizer is built here from open_clip's
-//! `/work/shared/data/clip/bpe_simple_vocab_16e6.txt.gz` (set `EASEL_CLIP_BPE` to use another
-//! copy); those tests are skipped, with a message, when the file is absent.
+//! `shared/data/clip/bpe_simple_vocab_16e6.txt.gz` beside the checkout (as CI has it; set
+//! `EASEL_CLIP_BPE` to use another copy). A missing file fails those tests rather than skipping
+//! them, so a broken setup cannot pass silently.
 
 mod common;
 
@@ -15,22 +16,26 @@ use serde_json::Value;
 
 use common::{fixture_path, read_json};
 
-fn bpe_text() -> Option<String> {
-    let path = std::env::var("EASEL_CLIP_BPE")
-        .unwrap_or_else(|_| "/work/shared/data/clip/bpe_simple_vocab_16e6.txt.gz".to_string());
-    let Ok(bytes) = std::fs::read(&path) else {
-        eprintln!("skipping: {path} not found");
-        return None;
-    };
+fn bpe_text() -> String {
+    let path = std::env::var("EASEL_CLIP_BPE").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/clip/bpe_simple_vocab_16e6.txt.gz"
+        )
+        .to_string()
+    });
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{path}: {e}; the full CLIP vocabulary comes from shared/ (or set EASEL_CLIP_BPE)")
+    });
     let mut text = String::new();
     flate2::read::GzDecoder::new(&bytes[..])
         .read_to_string(&mut text)
         .expect("gunzip open_clip merges");
-    Some(text)
+    text
 }
 
-fn full_tokenizer() -> Option<ClipTokenizer> {
-    bpe_text().map(|t| ClipTokenizer::from_open_clip_bpe(&t).expect("build from open_clip bpe"))
+fn full_tokenizer() -> ClipTokenizer {
+    ClipTokenizer::from_open_clip_bpe(&bpe_text()).expect("build from open_clip bpe")
 }
 
 fn ids_of(case: &Value) -> Vec<u32> {
@@ -73,7 +78,7 @@ fn check_cases(tok: &ClipTokenizer, cases: &[Value], what: &str) -> usize {
 
 #[test]
 fn parity_with_transformers_full_vocab() {
-    let Some(tok) = full_tokenizer() else { return };
+    let tok = full_tokenizer();
     assert_eq!(tok.vocab_size(), 49408);
     assert_eq!(tok.start_id(), 49406);
     assert_eq!(tok.end_id(), 49407);
@@ -87,9 +92,7 @@ fn parity_with_transformers_full_vocab() {
 
 #[test]
 fn parity_with_added_placeholder_token() {
-    let Some(mut tok) = full_tokenizer() else {
-        return;
-    };
+    let mut tok = full_tokenizer();
     let fx = read_json("tokenizer_cases.json");
     let content = fx["added_token"]["content"].as_str().expect("content");
     let want_id = fx["added_token"]["id"].as_u64().expect("id") as u32;
@@ -113,7 +116,7 @@ fn parity_with_added_placeholder_token() {
 
 #[test]
 fn vocab_merges_files_match_open_clip_bpe() {
-    let Some(text) = bpe_text() else { return };
+    let text = bpe_text();
     let tok = ClipTokenizer::from_open_clip_bpe(&text).expect("build");
     // Write vocab.json + merges.txt as the reference script does, and load them.
     let mut vocab = serde_json::Map::new();
@@ -178,7 +181,7 @@ fn tokenizer_json_from_transformers_save_pretrained() {
 
 #[test]
 fn decode_of_encode_is_the_cleaned_lowercase_text() {
-    let Some(tok) = full_tokenizer() else { return };
+    let tok = full_tokenizer();
     for text in [
         "a photo of a cat",
         "  A Painting   in the STYLE\tof\nVincent van Gogh  ",
@@ -198,9 +201,7 @@ fn decode_of_encode_is_the_cleaned_lowercase_text() {
 
 #[test]
 fn padding_truncation_and_errors() {
-    let Some(mut tok) = full_tokenizer() else {
-        return;
-    };
+    let mut tok = full_tokenizer();
     let long = "cat ".repeat(200);
     let ids = tok.encode(&long).expect("encode");
     assert_eq!(ids.len(), 202);
