@@ -17,8 +17,6 @@
 //! conv kernel it meets, so the store is not checked for them.) Run with `--nocapture` to see
 //! the errors.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use easel_diffusion::clip::{ClipActivation, ClipTextConfig, ClipTextModel, Placeholder};
@@ -27,29 +25,12 @@ use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
 use easel_diffusion::schedulers::{Ddim, Scheduler, SchedulerConfig};
 use easel_diffusion::unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
 
+mod common;
+
+use common::{load, max_abs, max_abs_diff};
+
 const GROUPS: usize = 3;
 const VECTORS_PER_GROUP: usize = 2;
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("load {path}: {e}"))
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
-}
 
 #[test]
 fn placeholder_gradients_through_clip_controlnet_unet_match_torch() {
