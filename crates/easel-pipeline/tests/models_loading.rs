@@ -22,9 +22,9 @@ use easel_pipeline::models::{
 use easel_pipeline::pipeline::StylizeRequest;
 use easel_pipeline::scheduler_config::scheduler_config_from_diffusers_json;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+
+use common::{fixtures, max_abs_diff};
 
 fn tiny_sd() -> PathBuf {
     fixtures().join("tiny-sd")
@@ -49,17 +49,6 @@ fn load(path: &Path) -> HashMap<String, Tensor> {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// A small seeded run: 64×64 gray-gradient photo, 4 DDIM steps at strength 0.75.

@@ -6,7 +6,6 @@
 //! `pipeline_cases.json`) are written by `tools/ref/pipeline_ref.py`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
 use easel_diffusion::contexts::{LayerGroups, UNetContexts};
@@ -19,11 +18,11 @@ use easel_pipeline::noise::ReplayNoise;
 use easel_pipeline::pipeline::{control_active, ControlSettings, StylizeRequest};
 use serde_json::Value;
 
-const TOLERANCE: f32 = 1e-3;
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{fixtures, max_abs_diff};
+
+const TOLERANCE: f32 = 1e-3;
 
 struct Fixture {
     tensors: HashMap<String, Tensor>,
@@ -57,18 +56,6 @@ fn to_image(u8_hwc: &Tensor) -> Tensor {
         .permute((2, 0, 1))
         .unwrap()
         .unsqueeze(0)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 
