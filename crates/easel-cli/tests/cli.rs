@@ -1,17 +1,14 @@
 //! End-to-end tests of the `easel` binary: real example images in, files and exit codes out.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+
+use common::{assert_success, easel_command, s, stderr};
 
 fn easel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args(args)
-        // candle appends a backtrace to its errors when these are set; users who set them want
-        // that, but the one-line error contract is about the default environment.
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .output()
-        .expect("the easel binary runs")
+    easel_command(args).output().expect("the easel binary runs")
 }
 
 fn example(name: &str) -> String {
@@ -22,14 +19,6 @@ fn example(name: &str) -> String {
         .into_owned()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "easel failed: {}", stderr(out));
-}
-
 /// A failed run exits non-zero with exactly one line on stderr, starting `error:` and containing
 /// `expected`.
 fn assert_fails_with(out: &Output, expected: &str) {
@@ -38,10 +27,6 @@ fn assert_fails_with(out: &Output, expected: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(expected), "expected '{expected}' in: {err}");
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
 }
 
 #[test]

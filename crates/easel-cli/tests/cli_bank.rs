@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use easel_bank::bank::Bank;
@@ -15,18 +15,15 @@ use easel_bank::params::{BankParams, ParamsSpec};
 use easel_bank::preset::Preset;
 use easel_pipeline::models::{LoadOptions, StableDiffusion};
 
+mod common;
+
+use common::{assert_success, easel_command, fixtures, s, stderr};
+
 const SNAPSHOT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-pipeline/tests/fixtures")
-}
-
 fn easel(args: &[&str], cache: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easel"));
-    cmd.args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("HF_HOME")
+    let mut cmd = easel_command(args);
+    cmd.env_remove("HF_HOME")
         .env_remove("HF_ENDPOINT")
         .env("HF_HUB_OFFLINE", "1");
     if let Some(cache) = cache {
@@ -39,14 +36,6 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "easel failed: {}", stderr(out));
-}
-
 /// The one-line error of a failed run.
 fn error_line(out: &Output) -> String {
     assert!(!out.status.success(), "easel succeeded: {}", stderr(out));
@@ -54,10 +43,6 @@ fn error_line(out: &Output) -> String {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "not one line: {err}");
     lines[0].to_string()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
 }
 
 /// Copies the tiny SD into `root/hub` as huggingface_hub lays it out (`org/tiny-sd`).

@@ -5,43 +5,28 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+
+mod common;
+
+use common::{add_to_cache, assert_success, easel_command, fixtures, s, stderr};
 
 /// Diffusers' stored image vs ours, as in easel-pipeline's parity test (the 16-bit PNG adds at
 /// most 1/131070 of quantization).
 const TOLERANCE: f32 = 1e-3;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-pipeline/tests/fixtures")
-}
-
 fn easel(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easel"));
-    cmd.args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("HF_HUB_OFFLINE")
+    let mut cmd = easel_command(args);
+    cmd.env_remove("HF_HUB_OFFLINE")
         .env_remove("HF_HOME")
         .env_remove("HF_ENDPOINT");
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().expect("the easel binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "easel failed: {}", stderr(out));
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
 }
 
 struct Cases {
@@ -73,39 +58,6 @@ fn write_u8_png(tensor: &Tensor, path: &Path) {
         .unwrap()
         .save(path)
         .unwrap();
-}
-
-/// Copies `src` (a diffusers folder) into `cache/models--org--name` as huggingface_hub lays it
-/// out: the content in `blobs/`, `snapshots/<hash>/...` linking to it, `refs/main` naming the
-/// hash.
-fn add_to_cache(cache: &Path, repo: &str, src: &Path, hash: &str) {
-    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let blobs = repo_dir.join("blobs");
-    let snapshot = repo_dir.join("snapshots").join(hash);
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
-    std::fs::write(repo_dir.join("refs/main"), hash).unwrap();
-    let mut stack = vec![PathBuf::new()];
-    let mut n = 0;
-    while let Some(rel) = stack.pop() {
-        for entry in std::fs::read_dir(src.join(&rel)).unwrap() {
-            let entry = entry.unwrap();
-            let rel = rel.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(rel);
-                continue;
-            }
-            n += 1;
-            let blob = blobs.join(format!("blob{n:04}"));
-            std::fs::copy(src.join(&rel), &blob).unwrap();
-            let link = snapshot.join(&rel);
-            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-            #[cfg(unix)]
-            std::os::unix::fs::symlink(&blob, &link).unwrap();
-            #[cfg(not(unix))]
-            std::fs::copy(&blob, &link).unwrap();
-        }
-    }
 }
 
 /// A cache holding the tiny models as `org/tiny-sd` and `org/tiny-controlnet`.
