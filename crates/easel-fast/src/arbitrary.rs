@@ -44,7 +44,8 @@
 //! # Ok(()) }
 //! ```
 
-use crate::conv::{self, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
+use crate::conv::{self, sum64, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
+use crate::vgg::reflect_pad;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -309,23 +310,6 @@ fn native_cpu(x: &Tensor) -> bool {
     x.device().is_cpu() && NATIVE_CPU.with(|n| n.get())
 }
 
-/// Sum of `f(x)` over `xs` in f64 (8 partial sums, so it vectorises).
-#[inline(always)]
-fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v) as f64;
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(rest) {
-        *a += f(v) as f64;
-    }
-    acc.iter().sum()
-}
-
 impl Conv {
     /// Pads `x` by the index maps (`None`: no padding), convolves, applies `ep`.
     fn cpu(
@@ -466,35 +450,6 @@ conv::simd_fn! {
             let v = q_scaled(*x * scale) + shift;
             *x = q_out(if v < lo { lo } else { v });
         }
-    }
-}
-
-/// Reflection padding of the two spatial dims (TF `MirrorPad` REFLECT / ONNX `Pad` reflect):
-/// `top`/`left` rows mirrored before, `bottom`/`right` after, the edge row not repeated.
-fn reflect_pad(x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if top >= h || bottom >= h || left >= w || right >= w {
-        bail!(
-            "reflection padding ({top},{bottom},{left},{right}) needs a larger input than {h}x{w}"
-        );
-    }
-    let index = |n: usize, before: usize, after: usize| -> Result<Tensor> {
-        let idx: Vec<u32> = (0..before)
-            .map(|i| (before - i) as u32)
-            .chain((0..n).map(|i| i as u32))
-            .chain((0..after).map(|i| (n - 2 - i) as u32))
-            .collect();
-        Tensor::new(idx, x.device())
-    };
-    let x = if top + bottom > 0 {
-        x.index_select(&index(h, top, bottom)?, 2)?
-    } else {
-        x.clone()
-    };
-    if left + right > 0 {
-        x.index_select(&index(w, left, right)?, 3)
-    } else {
-        Ok(x)
     }
 }
 

@@ -21,7 +21,7 @@
 //! H×W and ε = 1e-5. Preset names: the upstream package ships none ("I did not invent names for
 //! them, because the model I started from never came with any"), so presets are known by index.
 
-use crate::conv::{self, Epilogue, Scratch};
+use crate::conv::{self, sum64, Epilogue, Scratch};
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
@@ -209,23 +209,6 @@ enum Act {
     None,
     Relu,
     Sigmoid,
-}
-
-/// Sum in f64 (8 partial sums, so it vectorises).
-#[inline(always)]
-fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v) as f64;
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(rest) {
-        *a += f(v) as f64;
-    }
-    acc.iter().sum()
 }
 
 conv::simd_fn! {
