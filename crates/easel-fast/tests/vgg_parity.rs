@@ -5,44 +5,10 @@
 //! input picture and the five expected activations are in `adain_cases.safetensors`.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use easel_fast::vgg::{self, Layer, VggEncoder};
-use std::collections::HashMap;
 
-/// f32 CPU against f32 PyTorch CPU: only summation order differs.
-const TOLERANCE: f32 = 1e-4;
-
-fn fixtures() -> Result<HashMap<String, Tensor>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/adain_cases.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu)
-}
-
-fn checkpoint(file: &str) -> Result<VarBuilder<'static>> {
-    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
-    let tensors = read_torch_checkpoint(&std::fs::read(path)?, file)?;
-    Ok(VarBuilder::from_tensors(
-        tensors.into_iter().collect(),
-        DType::F32,
-        &Device::Cpu,
-    ))
-}
-
-/// uint8 `[H, W, 3]` → f32 `[1, 3, H, W]`, `u8 / 255` as numpy computes it.
-fn image(u8_hwc: &Tensor) -> Result<Tensor> {
-    (u8_hwc.to_dtype(DType::F32)? / 255.0)?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)?
-        .contiguous()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
+mod common;
+use common::{checkpoint, fixtures, image, max_abs_diff, TOLERANCE};
 
 #[test]
 fn vgg_features_match_pytorch() -> Result<()> {
