@@ -25,6 +25,7 @@ enum Command {
     Presets(commands::presets::PresetsArgs),
     ImportOnnx(commands::import_onnx::ImportOnnxArgs),
     Bank(commands::bank::BankArgs),
+    Learn(commands::learn::LearnArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Presets(args) => commands::presets::run(args),
         Command::ImportOnnx(args) => commands::import_onnx::run(args),
         Command::Bank(args) => commands::bank::run(args),
+        Command::Learn(args) => commands::learn::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -159,7 +159,7 @@ fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-fn write_atomic(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
     refuse_overwrite(path, inputs)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -269,7 +269,7 @@ fn import(a: &ImportArgs) -> Result<()> {
 }
 
 /// The current time as RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

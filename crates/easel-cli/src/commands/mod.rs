@@ -3,6 +3,7 @@
 pub mod bank;
 pub mod controlnet_registry;
 pub mod import_onnx;
+pub mod learn;
 pub mod presets;
 pub mod stylize;
 pub mod stylize_bank;

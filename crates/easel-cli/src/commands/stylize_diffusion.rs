@@ -736,6 +736,28 @@ fn load_models(models: &ResolvedModels, device: &Device, dtype: DType) -> Result
     })
 }
 
+/// The models of a training run (`easel learn`), resolved and loaded exactly as `stylize`
+/// loads them from the model flags of `d` (`--sd`, `--controlnet`, `--dtype`, `--offline`).
+pub(crate) struct TrainingModels {
+    /// The loaded Stable Diffusion (with its ControlNet).
+    pub sd: StableDiffusion,
+    /// The diffusers UNet weights file, to hash the base model (`None` for a single file).
+    pub unet_file: Option<PathBuf>,
+}
+
+/// Resolves and loads the models of `d` on `device` for training.
+pub(crate) fn load_training_models(d: &DiffusionArgs, device: &Device) -> Result<TrainingModels> {
+    let s = settings(d, None, device, String::new())?;
+    let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
+    let resolved = resolve_models(d, s.control.as_ref(), prefer_fp16)?;
+    let sd = load_models(&resolved, device, s.dtype)?;
+    let unet_file = match &resolved.sd {
+        SdLocation::Dir { dir, variant } => stylize_bank::unet_file(dir, variant.as_deref()),
+        SdLocation::SingleFile { .. } => None,
+    };
+    Ok(TrainingModels { sd, unet_file })
+}
+
 /// Reads `noise.0`, `noise.1`, ... of a `--noise-file`.
 fn load_noise_file(path: &Path) -> Result<Vec<Tensor>> {
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)

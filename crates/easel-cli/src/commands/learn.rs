@@ -1,0 +1,289 @@
+//! `easel learn COLLECTION --layout NAME -o OUT.bank`: learn a prompt bank from a folder of
+//! artworks with easel-bank's trainer (inversion through the frozen SD 1.5 + ControlNet).
+//!
+//! The run folder (`--run-dir`, default `<OUT stem>.run/`) holds the checkpoint and the cached
+//! training views; `--resume` continues from its checkpoint bit-exactly (with its settings;
+//! only `--steps` may be raised). Ctrl-C checkpoints and stops. The bank is written atomically
+//! at the end, never over an input.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::Args;
+use easel_bank::bank::Bank;
+use easel_bank::checkpoint::Checkpoint;
+use easel_bank::collection::{collection_hash, prepare_examples};
+use easel_bank::file::{save_bank, BankMetadata};
+use easel_bank::inject::init_embedding;
+use easel_bank::preset::{Preset, BUILTIN_PRESETS};
+use easel_bank::train::{Hooks, TrainConfig, TrainOutcome, Trainer};
+use easel_core::DeviceChoice;
+
+use super::bank::{now_rfc3339, write_atomic};
+use super::stylize_bank;
+use super::stylize_diffusion::{load_training_models, DiffusionArgs, DEFAULT_SD};
+use crate::progress;
+
+/// The flags of `easel learn`.
+#[derive(Args, Debug)]
+pub struct LearnArgs {
+    /// Folder of the artist's artworks (its images, not recursively).
+    #[arg(value_name = "COLLECTION")]
+    collection: PathBuf,
+
+    /// The bank's layout: a builtin preset (lsast, prospect, p-plus, ti, artbank) or a preset
+    /// TOML file.
+    #[arg(long, value_name = "NAME|FILE.toml", default_value = "lsast")]
+    layout: String,
+
+    /// The word whose token embeddings the bank starts from.
+    #[arg(long, value_name = "WORD", default_value = "painting")]
+    init_word: String,
+
+    /// The bank file to write.
+    #[arg(short, long, value_name = "OUT.bank")]
+    output: PathBuf,
+
+    /// Folder of the run's checkpoint and cached training views (default: OUT with the
+    /// extension .run, e.g. vangogh.run/).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+
+    /// Continue the run checkpointed in the run folder, with its settings (only --steps may
+    /// be given, to train longer).
+    #[arg(long, conflicts_with_all = ["layout", "init_word", "lr", "batch", "grad_accumulation", "resolution", "seed", "checkpoint_every"])]
+    resume: bool,
+
+    /// Optimizer steps of the whole run (default 1000).
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+
+    /// Peak learning rate (default 5e-3).
+    #[arg(long, value_name = "RATE")]
+    lr: Option<f64>,
+
+    /// Samples per forward pass (default 1).
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+
+    /// Forward passes whose gradients make one step (default 4).
+    #[arg(long, value_name = "N")]
+    grad_accumulation: Option<usize>,
+
+    /// Side of the square training views in pixels (default 512).
+    #[arg(long, value_name = "PIXELS")]
+    resolution: Option<usize>,
+
+    /// Seed of the training draws and of the bank's random initial parts (default 0).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+
+    /// Write a checkpoint every N steps (default 250; one is always written at the end).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+
+    /// Stable Diffusion 1.x weights: a hub repo id org/name[@revision], a local diffusers
+    /// folder, or a single .safetensors checkpoint (default: stable-diffusion-v1-5).
+    #[arg(long, value_name = "SOURCE")]
+    sd: Option<String>,
+
+    /// ControlNet weights: a hub repo id, a local diffusers folder or a single .safetensors
+    /// file (default: the registry's canny entry).
+    #[arg(long, value_name = "SOURCE")]
+    controlnet: Option<String>,
+
+    /// The models' dtype: f32, f16 or bf16 (default f16 on CUDA, f32 on the CPU).
+    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
+    dtype: Option<DType>,
+
+    /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceChoice,
+
+    /// Never download: use only the Hugging Face cache (same as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!("unknown dtype {s:?}; use f32, f16 or bf16")),
+    }
+}
+
+/// The preset of `--layout`: a builtin name or a TOML file.
+fn load_preset(layout: &str) -> Result<Preset> {
+    if BUILTIN_PRESETS.iter().any(|(name, _)| *name == layout) {
+        return Preset::builtin(layout).map_err(|e| anyhow::anyhow!("--layout {layout}: {e}"));
+    }
+    let path = Path::new(layout);
+    if !path.is_file() {
+        let names: Vec<&str> = BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "--layout {layout}: neither a builtin layout ({}) nor a preset file",
+            names.join(", ")
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--layout: cannot read {}", path.display()))?;
+    Preset::parse(&text, layout).map_err(|e| anyhow::anyhow!("--layout {layout}: {e}"))
+}
+
+/// The training settings of a fresh run from the flags.
+fn config(args: &LearnArgs) -> TrainConfig {
+    let d = TrainConfig::default();
+    TrainConfig {
+        steps: args.steps.unwrap_or(d.steps),
+        lr: args.lr.unwrap_or(d.lr),
+        batch: args.batch.unwrap_or(d.batch),
+        grad_accumulation: args.grad_accumulation.unwrap_or(d.grad_accumulation),
+        resolution: args.resolution.unwrap_or(d.resolution),
+        seed: args.seed.unwrap_or(d.seed),
+        checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+        ..d
+    }
+}
+
+/// Runs `easel learn`.
+pub fn run(args: LearnArgs) -> Result<()> {
+    let paths = easel_core::collect_images(std::slice::from_ref(&args.collection))?;
+    let mut images = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let img = image::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        images.push(img.to_rgb8());
+    }
+    let inputs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    if args.output.exists() && args.output.is_dir() {
+        bail!(
+            "-o {} is a folder; give a .bank file",
+            args.output.display()
+        );
+    }
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| args.output.with_extension("run"));
+    let preset = if args.resume {
+        None
+    } else {
+        Some(load_preset(&args.layout)?)
+    };
+
+    let device = easel_core::select_device(args.device)?;
+    let d = DiffusionArgs {
+        sd: args.sd.clone(),
+        controlnet: args.controlnet.clone(),
+        dtype: args.dtype,
+        offline: args.offline,
+        ..DiffusionArgs::default()
+    };
+    let models = load_training_models(&d, &device)?;
+    let sd = &models.sd;
+    let base_model = args.sd.as_deref().unwrap_or(DEFAULT_SD);
+    let info = stylize_bank::base_model_info(sd, base_model, models.unet_file.as_deref())?;
+
+    let cache = run_dir.join("views");
+    let mut trainer = if args.resume {
+        let mut ckpt = Checkpoint::load(&run_dir, &sd.device).with_context(|| {
+            format!("--resume: no readable checkpoint in {}", run_dir.display())
+        })?;
+        if let Some(steps) = args.steps {
+            if steps < ckpt.step {
+                bail!(
+                    "--steps {steps} is fewer than the {} steps already done",
+                    ckpt.step
+                );
+            }
+            ckpt.config.steps = steps;
+            ckpt.save(&run_dir)?;
+        }
+        let examples = prepare_examples(
+            &images,
+            &sd.vae,
+            &ckpt.config,
+            Some(&cache),
+            &info.hash,
+            &sd.device,
+            sd.dtype,
+        )?;
+        Trainer::resume(sd, examples, &run_dir)?
+    } else {
+        let config = config(&args);
+        config.validate()?;
+        let preset = preset.context("internal error: no preset")?;
+        let init = init_embedding(&sd.text_encoder, &sd.tokenizer, &args.init_word)?;
+        let bank = Bank::from_preset(
+            &preset,
+            &sd.unet.cross_attention_layout(),
+            &args.init_word,
+            &init,
+            config.seed,
+            &sd.device,
+        )
+        .map_err(|e| anyhow::anyhow!("--layout {}: {e}", args.layout))?;
+        let examples = prepare_examples(
+            &images,
+            &sd.vae,
+            &config,
+            Some(&cache),
+            &info.hash,
+            &sd.device,
+            sd.dtype,
+        )?;
+        Trainer::new(sd, bank, examples, config, &run_dir)?
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        if let Err(e) = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)) {
+            eprintln!("warning: Ctrl-C will not checkpoint: {e}");
+        }
+    }
+    let total = trainer.config().steps;
+    let bar = progress::bar(total as u64, "learning");
+    bar.set_position(trainer.step() as u64);
+    let outcome = {
+        let mut hooks = Hooks {
+            on_step: Some(Box::new(|r| {
+                bar.set_position(r.step as u64);
+                bar.set_message(format!("loss {:.4} lr {:.2e}", r.loss, r.lr));
+            })),
+            on_validate: None,
+            stop: Some(&stop),
+        };
+        trainer.train(&mut hooks)?
+    };
+    bar.finish_and_clear();
+    if outcome == TrainOutcome::Stopped {
+        bail!(
+            "interrupted after {} of {} steps; checkpoint saved in {}; run the same command with --resume to continue",
+            trainer.step(),
+            total,
+            run_dir.display()
+        );
+    }
+    let metadata = BankMetadata {
+        base_model: info.id.clone(),
+        base_model_hash: info.hash.clone(),
+        training: trainer.training_metadata()?,
+        collection_hash: collection_hash(&images),
+        created: now_rfc3339(),
+    };
+    let bytes = save_bank(trainer.bank(), &metadata)?;
+    write_atomic(&args.output, &bytes, &inputs)?;
+    eprintln!(
+        "wrote {} ({} steps on {} artworks; checkpoint in {})",
+        args.output.display(),
+        trainer.step(),
+        images.len(),
+        run_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! End-to-end tests of `easel learn` on the tiny random SD + ControlNet of easel-pipeline's
+//! fixtures (a Hugging Face cache layout, offline, CPU).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use candle_core::Device;
+use easel_bank::file::read_bank;
+
+mod common;
+
+use common::{add_to_cache, assert_success, easel_command, fixtures, s, stderr};
+
+fn easel(args: &[&str], cache: &Path) -> Output {
+    easel_command(args)
+        .env_remove("HF_HOME")
+        .env_remove("HF_ENDPOINT")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache)
+        .output()
+        .expect("the easel binary runs")
+}
+
+fn tiny_cache(root: &Path) -> PathBuf {
+    let cache = root.join("hub");
+    add_to_cache(
+        &cache,
+        "org/tiny-sd",
+        &fixtures().join("tiny-sd"),
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    add_to_cache(
+        &cache,
+        "org/tiny-controlnet",
+        &fixtures().join("tiny-controlnet"),
+        "89abcdef0123456789abcdef0123456789abcdef",
+    );
+    cache
+}
+
+/// Three artworks of easel-bank's fixture collection in `root/collection`.
+fn collection(root: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-bank/tests/fixtures/collection");
+    let dir = root.join("collection");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        "starry_night_over_the_rhone.png",
+        "sunflowers_1888.png",
+        "the_night_cafe.png",
+    ] {
+        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+    }
+    dir
+}
+
+fn learn(cache: &Path, coll: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "learn",
+        s(coll),
+        "-o",
+        s(out),
+        "--sd",
+        "org/tiny-sd",
+        "--controlnet",
+        "org/tiny-controlnet",
+        "--device",
+        "cpu",
+        "--offline",
+    ];
+    args.extend(extra);
+    easel(&args, cache)
+}
+
+/// The bank's vectors as bits and its `training` metadata.
+fn contents(path: &Path) -> (Vec<u32>, serde_json::Value, String) {
+    let (bank, meta) = read_bank(&std::fs::read(path).unwrap(), &Device::Cpu).unwrap();
+    let bits = bank
+        .vectors()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    (bits, meta.training, meta.collection_hash)
+}
+
+#[test]
+fn learn_writes_a_bank_and_resumes_bit_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let train = [
+        "--layout",
+        "lsast",
+        "--resolution",
+        "64",
+        "--checkpoint-every",
+        "3",
+        "--seed",
+        "1",
+        "--batch",
+        "1",
+        "--grad-accumulation",
+        "1",
+    ];
+
+    let straight = tmp.path().join("straight.bank");
+    let mut args = train.to_vec();
+    args.extend(["--steps", "6"]);
+    let out = learn(&cache, &coll, &straight, &args);
+    assert_success(&out);
+    assert!(tmp
+        .path()
+        .join("straight.run/checkpoint.safetensors")
+        .is_file());
+
+    let show = easel(&["bank", "show", s(&straight)], &cache);
+    assert_success(&show);
+    let text = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(
+        text.contains(
+            "layout: 10 stages x 3 groups (down-mid-up) x 1 tokens = 30 vectors of 32 dims"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("steps_done"), "{text}");
+
+    let resumed = tmp.path().join("resumed.bank");
+    let mut args = train.to_vec();
+    args.extend(["--steps", "3"]);
+    assert_success(&learn(&cache, &coll, &resumed, &args));
+    assert_eq!(contents(&resumed).1["steps_done"], 3);
+    let out = learn(&cache, &coll, &resumed, &["--resume", "--steps", "6"]);
+    assert_success(&out);
+
+    let (a_bits, a_training, a_hash) = contents(&straight);
+    let (b_bits, b_training, b_hash) = contents(&resumed);
+    assert_eq!(a_training["steps_done"], 6);
+    assert_eq!(a_training["steps"], 6);
+    assert_eq!(a_training["resolution"], 64);
+    assert_eq!(a_training, b_training);
+    assert_eq!(a_hash.len(), 64);
+    assert_eq!(a_hash, b_hash);
+    assert_eq!(a_bits.len(), 30 * 32);
+    assert_eq!(a_bits, b_bits);
+}
+
+#[test]
+fn an_empty_collection_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = learn(
+        &cache,
+        &empty,
+        &tmp.path().join("x.bank"),
+        &["--steps", "1"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(!tmp.path().join("x.bank").exists());
+}
