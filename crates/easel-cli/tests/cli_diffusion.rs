@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{add_to_cache, assert_success, easel_command, fixtures, s, stderr};
+use common::{add_to_cache, assert_success, easel_command, fixtures, s, stderr, tiny_cache};
 
 /// Diffusers' stored image vs ours, as in easel-pipeline's parity test (the 16-bit PNG adds at
 /// most 1/131070 of quantization).
@@ -58,24 +58,6 @@ fn write_u8_png(tensor: &Tensor, path: &Path) {
         .unwrap()
         .save(path)
         .unwrap();
-}
-
-/// A cache holding the tiny models as `org/tiny-sd` and `org/tiny-controlnet`.
-fn tiny_cache(root: &Path) -> PathBuf {
-    let cache = root.join("hub");
-    add_to_cache(
-        &cache,
-        "org/tiny-sd",
-        &fixtures().join("tiny-sd"),
-        "0123456789abcdef0123456789abcdef01234567",
-    );
-    add_to_cache(
-        &cache,
-        "org/tiny-controlnet",
-        &fixtures().join("tiny-controlnet"),
-        "89abcdef0123456789abcdef0123456789abcdef",
-    );
-    cache
 }
 
 /// 16-bit PNG → `[H, W, 3]` f32 in [0, 1].

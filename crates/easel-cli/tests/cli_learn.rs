@@ -9,7 +9,7 @@ use easel_bank::file::read_bank;
 
 mod common;
 
-use common::{add_to_cache, assert_success, easel_command, fixtures, s, stderr};
+use common::{assert_success, easel_command, s, stderr, tiny_cache};
 
 fn easel(args: &[&str], cache: &Path) -> Output {
     easel_command(args)
@@ -19,23 +19,6 @@ fn easel(args: &[&str], cache: &Path) -> Output {
         .env("HF_HUB_CACHE", cache)
         .output()
         .expect("the easel binary runs")
-}
-
-fn tiny_cache(root: &Path) -> PathBuf {
-    let cache = root.join("hub");
-    add_to_cache(
-        &cache,
-        "org/tiny-sd",
-        &fixtures().join("tiny-sd"),
-        "0123456789abcdef0123456789abcdef01234567",
-    );
-    add_to_cache(
-        &cache,
-        "org/tiny-controlnet",
-        &fixtures().join("tiny-controlnet"),
-        "89abcdef0123456789abcdef0123456789abcdef",
-    );
-    cache
 }
 
 /// Three artworks of easel-bank's fixture collection in `root/collection`.

@@ -68,3 +68,21 @@ pub fn add_to_cache(cache: &Path, repo: &str, src: &Path, hash: &str) {
         }
     }
 }
+
+/// A cache holding the tiny models as `org/tiny-sd` and `org/tiny-controlnet`.
+pub fn tiny_cache(root: &Path) -> PathBuf {
+    let cache = root.join("hub");
+    add_to_cache(
+        &cache,
+        "org/tiny-sd",
+        &fixtures().join("tiny-sd"),
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    add_to_cache(
+        &cache,
+        "org/tiny-controlnet",
+        &fixtures().join("tiny-controlnet"),
+        "89abcdef0123456789abcdef0123456789abcdef",
+    );
+    cache
+}
