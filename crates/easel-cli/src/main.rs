@@ -24,6 +24,7 @@ enum Command {
     Stylize(Box<commands::stylize::StylizeArgs>),
     Presets(commands::presets::PresetsArgs),
     ImportOnnx(commands::import_onnx::ImportOnnxArgs),
+    ImportTorch(commands::import_torch::ImportTorchArgs),
     Bank(commands::bank::BankArgs),
     Learn(commands::learn::LearnArgs),
 }
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Stylize(args) => commands::stylize::run(*args),
         Command::Presets(args) => commands::presets::run(args),
         Command::ImportOnnx(args) => commands::import_onnx::run(args),
+        Command::ImportTorch(args) => commands::import_torch::run(args),
         Command::Bank(args) => commands::bank::run(args),
         Command::Learn(args) => commands::learn::run(args),
     };

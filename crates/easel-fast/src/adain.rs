@@ -27,6 +27,10 @@
 //! are encoded at their own size (no padding, so their statistics see only real pixels).
 //! Tensors are NCHW f32 RGB in [0, 1]; the output is the decoder's, not clamped.
 //!
+//! On the CPU the encoder and decoder run natively on [`crate::conv`]'s direct convolution
+//! ([`crate::adain_cpu`]); elsewhere, and when a weight is a trainable variable (gradients are
+//! wanted), they run as candle ops. [`AdaIN::with_native_cpu`] turns the native path off.
+//!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
@@ -44,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::adain_cpu::NativeNet;
 use crate::vgg::{self, reflect_pad, reflect_pad1, Layer, VggEncoder};
 use candle_core::{bail, DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
@@ -180,6 +185,8 @@ impl Decoder {
 pub struct AdaIN {
     encoder: VggEncoder,
     decoder: Decoder,
+    /// The native CPU encoder and decoder (built when the weights are on the CPU).
+    native: Option<(NativeNet, NativeNet)>,
 }
 
 impl AdaIN {
@@ -190,10 +197,50 @@ impl AdaIN {
             widths: cfg.widths,
             depth: Layer::Relu4_1,
         };
+        let native = if vgg.device().is_cpu() && decoder.device().is_cpu() {
+            let nets = (
+                NativeNet::encoder(&vgg, cfg)?,
+                NativeNet::decoder(&decoder, cfg)?,
+            );
+            (!nets.0.has_variables() && !nets.1.has_variables()).then_some(nets)
+        } else {
+            None
+        };
         Ok(Self {
             encoder: VggEncoder::new(vgg, &vgg_cfg)?,
             decoder: Decoder::new(decoder, cfg)?,
+            native,
         })
+    }
+
+    /// Turns the native CPU path off (`false`: candle ops everywhere, as on CUDA) or back on
+    /// (`true`: used for CPU tensors when the weights are on the CPU and not trainable).
+    pub fn with_native_cpu(mut self, enabled: bool) -> Self {
+        if !enabled {
+            self.native = None;
+        }
+        self
+    }
+
+    /// Whether [`AdaIN::stylize`] runs the native CPU path for CPU tensors.
+    pub fn native_cpu(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// relu4_1 features of `x` (`[1, 3, H, W]`), natively on the CPU when possible.
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.native {
+            Some((enc, _)) if x.device().is_cpu() => enc.forward(x),
+            _ => self.encoder.forward_to(x, Layer::Relu4_1),
+        }
+    }
+
+    /// The decoder on `feat`, natively on the CPU when possible.
+    fn decode(&self, feat: &Tensor) -> Result<Tensor> {
+        match &self.native {
+            Some((_, dec)) if feat.device().is_cpu() => dec.forward(feat),
+            _ => self.decoder.forward(feat),
+        }
     }
 
     /// The encoder (built to relu4_1).
@@ -255,10 +302,10 @@ impl AdaIN {
         }
         let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
         let padded = reflect_pad(&content.to_dtype(DType::F32)?, 0, ph, 0, pw)?;
-        let content_f = self.encoder.forward_to(&padded, Layer::Relu4_1)?;
+        let content_f = self.encode(&padded)?;
         let style_fs = styles
             .iter()
-            .map(|(s, _)| self.encoder.forward_to(s, Layer::Relu4_1))
+            .map(|(s, _)| self.encode(s))
             .collect::<Result<Vec<_>>>()?;
         let target = match mask {
             Some(mask) => {
@@ -281,10 +328,7 @@ impl AdaIN {
             }
         };
         let feat = ((target * alpha)? + (&content_f * (1.0 - alpha))?)?;
-        self.decoder
-            .forward(&feat)?
-            .narrow(2, 0, h)?
-            .narrow(3, 0, w)
+        self.decode(&feat)?.narrow(2, 0, h)?.narrow(3, 0, w)
     }
 }
 

@@ -10,6 +10,7 @@
 //!   PyTorch checkpoint reader that executes nothing.
 
 pub mod adain;
+mod adain_cpu;
 pub mod arbitrary;
 pub mod cin26;
 mod conv;

@@ -46,6 +46,7 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// Both CPU paths: the native one (conv.rs, the default) and candle ops (as on CUDA).
 #[test]
 fn adain_stylize_matches_pytorch() -> Result<()> {
     let fx = fixtures()?;
@@ -54,20 +55,25 @@ fn adain_stylize_matches_pytorch() -> Result<()> {
         checkpoint("adain_decoder_tiny.pth")?,
         &Config::tiny(),
     )?;
+    assert!(net.native_cpu());
+    let candle_ops = net.clone().with_native_cpu(false);
+    assert!(!candle_ops.native_cpu());
     let content = image(&fx["image.content"])?;
     let mask = (fx["image.mask"].to_dtype(DType::F32)? / 255.0)?;
-    for case in CASES {
-        let styles = case
-            .styles
-            .iter()
-            .map(|(img, w)| Ok((image(&fx[&format!("image.{img}")])?, *w)))
-            .collect::<Result<Vec<_>>>()?;
-        let mask = case.mask.then_some(&mask);
-        let out = net.stylize(&content, &styles, case.alpha, mask)?;
-        let want = &fx[&format!("expected.{}", case.name)];
-        let err = max_abs_diff(&out, want)?;
-        println!("{}: max abs err {err:.2e}", case.name);
-        assert!(err <= TOLERANCE, "{}: {err}", case.name);
+    for (path, net) in [("native", &net), ("candle ops", &candle_ops)] {
+        for case in CASES {
+            let styles = case
+                .styles
+                .iter()
+                .map(|(img, w)| Ok((image(&fx[&format!("image.{img}")])?, *w)))
+                .collect::<Result<Vec<_>>>()?;
+            let mask = case.mask.then_some(&mask);
+            let out = net.stylize(&content, &styles, case.alpha, mask)?;
+            let want = &fx[&format!("expected.{}", case.name)];
+            let err = max_abs_diff(&out, want)?;
+            println!("{path} {}: max abs err {err:.2e}", case.name);
+            assert!(err <= TOLERANCE, "{path} {}: {err}", case.name);
+        }
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes through a temporary file and a rename so an interrupted run leaves no partial file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;

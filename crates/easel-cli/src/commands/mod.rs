@@ -3,8 +3,10 @@
 pub mod bank;
 pub mod controlnet_registry;
 pub mod import_onnx;
+pub mod import_torch;
 pub mod learn;
 pub mod presets;
 pub mod stylize;
+pub mod stylize_adain;
 pub mod stylize_bank;
 pub mod stylize_diffusion;

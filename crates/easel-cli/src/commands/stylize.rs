@@ -1,16 +1,18 @@
-//! `easel stylize`: paint photos in a style with the embedded fast networks (`--style`,
-//! `--preset`), or with Stable Diffusion + ControlNet (`--prompt`, in `stylize_diffusion.rs`).
+//! `easel stylize`: paint photos in a style with the fast networks (`--method arbitrary`,
+//! `preset`, `adain` (in `stylize_adain.rs`), `transformer`), or with Stable Diffusion +
+//! ControlNet (`--prompt`, in `stylize_diffusion.rs`).
 
 use crate::progress;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use easel_core::{DeviceChoice, LoadOptions, Parameters};
 use easel_fast::arbitrary::{self, StyleCode};
 use easel_fast::cin26::{self, PresetNet};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+use super::stylize_adain::{self, AdainArgs, AdainWeights};
 use super::stylize_diffusion::{self, DiffusionArgs};
 use std::time::Instant;
 
@@ -22,6 +24,8 @@ use std::time::Instant;
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
                   easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg\n  \
+                  easel stylize photo.jpg --method adain --weights adain/ --style a.jpg --strength 0.8 -o out.png\n  \
+                  easel stylize photo.jpg --method adain --style a.jpg --style b.jpg --mask mask.png -o out.png\n  \
                   easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png\n  \
                   easel stylize photo.jpg --bank style.bank --prompt \"a city at dusk in the style of {bank}\" -o out.png"
 )]
@@ -30,8 +34,14 @@ pub struct StylizeArgs {
     #[arg(required = true, value_name = "PHOTO")]
     pub(super) inputs: Vec<PathBuf>,
 
+    /// The fast method: `arbitrary` (embedded network, --style), `preset` (embedded presets,
+    /// --preset), `adain` (AdaIN with the pytorch-AdaIN weights, --style; see --weights) or
+    /// `transformer`. Default: arbitrary with --style, preset with --preset.
+    #[arg(long, value_enum, value_name = "METHOD", conflicts_with_all = ["prompt", "bank"])]
+    method: Option<MethodKind>,
+
     /// A painting whose style to use, optionally with a mixing weight (`IMG:WEIGHT`); repeat the
-    /// flag to mix several styles by their style codes.
+    /// flag to mix several styles (by their style codes; with adain, by their AdaIN features).
     #[arg(long = "style", value_name = "IMG[:WEIGHT]", conflicts_with = "preset")]
     styles: Vec<String>,
 
@@ -47,7 +57,8 @@ pub struct StylizeArgs {
     /// How much style to apply, 0 to 1 (default 1.0 with --style/--preset, 0.7 with --prompt).
     /// With --style the style code is interpolated towards the photo's own code (0: the photo
     /// re-rendered in its own style); with --preset the painting is blended with the photo (0:
-    /// the photo unchanged); with --prompt it is how much of the photo is repainted (the
+    /// the photo unchanged); with adain it is alpha, the blend of the features (0: the photo
+    /// decoded from its own features); with --prompt it is how much of the photo is repainted (the
     /// fraction of the denoising schedule run, in (0, 1]).
     #[arg(long, value_name = "0..1")]
     pub(super) strength: Option<f64>,
@@ -70,7 +81,53 @@ pub struct StylizeArgs {
     pub(super) json: bool,
 
     #[command(flatten)]
+    adain: AdainArgs,
+
+    #[command(flatten)]
     pub(super) diffusion: DiffusionArgs,
+}
+
+/// The fast methods of `--method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MethodKind {
+    /// AdaIN (Huang & Belongie 2017) with the pytorch-AdaIN weights.
+    Adain,
+    /// A transformer stylizer.
+    Transformer,
+    /// The embedded arbitrary-style network (Ghiasi et al. 2017).
+    Arbitrary,
+    /// The embedded 26 presets.
+    Preset,
+}
+
+impl MethodKind {
+    /// The method `--method` names, else the one the flags imply; checks the flags fit it.
+    fn choose(args: &StylizeArgs) -> Result<Self> {
+        let kind = match (args.method, &args.preset) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => MethodKind::Preset,
+            (None, None) => MethodKind::Arbitrary,
+        };
+        let name = kind.to_possible_value().map(|v| v.get_name().to_string());
+        let name = name.unwrap_or_default();
+        if kind == MethodKind::Preset && args.preset.is_none() {
+            bail!("--method preset needs --preset N[:W],...");
+        }
+        if kind != MethodKind::Preset {
+            if args.preset.is_some() {
+                bail!("--preset applies to --method preset only, not {name}");
+            }
+            if args.styles.is_empty() {
+                bail!("--method {name} needs at least one --style IMG[:WEIGHT]");
+            }
+        }
+        if kind != MethodKind::Adain {
+            if let [flag, ..] = args.adain.given_flags().as_slice() {
+                bail!("{flag} applies to --method adain only, not {name}");
+            }
+        }
+        Ok(kind)
+    }
 }
 
 /// What the run wrote, for `--json`.
@@ -135,6 +192,15 @@ enum Method {
         weights: Tensor,
         spec: String,
     },
+    Adain {
+        model: Box<easel_fast::adain::AdaIN>,
+        /// The `--style` paintings with their weights.
+        styles: Vec<(Tensor, f64)>,
+        sources: Vec<StyleSpec>,
+        /// The `--mask` image and its path.
+        mask: Option<(image::RgbImage, PathBuf)>,
+        weights: AdainWeights,
+    },
 }
 
 impl Method {
@@ -142,6 +208,7 @@ impl Method {
         match self {
             Method::Arbitrary { .. } => "arbitrary",
             Method::Preset { .. } => "preset",
+            Method::Adain { .. } => "adain",
         }
     }
 }
@@ -184,7 +251,14 @@ fn load_photo(path: &Path, max_size: u32, device: &Device) -> Result<Tensor> {
     Ok(easel_core::rgb_to_tensor(&img, device)?)
 }
 
-fn build_method(args: &StylizeArgs, device: &Device) -> Result<Method> {
+fn build_method(args: &StylizeArgs, kind: MethodKind, device: &Device) -> Result<Method> {
+    match kind {
+        MethodKind::Preset | MethodKind::Arbitrary => {}
+        MethodKind::Adain => return build_adain(args, device),
+        MethodKind::Transformer => {
+            bail!("--method transformer is not available yet in this build of easel; use adain or arbitrary")
+        }
+    }
     if let Some(spec) = &args.preset {
         let mix = cin26::parse_preset_mix(spec)?;
         let weights = Tensor::new(cin26::preset_weights(&mix)?.as_slice(), device)?;
@@ -220,6 +294,41 @@ fn build_method(args: &StylizeArgs, device: &Device) -> Result<Method> {
     })
 }
 
+fn build_adain(args: &StylizeArgs, device: &Device) -> Result<Method> {
+    let sources = args
+        .styles
+        .iter()
+        .map(|s| parse_style(s))
+        .collect::<Result<Vec<_>>>()?;
+    if args.adain.mask.is_some() && sources.len() != 2 {
+        bail!(
+            "--mask splits the photo between exactly two styles (light: the first --style, dark: \
+             the second), got {}",
+            sources.len()
+        );
+    }
+    let weights = stylize_adain::resolve_weights(&args.adain, args.diffusion.offline)?;
+    let model = Box::new(stylize_adain::load_model(&weights, device)?);
+    let mut styles = Vec::with_capacity(sources.len());
+    for source in &sources {
+        // Paintings at the photos' scale, so that brush strokes keep their relative size.
+        let painting = load_photo(&source.path, args.max_size, device)
+            .with_context(|| format!("style {}", source.path.display()))?;
+        styles.push((painting, f64::from(source.weight)));
+    }
+    let mask = match &args.adain.mask {
+        Some(path) => Some((stylize_adain::load_mask(path)?, path.clone())),
+        None => None,
+    };
+    Ok(Method::Adain {
+        model,
+        styles,
+        sources,
+        mask,
+        weights,
+    })
+}
+
 fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
     let painted = match method {
         Method::Arbitrary { model, code, .. } => {
@@ -240,6 +349,18 @@ fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
                 painted
             }
         }
+        Method::Adain {
+            model,
+            styles,
+            mask,
+            ..
+        } => {
+            let mask = match mask {
+                Some((img, _)) => Some(stylize_adain::mask_tensor(img, photo)?),
+                None => None,
+            };
+            model.stylize(photo, styles, strength, mask.as_ref())?
+        }
     };
     Ok(painted)
 }
@@ -258,6 +379,27 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
             params.styles.push(format!("preset {spec}"));
             params.models.push(PRESET_MODEL_ID.to_string());
         }
+        Method::Adain {
+            sources,
+            mask,
+            weights,
+            ..
+        } => {
+            params.styles = sources
+                .iter()
+                .map(|s| format!("{}:{}", s.path.display(), s.weight))
+                .collect();
+            params.models.push(format!(
+                "AdaIN ({}, {})",
+                weights.vgg.display(),
+                weights.decoder.display()
+            ));
+            if let Some((_, path)) = mask {
+                params
+                    .extra
+                    .push(("Mask".into(), path.display().to_string()));
+            }
+        }
     }
     params.strength = Some(args.strength.unwrap_or(1.0));
     params
@@ -273,7 +415,15 @@ pub fn run(args: StylizeArgs) -> Result<()> {
     if args.diffusion.prompt.is_some() || args.diffusion.bank.is_some() {
         return stylize_diffusion::run(&args);
     }
-    if let [flag, ..] = args.diffusion.given_flags().as_slice() {
+    let kind = MethodKind::choose(&args)?;
+    // --offline also governs the AdaIN weights.
+    let refused: Vec<&str> = args
+        .diffusion
+        .given_flags()
+        .into_iter()
+        .filter(|f| !(kind == MethodKind::Adain && *f == "--offline"))
+        .collect();
+    if let [flag, ..] = refused.as_slice() {
         bail!("{flag} applies to the diffusion method only: add --prompt TEXT or --bank FILE (and drop --style/--preset)");
     }
     let strength = args.strength.unwrap_or(1.0);
@@ -286,7 +436,7 @@ pub fn run(args: StylizeArgs) -> Result<()> {
     let inputs = easel_core::collect_images(&args.inputs)?;
     let outputs = output_paths(&inputs, &args.output)?;
     let device = easel_core::select_device(args.device)?;
-    let method = build_method(&args, &device)?;
+    let method = build_method(&args, kind, &device)?;
     let params = parameters(&args, &method);
     if args.output.extension().is_none() || args.output.is_dir() {
         std::fs::create_dir_all(&args.output)
@@ -295,8 +445,21 @@ pub fn run(args: StylizeArgs) -> Result<()> {
 
     // Every photo and painting read by this run; no output may replace one of them.
     let mut protected: Vec<PathBuf> = inputs.clone();
-    if let Method::Arbitrary { sources, .. } = &method {
-        protected.extend(sources.iter().map(|s| s.path.clone()));
+    match &method {
+        Method::Arbitrary { sources, .. } => {
+            protected.extend(sources.iter().map(|s| s.path.clone()));
+        }
+        Method::Adain {
+            sources,
+            mask,
+            weights,
+            ..
+        } => {
+            protected.extend(sources.iter().map(|s| s.path.clone()));
+            protected.extend(mask.iter().map(|(_, p)| p.clone()));
+            protected.extend([weights.vgg.clone(), weights.decoder.clone()]);
+        }
+        Method::Preset { .. } => {}
     }
 
     let bar = progress::bar(inputs.len() as u64, "painting");
