@@ -27,6 +27,7 @@ enum Command {
     ImportTorch(commands::import_torch::ImportTorchArgs),
     Bank(commands::bank::BankArgs),
     Learn(commands::learn::LearnArgs),
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::ImportTorch(args) => commands::import_torch::run(args),
         Command::Bank(args) => commands::bank::run(args),
         Command::Learn(args) => commands::learn::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_diffusion::attention::AttentionSlicing;
 use easel_diffusion::clip::{ClipTextConfig, ClipTextModel};
 use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
 use easel_diffusion::schedulers::SchedulerConfig;
@@ -52,6 +53,9 @@ pub struct LoadOptions {
     /// `diffusion_pytorch_model.fp16.safetensors`); `None` reads the plain files. Tensors are
     /// converted to [`LoadOptions::dtype`] whatever the variant stores.
     pub variant: Option<String>,
+    /// How the UNet's and ControlNet's attention evaluates its scores (not stored in weight
+    /// files; [`AttentionSlicing::Full`] unless large images need bounded memory).
+    pub attention_slicing: AttentionSlicing,
 }
 
 impl LoadOptions {
@@ -61,6 +65,7 @@ impl LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             variant: None,
+            attention_slicing: AttentionSlicing::Full,
         }
     }
 
@@ -72,12 +77,19 @@ impl LoadOptions {
             device,
             dtype,
             variant: None,
+            attention_slicing: AttentionSlicing::Full,
         })
     }
 
     /// The same options reading weights of `variant` (e.g. `"fp16"`).
     pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
         self.variant = Some(variant.into());
+        self
+    }
+
+    /// The same options building the UNet and ControlNet with `slicing`.
+    pub fn with_attention_slicing(mut self, slicing: AttentionSlicing) -> Self {
+        self.attention_slicing = slicing;
         self
     }
 }
@@ -221,9 +233,13 @@ impl StableDiffusion {
         check_dtype(&opts.device, opts.dtype)?;
         let file = SingleFile::open(path)?;
         let unet_weights = file.component(&KeyMap::unet(&configs.unet))?;
+        let unet_config = UNet2DConditionModelConfig {
+            attention_slicing: opts.attention_slicing,
+            ..configs.unet.clone()
+        };
         let unet = UNet2DConditionModel::new(
             unet_weights.var_builder(opts.dtype, &opts.device),
-            &configs.unet,
+            &unet_config,
         )
         .map_err(|e| in_file(path, e))?;
         let vae_weights = file.component(&KeyMap::vae(&configs.vae))?;
@@ -281,8 +297,11 @@ impl StableDiffusion {
 pub fn load_controlnet_dir(dir: &Path, opts: &LoadOptions) -> Result<ControlNet> {
     check_dtype(&opts.device, opts.dtype)?;
     let config_path = dir.join("config.json");
-    let config = controlnet_config_from_diffusers_json(&read_text(&config_path)?)
-        .map_err(|e| in_file(&config_path, e))?;
+    let config = ControlNetConfig {
+        attention_slicing: opts.attention_slicing,
+        ..controlnet_config_from_diffusers_json(&read_text(&config_path)?)
+            .map_err(|e| in_file(&config_path, e))?
+    };
     let weights = component_weights(dir, Component::ControlNet, opts.variant.as_deref())?;
     let model = ControlNetModel::new(weights.var_builder(opts.dtype, &opts.device), &config)?;
     Ok(ControlNet { model, config })
@@ -296,6 +315,10 @@ pub fn load_controlnet_single_file(
     opts: &LoadOptions,
 ) -> Result<ControlNet> {
     check_dtype(&opts.device, opts.dtype)?;
+    let config = &ControlNetConfig {
+        attention_slicing: opts.attention_slicing,
+        ..config.clone()
+    };
     let file = SingleFile::open(path)?;
     let weights = if file.is_ldm {
         file.component(&KeyMap::controlnet(config))?
@@ -374,8 +397,11 @@ fn load_text_encoder_dir(dir: &Path, opts: &LoadOptions) -> Result<ClipTextModel
 
 fn load_unet_dir(dir: &Path, opts: &LoadOptions) -> Result<UNet2DConditionModel> {
     let config_path = dir.join("config.json");
-    let config = unet_config_from_diffusers_json(&read_text(&config_path)?)
-        .map_err(|e| in_file(&config_path, e))?;
+    let config = UNet2DConditionModelConfig {
+        attention_slicing: opts.attention_slicing,
+        ..unet_config_from_diffusers_json(&read_text(&config_path)?)
+            .map_err(|e| in_file(&config_path, e))?
+    };
     let weights = component_weights(dir, Component::Unet, opts.variant.as_deref())?;
     UNet2DConditionModel::new(weights.var_builder(opts.dtype, &opts.device), &config)
 }

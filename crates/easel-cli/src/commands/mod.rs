@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bank;
+pub mod bench;
 pub mod controlnet_registry;
 pub mod import_onnx;
 pub mod import_torch;

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use easel_core::{DownloadEvent, HubResolver, Parameters, RepoFiles, WeightSource};
+use easel_diffusion::attention::AttentionSlicing;
 use easel_diffusion::controlnet::ControlNetConfig;
 use easel_diffusion::schedulers::SchedulerKind;
 use easel_diffusion::weights::{component_files, Component};
@@ -229,7 +230,7 @@ fn parse_scheduler(s: &str) -> std::result::Result<SchedulerKind, String> {
     s.parse::<SchedulerKind>().map_err(|e| e.to_string())
 }
 
-fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+pub(crate) fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "fp16" | "float16" => Ok(DType::F16),
@@ -697,8 +698,13 @@ fn resolve_models(
     })
 }
 
-fn load_models(models: &ResolvedModels, device: &Device, dtype: DType) -> Result<StableDiffusion> {
-    let base = models::LoadOptions::new(device.clone(), dtype)?;
+fn load_models(
+    models: &ResolvedModels,
+    device: &Device,
+    dtype: DType,
+    slicing: AttentionSlicing,
+) -> Result<StableDiffusion> {
+    let base = models::LoadOptions::new(device.clone(), dtype)?.with_attention_slicing(slicing);
     let with_variant = |variant: &Option<String>| match variant {
         Some(v) => base.clone().with_variant(v.clone()),
         None => base.clone(),
@@ -747,10 +753,20 @@ pub(crate) struct TrainingModels {
 
 /// Resolves and loads the models of `d` on `device` for training.
 pub(crate) fn load_training_models(d: &DiffusionArgs, device: &Device) -> Result<TrainingModels> {
+    load_models_with_slicing(d, device, AttentionSlicing::Full)
+}
+
+/// [`load_training_models`] with the UNet's and ControlNet's attention evaluated by `slicing`
+/// (`easel bench`).
+pub(crate) fn load_models_with_slicing(
+    d: &DiffusionArgs,
+    device: &Device,
+    slicing: AttentionSlicing,
+) -> Result<TrainingModels> {
     let s = settings(d, None, device, String::new())?;
     let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
     let resolved = resolve_models(d, s.control.as_ref(), prefer_fp16)?;
-    let sd = load_models(&resolved, device, s.dtype)?;
+    let sd = load_models(&resolved, device, s.dtype, slicing)?;
     let unet_file = match &resolved.sd {
         SdLocation::Dir { dir, variant } => stylize_bank::unet_file(dir, variant.as_deref()),
         SdLocation::SingleFile { .. } => None,
@@ -885,7 +901,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
 
     let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
     let resolved = resolve_models(d, s.control.as_ref(), prefer_fp16)?;
-    let sd = load_models(&resolved, &device, s.dtype)?;
+    let sd = load_models(&resolved, &device, s.dtype, AttentionSlicing::Full)?;
     let mut conditioning: Box<dyn Conditioning> = match &d.bank {
         None => Box::new(
             PromptConditioning::new(&sd, &s.prompt, &s.negative_prompt)

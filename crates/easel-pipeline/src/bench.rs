@@ -1,0 +1,870 @@
+//! What `easel bench` measures with: models of Stable Diffusion 1.5's shapes with seeded random
+//! weights, the workloads' inputs, a device-synchronised timer with its statistics, and
+//! peak-memory probes.
+//!
+//! - **Random weights** ([`random_models`]): every tensor a model asks for is drawn on the host
+//!   from a SplitMix64 stream seeded by the run's seed and the tensor's name, so the same seed
+//!   gives the same model on every device. Matrices and convolution kernels are uniform in
+//!   `±1/√fan_in` (PyTorch's default initialisation bound), 1-D weights (norm scales)
+//!   `1 ± 0.1`, biases `±0.02`: activations stay of order one through the whole UNet, as with
+//!   trained weights, so f16 runs do not overflow. [`ModelPreset::Sd15`] has SD 1.5's shapes
+//!   (UNet 860 M, ControlNet 361 M, VAE 84 M, CLIP 123 M parameters); [`ModelPreset::Tiny`] the
+//!   tiny test models of `tests/fixtures/tiny-sd` (for CI). The tokenizer of random models
+//!   knows only CLIP's 256 byte tokens (no merges): prompts become more tokens than with the
+//!   real vocabulary, but the text encoder always runs on 77 positions, so the cost is the same.
+//! - **Timing** ([`time_runs`]): `warmup` untimed calls, then `runs` calls each between two
+//!   [`Device::synchronize`] calls (CUDA kernels are asynchronous: the clock is read only once
+//!   the GPU is done); [`Stats`] gives median, minimum, 90th percentile and mean.
+//! - **Memory** ([`MemoryProbe`]): on CUDA, the high-water mark of the bytes allocated from the
+//!   device's memory pool (candle allocates through cudarc's stream-ordered `cuMemAllocAsync`;
+//!   the mark is reset before the workload, so it is the workload's own peak including the
+//!   weights, comparable to PyTorch's `torch.cuda.max_memory_allocated`) and, as a cross-check,
+//!   the device's used memory (`total − free` of `cuMemGetInfo`, what `nvidia-smi` shows: CUDA
+//!   context, cuBLAS workspaces and pool slack included) sampled every millisecond by a thread.
+//!   On the CPU, the process's resident-set high-water mark (`VmHWM` of `/proc/self/status`),
+//!   reset before the workload by writing `5` to `/proc/self/clear_refs` (Linux ≥ 4.0).
+
+use std::time::Instant;
+
+use candle_core::{bail, DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use easel_diffusion::clip::{ClipTextConfig, ClipTextModel};
+use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
+use easel_diffusion::schedulers::SchedulerConfig;
+use easel_diffusion::tokenizer::ClipTokenizer;
+use easel_diffusion::unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use easel_diffusion::vae::{AutoencoderKL, AutoencoderKLConfig};
+
+use crate::conditioning::Conditioning;
+use crate::models::{check_dtype, ControlNet, LoadOptions, ModelConfigs, StableDiffusion};
+
+/// The shapes of the random models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelPreset {
+    /// Stable Diffusion 1.5 with an SD 1.5 ControlNet.
+    Sd15,
+    /// The tiny models of easel-pipeline's test fixtures (`tools/ref/pipeline_ref.py`): UNet and
+    /// ControlNet of two levels (16, 32 channels), a four-level VAE of 8 to 16 channels (image
+    /// to latent factor 8, like SD), a 2-layer CLIP of width 32.
+    Tiny,
+}
+
+impl ModelPreset {
+    /// The name `--config` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sd15 => "sd15",
+            Self::Tiny => "tiny",
+        }
+    }
+
+    /// Parses `sd15` or `tiny`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sd15" => Ok(Self::Sd15),
+            "tiny" => Ok(Self::Tiny),
+            _ => bail!("unknown model configuration {s:?}: use sd15 or tiny"),
+        }
+    }
+
+    /// The configurations of the preset's models.
+    pub fn configs(self) -> (ModelConfigs, ControlNetConfig) {
+        match self {
+            Self::Sd15 => (ModelConfigs::sd15(), ControlNetConfig::sd15()),
+            Self::Tiny => {
+                let unet = UNet2DConditionModelConfig {
+                    cross_attention_dim: 32,
+                    ..UNet2DConditionModelConfig::tiny()
+                };
+                let controlnet = ControlNetConfig {
+                    cross_attention_dim: 32,
+                    ..ControlNetConfig::tiny()
+                };
+                let vae = AutoencoderKLConfig {
+                    block_out_channels: vec![8, 16, 16, 16],
+                    layers_per_block: 1,
+                    norm_num_groups: 8,
+                    sample_size: 64,
+                    ..AutoencoderKLConfig::sd15()
+                };
+                let text_encoder = ClipTextConfig {
+                    // The byte tokenizer's 514 ids.
+                    vocab_size: BYTE_VOCAB,
+                    eos_token_id: BYTE_VOCAB as u32 - 1,
+                    ..ClipTextConfig::tiny()
+                };
+                let configs = ModelConfigs {
+                    unet,
+                    vae,
+                    text_encoder,
+                    scheduler: SchedulerConfig::sd15(),
+                };
+                (configs, controlnet)
+            }
+        }
+    }
+}
+
+/// Ids of the byte tokenizer: 256 bytes, their end-of-word forms, start and end.
+const BYTE_VOCAB: usize = 514;
+
+/// SplitMix64: small, fast, the same everywhere.
+#[derive(Debug, Clone)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[-1, 1)` (24 bits).
+    fn symmetric(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+
+    /// Approximately standard normal: the sum of four uniforms, rescaled (variance 1).
+    fn normalish(&mut self) -> f32 {
+        let s: f32 = (0..4).map(|_| self.symmetric()).sum();
+        s * (3.0f32 / 4.0).sqrt()
+    }
+}
+
+/// FNV-1a of a name, to derive a tensor's stream from it.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A `VarBuilder` backend that makes up every tensor asked for (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct RandomWeights {
+    seed: u64,
+}
+
+impl RandomWeights {
+    fn tensor(&self, shape: &Shape, name: &str) -> Vec<f32> {
+        let dims = shape.dims();
+        let mut rng = SplitMix(self.seed ^ name_hash(name));
+        let n = shape.elem_count();
+        let (offset, scale) = if name.ends_with("bias") {
+            (0.0, 0.02)
+        } else if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
+        } else {
+            (1.0, 0.1)
+        };
+        (0..n).map(|_| offset + scale * rng.symmetric()).collect()
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let values = self.tensor(&s, name);
+        Tensor::from_vec(values, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+        bail!("random weights need the shape of '{name}'")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// A `VarBuilder` whose tensors are seeded random values (see the module doc).
+pub fn random_var_builder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(RandomWeights { seed }), dtype, device.clone())
+}
+
+/// A CLIP tokenizer of the 256 byte tokens, their end-of-word forms, `<|startoftext|>` and
+/// `<|endoftext|>` (514 ids, no merges): every text tokenizes, into more ids than with CLIP's
+/// merges.
+pub fn byte_tokenizer() -> Result<ClipTokenizer> {
+    // GPT-2 / CLIP byte-to-unicode table: printable bytes map to themselves, the others to
+    // 256 + n in order.
+    let mut chars = Vec::with_capacity(256);
+    let mut extra = 0u32;
+    for b in 0u32..256 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+        let c = if printable {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        // Every value is below 0x180, a valid scalar value.
+        chars.push(char::from_u32(c).unwrap_or('?'));
+    }
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), i.into());
+        vocab.insert(format!("{c}</w>"), (i + 256).into());
+    }
+    vocab.insert("<|startoftext|>".into(), 512.into());
+    vocab.insert("<|endoftext|>".into(), 513.into());
+    ClipTokenizer::from_vocab_merges(
+        &serde_json::Value::Object(vocab).to_string(),
+        "#version: 0.2\n",
+    )
+}
+
+/// Stable Diffusion and a ControlNet of `preset`'s shapes with random weights seeded by `seed`,
+/// on `opts.device` in `opts.dtype` (UNet and ControlNet with `opts.attention_slicing`).
+pub fn random_models(
+    preset: ModelPreset,
+    seed: u64,
+    opts: &LoadOptions,
+) -> Result<StableDiffusion> {
+    check_dtype(&opts.device, opts.dtype)?;
+    let (configs, controlnet) = preset.configs();
+    let vb = random_var_builder(seed, opts.dtype, &opts.device);
+    let unet_config = UNet2DConditionModelConfig {
+        attention_slicing: opts.attention_slicing,
+        ..configs.unet.clone()
+    };
+    let controlnet_config = ControlNetConfig {
+        attention_slicing: opts.attention_slicing,
+        ..controlnet
+    };
+    Ok(StableDiffusion {
+        tokenizer: byte_tokenizer()?,
+        text_encoder: ClipTextModel::new(vb.pp("text_encoder"), &configs.text_encoder)?,
+        unet: UNet2DConditionModel::new(vb.pp("unet"), &unet_config)?,
+        vae: AutoencoderKL::new(vb.pp("vae"), configs.vae.clone())?,
+        vae_weights: None,
+        controlnet: Some(ControlNet {
+            model: ControlNetModel::new(vb.pp("controlnet"), &controlnet_config)?,
+            config: controlnet_config,
+        }),
+        scheduler_config: configs.scheduler,
+        device: opts.device.clone(),
+        dtype: opts.dtype,
+    })
+}
+
+/// A `dims`-shaped f32 tensor of approximately standard normal values seeded by `seed`, made
+/// on the host (the same on every device), then moved to `device` in `dtype`.
+pub fn seeded_normal(seed: u64, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut rng = SplitMix(seed);
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.normalish()).collect();
+    Tensor::from_vec(values, dims, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}
+
+/// A `dims`-shaped tensor uniform in `[0, 1)` seeded by `seed` (images, control images).
+pub fn seeded_unit(seed: u64, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut rng = SplitMix(seed);
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| 0.5 * (rng.symmetric() + 1.0)).collect();
+    Tensor::from_vec(values, dims, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}
+
+/// Statistics of timed runs, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// The median (mean of the two middle runs for an even count).
+    pub median_ms: f64,
+    /// The fastest run.
+    pub min_ms: f64,
+    /// The 90th percentile (nearest rank: the `⌈0.9·n⌉`-th fastest run).
+    pub p90_ms: f64,
+    /// The mean.
+    pub mean_ms: f64,
+}
+
+impl Stats {
+    /// The statistics of `samples_ms`; fails for no samples or a non-finite one.
+    pub fn of(samples_ms: &[f64]) -> Result<Self> {
+        if samples_ms.is_empty() {
+            bail!("no timed runs (use at least one run)")
+        }
+        if let Some(bad) = samples_ms.iter().find(|v| !v.is_finite()) {
+            bail!("a timed run lasted {bad} ms")
+        }
+        let mut sorted = samples_ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median_ms = if !n.is_multiple_of(2) {
+            sorted[n / 2]
+        } else {
+            0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+        };
+        let rank = ((0.9 * n as f64).ceil() as usize).clamp(1, n);
+        Ok(Self {
+            median_ms,
+            min_ms: sorted[0],
+            p90_ms: sorted[rank - 1],
+            mean_ms: sorted.iter().sum::<f64>() / n as f64,
+        })
+    }
+}
+
+/// Runs `f` `warmup` times untimed, then `runs` times timed; returns the durations in
+/// milliseconds. Each timed run starts and ends with a device synchronisation.
+pub fn time_runs(
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    device.synchronize()?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        device.synchronize()?;
+        let start = Instant::now();
+        f()?;
+        device.synchronize()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(samples)
+}
+
+/// What a [`MemoryProbe`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeakMemory {
+    /// The peak in bytes: on CUDA of the memory pool's allocated bytes, on the CPU of the
+    /// resident set (`None` where it cannot be read).
+    pub peak_bytes: Option<u64>,
+    /// How [`PeakMemory::peak_bytes`] was measured.
+    pub kind: MemoryKind,
+    /// CUDA: the peak of the device's used memory (`total − free`), sampled every millisecond.
+    pub sampled_device_peak_bytes: Option<u64>,
+}
+
+/// The meaning of [`PeakMemory::peak_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// High-water mark of the CUDA memory pool's allocated bytes, reset before the workload.
+    CudaPoolHighWater,
+    /// CUDA without a memory pool: only the sampled device memory is known.
+    CudaSampledOnly,
+    /// `VmHWM` reset before the workload (`/proc/self/clear_refs`).
+    CpuResidentPeak,
+    /// `VmHWM` of the whole process (the reset was refused): an upper bound.
+    CpuResidentPeakSinceStart,
+    /// No measurement on this platform.
+    Unavailable,
+}
+
+impl MemoryKind {
+    /// A short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CudaPoolHighWater => "cuda-pool-high-water",
+            Self::CudaSampledOnly => "cuda-sampled-only",
+            Self::CpuResidentPeak => "cpu-vmhwm",
+            Self::CpuResidentPeakSinceStart => "cpu-vmhwm-since-start",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Measures the peak memory of the work done between [`MemoryProbe::start`] and
+/// [`MemoryProbe::finish`] (see the module doc).
+pub struct MemoryProbe {
+    inner: ProbeInner,
+}
+
+enum ProbeInner {
+    Cpu {
+        reset: bool,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(cuda_probe::CudaProbe),
+}
+
+impl MemoryProbe {
+    /// Resets the peak and starts measuring on `device`.
+    pub fn start(device: &Device) -> Result<Self> {
+        let inner = match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => ProbeInner::Cuda(cuda_probe::CudaProbe::start(dev)?),
+            _ => ProbeInner::Cpu {
+                reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
+            },
+        };
+        Ok(Self { inner })
+    }
+
+    /// Stops measuring and returns the peak.
+    pub fn finish(self) -> Result<PeakMemory> {
+        match self.inner {
+            ProbeInner::Cpu { reset } => {
+                let peak = std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|s| vm_hwm_bytes(&s));
+                let kind = match (peak, reset) {
+                    (None, _) => MemoryKind::Unavailable,
+                    (Some(_), true) => MemoryKind::CpuResidentPeak,
+                    (Some(_), false) => MemoryKind::CpuResidentPeakSinceStart,
+                };
+                Ok(PeakMemory {
+                    peak_bytes: peak,
+                    kind,
+                    sampled_device_peak_bytes: None,
+                })
+            }
+            #[cfg(feature = "cuda")]
+            ProbeInner::Cuda(probe) => probe.finish(),
+        }
+    }
+}
+
+/// `VmHWM` of a `/proc/self/status` text, in bytes.
+fn vm_hwm_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_probe {
+    //! The CUDA memory probe: memory-pool high-water mark and a sampling thread.
+
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
+    use candle_core::{CudaDevice, Result};
+
+    use super::{MemoryKind, PeakMemory};
+
+    pub(super) struct CudaProbe {
+        pool: Option<sys::CUmemoryPool>,
+        stop: Arc<AtomicBool>,
+        peak_used: Arc<AtomicU64>,
+        sampler: JoinHandle<()>,
+    }
+
+    fn check(what: &str, r: sys::CUresult) -> Result<()> {
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            candle_core::bail!("{what} failed: {r:?}")
+        }
+    }
+
+    /// The pool `cuMemAllocAsync` allocates from, when candle allocates that way.
+    fn current_pool(ctx: &CudaContext) -> Result<Option<sys::CUmemoryPool>> {
+        if !ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        ctx.bind_to_thread().map_err(candle_core::Error::wrap)?;
+        let mut pool = std::mem::MaybeUninit::uninit();
+        // SAFETY: the device comes from a live context; the out-pointer is valid.
+        let r = unsafe { sys::cuDeviceGetMemPool(pool.as_mut_ptr(), ctx.cu_device()) };
+        check("cuDeviceGetMemPool", r)?;
+        // SAFETY: written by the successful call above.
+        Ok(Some(unsafe { pool.assume_init() }))
+    }
+
+    fn used_high(pool: sys::CUmemoryPool) -> Result<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: USED_MEM_HIGH is a cuuint64_t attribute; `value` outlives the call.
+        let r = unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut value as *mut u64).cast(),
+            )
+        };
+        check("cuMemPoolGetAttribute(USED_MEM_HIGH)", r)?;
+        Ok(value)
+    }
+
+    fn reset_used_high(pool: sys::CUmemoryPool) -> Result<()> {
+        let mut zero: u64 = 0;
+        // SAFETY: resetting USED_MEM_HIGH takes a cuuint64_t 0; `zero` outlives the call.
+        let r = unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        };
+        check("cuMemPoolSetAttribute(USED_MEM_HIGH)", r)
+    }
+
+    impl CudaProbe {
+        pub(super) fn start(dev: &CudaDevice) -> Result<Self> {
+            let stream = dev.cuda_stream();
+            stream.synchronize().map_err(candle_core::Error::wrap)?;
+            let ctx = stream.context().clone();
+            let pool = current_pool(&ctx)?;
+            if let Some(pool) = pool {
+                reset_used_high(pool)?;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let peak_used = Arc::new(AtomicU64::new(0));
+            let sampler = {
+                let (stop, peak_used) = (Arc::clone(&stop), Arc::clone(&peak_used));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((free, total)) = ctx.mem_get_info() {
+                            let used = total.saturating_sub(free) as u64;
+                            peak_used.fetch_max(used, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            };
+            Ok(Self {
+                pool,
+                stop,
+                peak_used,
+                sampler,
+            })
+        }
+
+        pub(super) fn finish(self) -> Result<PeakMemory> {
+            self.stop.store(true, Ordering::Relaxed);
+            if self.sampler.join().is_err() {
+                candle_core::bail!("the memory sampling thread panicked")
+            }
+            let sampled = self.peak_used.load(Ordering::Relaxed);
+            let (peak_bytes, kind) = match self.pool {
+                Some(pool) => (Some(used_high(pool)?), MemoryKind::CudaPoolHighWater),
+                None => (None, MemoryKind::CudaSampledOnly),
+            };
+            Ok(PeakMemory {
+                peak_bytes,
+                kind,
+                sampled_device_peak_bytes: (sampled > 0).then_some(sampled),
+            })
+        }
+    }
+}
+
+/// A benchmark workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One UNet step with classifier-free guidance: batch 2 (unconditional and conditional).
+    UnetCfg,
+    /// One ControlNet + UNet step with classifier-free guidance (batch 2).
+    UnetControlnet,
+    /// VAE encoding of one image.
+    VaeEncode,
+    /// VAE decoding of one latent.
+    VaeDecode,
+    /// A whole stylization: prompt encoding (CLIP), VAE encode, 35 DDIM steps (50 at strength
+    /// 0.7) of ControlNet + UNet with guidance 7.5, VAE decode.
+    Stylize,
+    /// One prompt-bank training step (batch 1, gradients to the bank only); run by
+    /// `easel-bank`'s trainer, not by [`model_workload`].
+    Learn,
+}
+
+impl Workload {
+    /// Every workload, in the order `all` runs them.
+    pub const ALL: [Workload; 6] = [
+        Self::UnetCfg,
+        Self::UnetControlnet,
+        Self::VaeEncode,
+        Self::VaeDecode,
+        Self::Stylize,
+        Self::Learn,
+    ];
+
+    /// The name `--workload` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnetCfg => "unet-cfg",
+            Self::UnetControlnet => "unet-controlnet",
+            Self::VaeEncode => "vae-encode",
+            Self::VaeDecode => "vae-decode",
+            Self::Stylize => "stylize",
+            Self::Learn => "learn",
+        }
+    }
+
+    /// Parses a workload name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|w| w.name() == s) {
+            Some(w) => Ok(w),
+            None => bail!(
+                "unknown workload {s:?}: use {} or all",
+                Self::ALL.map(|w| w.name()).join(", ")
+            ),
+        }
+    }
+}
+
+/// Settings shared by the workloads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkloadSettings {
+    /// Image side in pixels (square images; latents are `size / 8`).
+    pub size: usize,
+    /// Tiled VAE encoding and decoding (the VAE's own tile size).
+    pub vae_tiling: bool,
+    /// Seed of the inputs and of the stylization's noise.
+    pub seed: u64,
+}
+
+/// The timestep of the single-step workloads.
+pub const BENCH_TIMESTEP: f64 = 500.0;
+/// The prompt of the stylize workload.
+pub const BENCH_PROMPT: &str = "a city street at dusk, oil painting in the style of van gogh";
+
+/// Prepares `workload` on `sd` (inputs made once, outside the timed calls) and returns the
+/// call to time. Fails for [`Workload::Learn`] (see its doc), for a size the VAE cannot take,
+/// and for ControlNet workloads when `sd` has no ControlNet.
+pub fn model_workload<'a>(
+    sd: &'a StableDiffusion,
+    workload: Workload,
+    settings: &WorkloadSettings,
+) -> Result<Box<dyn FnMut() -> Result<()> + 'a>> {
+    let (dev, dtype, seed) = (&sd.device, sd.dtype, settings.seed);
+    let factor = sd.vae.config().downsampling_factor();
+    let size = settings.size;
+    if size == 0 || !size.is_multiple_of(factor) {
+        bail!("size {size} must be a positive multiple of {factor}")
+    }
+    let latent = size / factor;
+    let controlnet = || match &sd.controlnet {
+        Some(c) => Ok(c),
+        None => bail!("the {} workload needs a ControlNet", workload.name()),
+    };
+    let tiles = sd.vae.config().tiling();
+    let tiling = settings.vae_tiling;
+    Ok(match workload {
+        Workload::UnetCfg | Workload::UnetControlnet => {
+            let sample = seeded_normal(seed, &[2, 4, latent, latent], dtype, dev)?;
+            // The prompt's contexts, as the pipeline makes them: [negative, prompt].
+            let mut prompt = crate::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
+            let train_steps = sd.scheduler_config.num_train_timesteps;
+            let guided = prompt.contexts(BENCH_TIMESTEP as usize, train_steps)?;
+            let (uncond, cond) = (&guided.uncond.contexts()[0], &guided.cond.contexts()[0]);
+            let context = Tensor::cat(&[uncond, cond], 0)?.to_dtype(dtype)?;
+            let contexts = easel_diffusion::contexts::UNetContexts::single(context)?;
+            if workload == Workload::UnetCfg {
+                Box::new(move || {
+                    sd.unet.forward(&sample, BENCH_TIMESTEP, &contexts, None)?;
+                    Ok(())
+                })
+            } else {
+                let controlnet = controlnet()?;
+                let cond = seeded_unit(seed + 2, &[2, 3, size, size], dtype, dev)?;
+                Box::new(move || {
+                    let residuals = controlnet.model.forward(
+                        &sample,
+                        BENCH_TIMESTEP,
+                        &contexts,
+                        &cond,
+                        1.0,
+                        false,
+                    )?;
+                    sd.unet
+                        .forward(&sample, BENCH_TIMESTEP, &contexts, Some(&residuals))?;
+                    Ok(())
+                })
+            }
+        }
+        Workload::VaeEncode => {
+            let image =
+                seeded_unit(seed + 3, &[1, 3, size, size], dtype, dev)?.affine(2.0, -1.0)?;
+            Box::new(move || {
+                if tiling {
+                    sd.vae.encode_tiled(&image, &tiles)?;
+                } else {
+                    sd.vae.encode(&image)?;
+                }
+                Ok(())
+            })
+        }
+        Workload::VaeDecode => {
+            let latents = seeded_normal(seed + 4, &[1, 4, latent, latent], dtype, dev)?;
+            Box::new(move || {
+                if tiling {
+                    sd.vae.decode_tiled(&latents, &tiles)?;
+                } else {
+                    sd.vae.decode(&latents)?;
+                }
+                Ok(())
+            })
+        }
+        Workload::Stylize => {
+            controlnet()?;
+            let photo = seeded_unit(seed + 5, &[1, 3, size, size], DType::F32, &Device::Cpu)?;
+            let control = seeded_unit(seed + 6, &[1, 3, size, size], DType::F32, &Device::Cpu)?;
+            let mut request = crate::pipeline::StylizeRequest::new(photo);
+            request.control_image = Some(control);
+            request.seed = seed;
+            request.vae_tiling = tiling;
+            Box::new(move || {
+                let mut conditioning =
+                    crate::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
+                sd.stylize(&request, &mut conditioning, &mut |_, _| {})?;
+                Ok(())
+            })
+        }
+        Workload::Learn => bail!("the learn workload is run by easel-bank's trainer"),
+    })
+}
+
+/// Runs the fixed-input parity outputs on `sd` from `inputs`: `sample` `[2, 4, h, w]`,
+/// `timestep` `[1]` and `context` `[2, 77, D]` give `unet` (the UNet's noise prediction);
+/// with `cond` `[2, 3, 8h, 8w]` and a ControlNet also `unet_controlnet` (the prediction with the
+/// ControlNet's residuals at scale 1); with `latents` `[1, 4, h, w]` also `vae_decode`. Inputs
+/// are converted to the models' dtype; outputs are f32 on the CPU.
+pub fn parity_outputs(
+    sd: &StableDiffusion,
+    inputs: &std::collections::HashMap<String, Tensor>,
+) -> Result<Vec<(String, Tensor)>> {
+    let (dev, dtype) = (&sd.device, sd.dtype);
+    let get = |name: &str| match inputs.get(name) {
+        Some(t) => t.to_dtype(dtype)?.to_device(dev),
+        None => bail!("the parity file has no '{name}' tensor"),
+    };
+    let sample = get("sample")?;
+    let timestep = f64::from(
+        inputs
+            .get("timestep")
+            .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .transpose()?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(BENCH_TIMESTEP as f32),
+    );
+    let contexts = easel_diffusion::contexts::UNetContexts::single(get("context")?)?;
+    let host = |t: Tensor| -> Result<Tensor> { t.to_dtype(DType::F32)?.to_device(&Device::Cpu) };
+    let mut outputs = vec![(
+        "unet".to_string(),
+        host(sd.unet.forward(&sample, timestep, &contexts, None)?)?,
+    )];
+    if let (Some(controlnet), true) = (&sd.controlnet, inputs.contains_key("cond")) {
+        let cond = get("cond")?;
+        let residuals = controlnet
+            .model
+            .forward(&sample, timestep, &contexts, &cond, 1.0, false)?;
+        outputs.push((
+            "unet_controlnet".to_string(),
+            host(
+                sd.unet
+                    .forward(&sample, timestep, &contexts, Some(&residuals))?,
+            )?,
+        ));
+    }
+    if inputs.contains_key("latents") {
+        outputs.push((
+            "vae_decode".to_string(),
+            host(sd.vae.decode(&get("latents")?)?)?,
+        ));
+    }
+    Ok(outputs)
+}
+
+/// `‖a − b‖∞ / ‖b‖∞` in f32 on the CPU; fails for different shapes.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.dims() != b.dims() {
+        bail!(
+            "shape {:?} differs from the reference's {:?}",
+            a.dims(),
+            b.dims()
+        )
+    }
+    let a = a.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let b = b.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let max_abs = |t: &Tensor| -> Result<f64> {
+        Ok(f64::from(
+            t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?,
+        ))
+    };
+    let err = max_abs(&(&a - &b)?)?;
+    let scale = max_abs(&b)?;
+    Ok(if scale > 0.0 { err / scale } else { err })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_follow_their_definitions() {
+        let s = Stats::of(&[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!(
+            (s.median_ms, s.min_ms, s.p90_ms, s.mean_ms),
+            (3.0, 1.0, 5.0, 3.0)
+        );
+        let s = Stats::of(&[4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.median_ms, s.p90_ms), (2.5, 4.0));
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(Stats::of(&ten).unwrap().p90_ms, 9.0);
+        assert!(Stats::of(&[]).is_err());
+        assert!(Stats::of(&[1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\teasel\nVmPeak:\t  200 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(vm_hwm_bytes(status), Some(1234 * 1024));
+        assert_eq!(vm_hwm_bytes("Name: x\n"), None);
+    }
+
+    #[test]
+    fn random_weights_are_seeded_and_scaled() {
+        let dev = Device::Cpu;
+        let a = random_var_builder(1, DType::F32, &dev);
+        let b = random_var_builder(1, DType::F32, &dev);
+        let c = random_var_builder(2, DType::F32, &dev);
+        let w = |vb: &VarBuilder| vb.get((64, 16, 3, 3), "conv.weight").unwrap();
+        let (wa, wb, wc) = (w(&a), w(&b), w(&c));
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&wa, &wb), 0.0);
+        assert!(diff(&wa, &wc) > 0.0);
+        let bound = 1.0 / (16.0f32 * 9.0).sqrt();
+        let max = wa
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max <= bound && max > 0.9 * bound, "{max} vs {bound}");
+        let scale = a.get(64, "norm.weight").unwrap();
+        let mean = scale.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((mean - 1.0).abs() < 0.05, "{mean}");
+        // Another name, another stream.
+        assert!(diff(&wa, &a.get((64, 16, 3, 3), "conv2.weight").unwrap()) > 0.0);
+    }
+
+    #[test]
+    fn byte_tokenizer_covers_every_byte() {
+        let tok = byte_tokenizer().unwrap();
+        let ids = tok.encode("a café, 東京!").unwrap();
+        assert!(ids.iter().all(|&id| (id as usize) < BYTE_VOCAB), "{ids:?}");
+    }
+}
