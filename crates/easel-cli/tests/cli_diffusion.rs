@@ -544,3 +544,116 @@ fn a_cache_with_only_fp16_files_serves_the_cpu() {
     let fp16 = run(&fp16_cache, "fp16.png");
     assert!(plain == fp16, "the fp16-named files give another image");
 }
+
+/// The tiny SD folder as one original (ldm-keyed) .safetensors checkpoint.
+fn tiny_single_file(path: &Path) {
+    use easel_diffusion::weights::{
+        clip_config_from_transformers_json, unet_config_from_diffusers_json,
+        vae_config_from_diffusers_json, KeyMap,
+    };
+    let dir = fixtures().join("tiny-sd");
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+    let unet = unet_config_from_diffusers_json(&read("unet/config.json")).unwrap();
+    let vae = vae_config_from_diffusers_json(&read("vae/config.json")).unwrap();
+    let clip = clip_config_from_transformers_json(&read("text_encoder/config.json")).unwrap();
+    let mut single = HashMap::new();
+    for (map, file) in [
+        (
+            KeyMap::unet(&unet),
+            "unet/diffusion_pytorch_model.safetensors",
+        ),
+        (KeyMap::vae(&vae), "vae/diffusion_pytorch_model.safetensors"),
+        (KeyMap::clip(&clip), "text_encoder/model.safetensors"),
+    ] {
+        let tensors = candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap();
+        let converted = map.to_ldm(&tensors).unwrap();
+        assert!(converted.unmapped.is_empty(), "{:?}", converted.unmapped);
+        single.extend(converted.tensors);
+    }
+    candle_core::safetensors::save(&single, path).unwrap();
+}
+
+/// `--sd FILE.safetensors` (with `--sd-config` for the tiny shapes and tokenizer) paints the
+/// same file as the diffusers folder it was made from; without a tokenizer anywhere, offline,
+/// single files and folders lacking tokenizer/ name the openai/clip-vit-large-patch14 files.
+#[test]
+fn single_file_checkpoints_paint_like_their_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = cases();
+    let photo = tmp.path().join("photo.png");
+    write_u8_png(&cases.tensors["image_u8"], &photo);
+    let sd_file = tmp.path().join("tiny-sd.safetensors");
+    tiny_single_file(&sd_file);
+    let (sd_dir, cn) = (
+        fixtures().join("tiny-sd"),
+        fixtures().join("tiny-controlnet"),
+    );
+    let empty = tmp.path().join("empty-hub");
+    std::fs::create_dir_all(&empty).unwrap();
+    let offline = [
+        ("HF_HUB_CACHE", empty.as_path()),
+        ("HF_HUB_OFFLINE", Path::new("1")),
+    ];
+    let paint = |sd: &str, extra: &[&str], name: &str| -> Output {
+        let out = tmp.path().join(name);
+        let mut args = tiny_local_args(s(&photo), s(&out), sd, s(&cn));
+        args.extend(["--size", "64", "--seed", "5"]);
+        args.extend_from_slice(extra);
+        easel(&args, &offline)
+    };
+    let run = paint(s(&sd_dir), &[], "folder.png");
+    assert_success(&run);
+    let run = paint(s(&sd_file), &["--sd-config", s(&sd_dir)], "file.png");
+    assert_success(&run);
+    let folder = std::fs::read(tmp.path().join("folder.png")).unwrap();
+    let file = std::fs::read(tmp.path().join("file.png")).unwrap();
+    let (a, b) = (
+        image::load_from_memory(&folder).unwrap().to_rgb8(),
+        image::load_from_memory(&file).unwrap().to_rgb8(),
+    );
+    assert!(
+        a == b,
+        "the single file paints another image than its folder"
+    );
+    let params = easel_core::read_png_parameters(&tmp.path().join("file.png"))
+        .unwrap()
+        .unwrap();
+    assert!(params.contains("tiny-sd.safetensors"), "{params}");
+
+    // No tokenizer: the fallback repository's files are listed, offline.
+    let run = paint(s(&sd_file), &[], "none.png");
+    let err = stderr(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("openai/clip-vit-large-patch14") && err.contains("vocab.json"),
+        "{err}"
+    );
+    let no_tokenizer = tmp.path().join("no-tokenizer");
+    for sub in ["unet", "vae", "text_encoder", "scheduler"] {
+        let (from, to) = (sd_dir.join(sub), no_tokenizer.join(sub));
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        sd_dir.join("model_index.json"),
+        no_tokenizer.join("model_index.json"),
+    )
+    .unwrap();
+    let run = paint(s(&no_tokenizer), &[], "no-tok.png");
+    let err = stderr(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("openai/clip-vit-large-patch14") && err.contains("merges.txt"),
+        "{err}"
+    );
+    // --sd-config belongs to single files.
+    let run = paint(s(&sd_dir), &["--sd-config", s(&sd_dir)], "x.png");
+    let err = stderr(&run);
+    assert!(
+        !run.status.success() && err.contains("--sd-config"),
+        "{err}"
+    );
+}

@@ -127,6 +127,38 @@ pub struct ModelConfigs {
 }
 
 impl ModelConfigs {
+    /// The configurations of a diffusers pipeline folder: `unet/`, `vae/` and `text_encoder/`
+    /// `config.json`, and `scheduler/scheduler_config.json` when present (else SD 1.5's
+    /// schedule); the weights are not read. Describes a single-file checkpoint of another
+    /// shape than SD 1.5 (diffusers' `from_single_file(..., config=DIR)`).
+    pub fn from_diffusers_dir(dir: &Path) -> Result<Self> {
+        let text = |sub: &str| -> Result<(PathBuf, String)> {
+            let path = dir.join(sub);
+            let text = read_text(&path)?;
+            Ok((path, text))
+        };
+        let (path, json) = text("unet/config.json")?;
+        let unet = unet_config_from_diffusers_json(&json).map_err(|e| in_file(&path, e))?;
+        let (path, json) = text("vae/config.json")?;
+        let vae = vae_config_from_diffusers_json(&json).map_err(|e| in_file(&path, e))?;
+        let (path, json) = text("text_encoder/config.json")?;
+        let text_encoder =
+            clip_config_from_transformers_json(&json).map_err(|e| in_file(&path, e))?;
+        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+        let scheduler = if scheduler_path.is_file() {
+            scheduler_config_from_diffusers_json(&read_text(&scheduler_path)?)
+                .map_err(|e| in_file(&scheduler_path, e))?
+        } else {
+            SchedulerConfig::sd15()
+        };
+        Ok(Self {
+            unet,
+            vae,
+            text_encoder,
+            scheduler,
+        })
+    }
+
     /// Stable Diffusion 1.x (1.4, 1.5 and their fine-tunes).
     pub fn sd15() -> Self {
         Self {
@@ -176,12 +208,26 @@ impl StableDiffusion {
     /// `text_encoder/`, `tokenizer/`, optionally `scheduler/scheduler_config.json`). A
     /// `controlnet/` folder inside it is loaded too. Fails naming the missing file or tensor.
     pub fn from_diffusers_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::from_diffusers_dir_with_tokenizer(dir, None, opts)
+    }
+
+    /// [`Self::from_diffusers_dir`] with `tokenizer` instead of the folder's own `tokenizer/`
+    /// (for folders that ship none; `None` reads the folder's).
+    pub fn from_diffusers_dir_with_tokenizer(
+        dir: &Path,
+        tokenizer: Option<ClipTokenizer>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         check_dtype(&opts.device, opts.dtype)?;
         let index_path = dir.join("model_index.json");
         let (class, entries) =
             model_index(&read_text(&index_path)?).map_err(|e| in_file(&index_path, e))?;
-        for needed in ["unet", "vae", "text_encoder", "tokenizer"] {
-            if !entries.iter().any(|e| e.name == needed) {
+        let needed: &[&str] = match tokenizer {
+            Some(_) => &["unet", "vae", "text_encoder"],
+            None => &["unet", "vae", "text_encoder", "tokenizer"],
+        };
+        for needed in needed {
+            if !entries.iter().any(|e| e.name == *needed) {
                 bail!(
                     "{}: the {class} pipeline has no \"{needed}\" component (a Stable Diffusion \
                      1.x pipeline needs unet, vae, text_encoder and tokenizer)",
@@ -189,7 +235,10 @@ impl StableDiffusion {
                 )
             }
         }
-        let tokenizer = load_tokenizer_dir(&dir.join("tokenizer"))?;
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => load_tokenizer_dir(&dir.join("tokenizer"))?,
+        };
         let text_encoder = load_text_encoder_dir(&dir.join("text_encoder"), opts)?;
         let unet = load_unet_dir(&dir.join("unet"), opts)?;
         let (vae, vae_weights) = load_vae_dir(&dir.join("vae"), opts)?;

@@ -154,6 +154,13 @@ pub struct DiffusionArgs {
     #[arg(long, value_name = "SOURCE")]
     pub sd: Option<String>,
 
+    /// For a single-file --sd checkpoint of another shape than SD 1.5: a local diffusers
+    /// folder whose unet/, vae/ and text_encoder/ config.json (and scheduler/, tokenizer/ when
+    /// present) describe it (default: SD 1.5's configurations and the tokenizer of
+    /// openai/clip-vit-large-patch14).
+    #[arg(long, value_name = "DIR")]
+    pub sd_config: Option<PathBuf>,
+
     /// ControlNet weights: a hub repo id org/name[@revision], a local diffusers folder
     /// (config.json + diffusion_pytorch_model.safetensors) or a single .safetensors file
     /// (default: the registry's canny entry, lllyasviel/control_v11p_sd15_canny).
@@ -211,6 +218,7 @@ impl DiffusionArgs {
             ("--save-control", self.save_control.is_some()),
             ("--no-control", self.no_control),
             ("--sd", self.sd.is_some()),
+            ("--sd-config", self.sd_config.is_some()),
             ("--controlnet", self.controlnet.is_some()),
             ("--dtype", self.dtype.is_some()),
             ("--offline", self.offline),
@@ -407,13 +415,20 @@ fn load_image(path: &Path) -> Result<RgbImage> {
 
 /// Where the Stable Diffusion weights are, once resolved.
 enum SdLocation {
-    /// A diffusers folder (local, or a hub snapshot) and the weights variant to read.
+    /// A diffusers folder (local, or a hub snapshot), the weights variant to read, and the
+    /// tokenizer folder when the folder has no `tokenizer/`.
     Dir {
         dir: PathBuf,
         variant: Option<String>,
+        tokenizer: Option<PathBuf>,
     },
-    /// A single-file checkpoint and the folder of its tokenizer.
-    SingleFile { file: PathBuf, tokenizer: PathBuf },
+    /// A single-file checkpoint, the folder of its tokenizer and the diffusers folder of its
+    /// configurations (`None`: SD 1.5's).
+    SingleFile {
+        file: PathBuf,
+        tokenizer: PathBuf,
+        configs: Option<PathBuf>,
+    },
 }
 
 enum ControlNetLocation {
@@ -548,6 +563,27 @@ fn resolve_models(
         Ok(r)
     };
 
+    if let (Some(dir), false) = (
+        &d.sd_config,
+        matches!(sd_source, WeightSource::SingleFile(_)),
+    ) {
+        bail!(
+            "--sd-config {} describes a single-file --sd checkpoint; a folder or hub --sd has its own configurations",
+            dir.display()
+        );
+    }
+    // A single file's tokenizer comes from --sd-config's tokenizer/, else the hub; a local
+    // folder without tokenizer/ gets the hub's too.
+    let config_tokenizer = d
+        .sd_config
+        .as_ref()
+        .map(|dir| dir.join("tokenizer"))
+        .filter(|t| t.is_dir());
+    let needs_hub_tokenizer = match &sd_source {
+        WeightSource::SingleFile(_) => config_tokenizer.is_none(),
+        WeightSource::LocalDir(dir) => !dir.join("tokenizer").is_dir(),
+        WeightSource::Hub { .. } => false,
+    };
     // Hub requests, in order: SD (or the single file's tokenizer), then the ControlNet.
     let mut requests: Vec<RepoFiles> = Vec::new();
     let mut sd_request = None;
@@ -589,7 +625,7 @@ fn resolve_models(
             sd_request = Some(requests.len());
             requests.push(request);
         }
-        WeightSource::SingleFile(_) => {
+        WeightSource::SingleFile(_) | WeightSource::LocalDir(_) if needs_hub_tokenizer => {
             let request = RepoFiles::new(
                 DEFAULT_TOKENIZER_REPO,
                 easel_core::hub::DEFAULT_REVISION,
@@ -600,11 +636,13 @@ fn resolve_models(
                     "tokenizer_config.json",
                 ],
             )
-            .with_hint("pass --sd DIR with a diffusers folder that has tokenizer/");
+            .with_hint(
+                "pass --sd DIR with a diffusers folder that has tokenizer/ (or --sd-config DIR)",
+            );
             tokenizer_request = Some(requests.len());
             requests.push(request);
         }
-        WeightSource::LocalDir(_) => {}
+        WeightSource::SingleFile(_) | WeightSource::LocalDir(_) => {}
     }
     let mut cn_request = None;
     if let (Some(WeightSource::Hub { repo_id, revision }), Some(choice)) = (&cn_source, control) {
@@ -645,26 +683,47 @@ fn resolve_models(
             SdLocation::Dir {
                 dir,
                 variant: variants[0].clone(),
+                tokenizer: None,
             }
         }
-        (WeightSource::LocalDir(dir), _, _) => {
+        (WeightSource::LocalDir(dir), _, k) => {
             ids.push(dir.display().to_string());
+            let tokenizer = k.map(|k| parent(&resolved[k][0]));
+            if let Some(t) = &tokenizer {
+                ids.push(snapshot_id(
+                    DEFAULT_TOKENIZER_REPO,
+                    easel_core::hub::DEFAULT_REVISION,
+                    t,
+                ));
+            }
             SdLocation::Dir {
                 dir: dir.clone(),
                 variant: dir_variant(&dir.join("unet"), Component::Unet, prefer_fp16),
+                tokenizer,
             }
         }
-        (WeightSource::SingleFile(file), _, Some(k)) => {
-            let tokenizer = parent(&resolved[k][0]);
+        (WeightSource::SingleFile(file), _, k) => {
             ids.push(file.display().to_string());
-            ids.push(snapshot_id(
-                DEFAULT_TOKENIZER_REPO,
-                easel_core::hub::DEFAULT_REVISION,
-                &tokenizer,
-            ));
+            let tokenizer = match (k, &config_tokenizer) {
+                (Some(k), _) => {
+                    let tokenizer = parent(&resolved[k][0]);
+                    ids.push(snapshot_id(
+                        DEFAULT_TOKENIZER_REPO,
+                        easel_core::hub::DEFAULT_REVISION,
+                        &tokenizer,
+                    ));
+                    tokenizer
+                }
+                (None, Some(t)) => t.clone(),
+                (None, None) => bail!("internal error: no tokenizer for the single file"),
+            };
+            if let Some(dir) = &d.sd_config {
+                ids.push(format!("config {}", dir.display()));
+            }
             SdLocation::SingleFile {
                 file: file.clone(),
                 tokenizer,
+                configs: d.sd_config.clone(),
             }
         }
         _ => bail!("internal error: the SD weights were not resolved"),
@@ -710,13 +769,31 @@ fn load_models(
         None => base.clone(),
     };
     let sd = match &models.sd {
-        SdLocation::Dir { dir, variant } => {
-            StableDiffusion::from_diffusers_dir(dir, &with_variant(variant))
-                .with_context(|| format!("loading Stable Diffusion from {}", dir.display()))?
+        SdLocation::Dir {
+            dir,
+            variant,
+            tokenizer,
+        } => {
+            let tokenizer = tokenizer.as_deref().map(load_tokenizer_dir).transpose()?;
+            StableDiffusion::from_diffusers_dir_with_tokenizer(
+                dir,
+                tokenizer,
+                &with_variant(variant),
+            )
+            .with_context(|| format!("loading Stable Diffusion from {}", dir.display()))?
         }
-        SdLocation::SingleFile { file, tokenizer } => {
+        SdLocation::SingleFile {
+            file,
+            tokenizer,
+            configs,
+        } => {
             let tokenizer = load_tokenizer_dir(tokenizer)?;
-            StableDiffusion::from_single_file(file, &ModelConfigs::sd15(), tokenizer, &base)
+            let configs = match configs {
+                Some(dir) => ModelConfigs::from_diffusers_dir(dir)
+                    .with_context(|| format!("--sd-config {}", dir.display()))?,
+                None => ModelConfigs::sd15(),
+            };
+            StableDiffusion::from_single_file(file, &configs, tokenizer, &base)
                 .with_context(|| format!("loading Stable Diffusion from {}", file.display()))?
         }
     };
@@ -768,7 +845,7 @@ pub(crate) fn load_models_with_slicing(
     let resolved = resolve_models(d, s.control.as_ref(), prefer_fp16)?;
     let sd = load_models(&resolved, device, s.dtype, slicing)?;
     let unet_file = match &resolved.sd {
-        SdLocation::Dir { dir, variant } => stylize_bank::unet_file(dir, variant.as_deref()),
+        SdLocation::Dir { dir, variant, .. } => stylize_bank::unet_file(dir, variant.as_deref()),
         SdLocation::SingleFile { .. } => None,
     };
     Ok(TrainingModels { sd, unet_file })
@@ -909,7 +986,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
         ),
         Some(path) => {
             let unet = match &resolved.sd {
-                SdLocation::Dir { dir, variant } => {
+                SdLocation::Dir { dir, variant, .. } => {
                     stylize_bank::unet_file(dir, variant.as_deref())
                 }
                 SdLocation::SingleFile { .. } => None,
