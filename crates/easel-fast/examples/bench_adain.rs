@@ -1,0 +1,131 @@
+//! Times easel's AdaIN on the CPU (not a test; driven by `tools/ref/adain_bench.py`, which times
+//! the same network in PyTorch in the same run):
+//!
+//! `cargo run --release -p easel-fast --example bench_adain -- --size 512 --runs 5`
+//!
+//! Options: `--size N` (content and style N×N, default 512), `--runs R` (default 5, after 2
+//! warm-up runs), `--candle` (candle ops instead of the native CPU path). Full-width networks
+//! (`Config::original()`) with deterministic pseudo-random He-scaled weights. Prints one JSON
+//! line with the median milliseconds of one `AdaIN::stylize` (encode content and style, AdaIN,
+//! decode). candle's CPU thread count follows `RAYON_NUM_THREADS`.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use easel_fast::adain::{AdaIN, Config};
+use std::collections::HashMap;
+use std::time::Instant;
+
+fn picture(n: usize, phase: f32) -> Result<Tensor> {
+    let v: Vec<f32> = (0..3 * n * n)
+        .map(|i| {
+            let (c, y, x) = (i / (n * n), (i / n) % n, i % n);
+            0.5 + 0.45 * ((x as f32 * 0.031 + c as f32 + phase).sin() * (y as f32 * 0.017).cos())
+        })
+        .collect();
+    Tensor::from_vec(v, (1, 3, n, n), &Device::Cpu)
+}
+
+/// `(module index, in, out, k)` of one conv.
+type ConvSpec = (usize, usize, usize, usize);
+
+/// The encoder's convs to relu4_1 and the decoder's.
+fn convs(cfg: &Config) -> (Vec<ConvSpec>, Vec<ConvSpec>) {
+    let [a, b, c, d] = cfg.widths;
+    let vgg = vec![
+        (0, 3, 3, 1),
+        (2, 3, a, 3),
+        (5, a, a, 3),
+        (9, a, b, 3),
+        (12, b, b, 3),
+        (16, b, c, 3),
+        (19, c, c, 3),
+        (22, c, c, 3),
+        (25, c, c, 3),
+        (29, c, d, 3),
+    ];
+    let dec = vec![
+        (1, d, c, 3),
+        (5, c, c, 3),
+        (8, c, c, 3),
+        (11, c, c, 3),
+        (14, c, b, 3),
+        (18, b, b, 3),
+        (21, b, a, 3),
+        (25, a, a, 3),
+        (28, a, 3, 3),
+    ];
+    (vgg, dec)
+}
+
+/// Deterministic weights: a xorshift stream scaled to He's standard deviation.
+fn weights(plan: &[ConvSpec], seed: u64) -> Result<VarBuilder<'static>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut map = HashMap::new();
+    for &(i, cin, cout, k) in plan {
+        let scale = (12.0 * 2.0 / (cin * k * k) as f32).sqrt();
+        let w: Vec<f32> = (0..cout * cin * k * k).map(|_| next() * scale).collect();
+        let b: Vec<f32> = (0..cout).map(|_| next() * 0.1).collect();
+        map.insert(
+            format!("{i}.weight"),
+            Tensor::from_vec(w, (cout, cin, k, k), &Device::Cpu)?,
+        );
+        map.insert(
+            format!("{i}.bias"),
+            Tensor::from_vec(b, cout, &Device::Cpu)?,
+        );
+    }
+    Ok(VarBuilder::from_tensors(map, DType::F32, &Device::Cpu))
+}
+
+fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let mut size = 512usize;
+    let mut runs = 5usize;
+    let mut native = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| candle_core::Error::msg(format!("{name} needs a value")))
+        };
+        match a.as_str() {
+            "--size" => size = value("--size")?.parse().map_err(candle_core::Error::msg)?,
+            "--runs" => runs = value("--runs")?.parse().map_err(candle_core::Error::msg)?,
+            "--candle" => native = false,
+            other => candle_core::bail!("unknown option {other}"),
+        }
+    }
+    let runs = runs.max(1);
+    let cfg = Config::original();
+    let (vgg, dec) = convs(&cfg);
+    let net = AdaIN::new(weights(&vgg, 1)?, weights(&dec, 2)?, &cfg)?.with_native_cpu(native);
+    let (content, style) = (picture(size, 0.0)?, picture(size, 1.0)?);
+    let styles = [(style, 1.0)];
+    let stylize_ms = median_ms(runs, || {
+        net.stylize(&content, &styles, 1.0, None).map(|_| ())
+    })?;
+    println!(
+        "{{\"size\": {size}, \"runs\": {runs}, \"native\": {native}, \"threads\": {}, \"stylize_ms\": {stylize_ms:.1}}}",
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}
