@@ -18,8 +18,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 #[command(
-    about = "Paint photos in the style of a painting (--style), of a built-in preset (--preset), \
-             or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
+    about = "Paint photos in the style of a painting (--style; the arbitrary network, or \
+             --method adain), of a built-in preset (--preset), or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
              (--prompt, --bank)",
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
