@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use easel_diffusion::frozen;
 use easel_diffusion::ops::{softmax_last_dim, LayerNorm};
 use serde::{Deserialize, Serialize};
 
@@ -460,10 +461,11 @@ impl GeneratedParams {
         } else {
             Tensor::new(1f32, e.device())?
         };
-        let x = e
-            .broadcast_div(&scale)?
-            .unsqueeze(0)?
-            .broadcast_add(&self.get("generator.queries")?)?;
+        // The init embedding and its scale are constants: gradients go to the generator only.
+        let x = frozen::add(
+            &self.get("generator.queries")?,
+            &e.broadcast_div(&scale)?.unsqueeze(0)?,
+        )?;
         let xn = self.layer_norm(&x, "generator.ln1")?;
         let split = |t: Tensor| -> Result<Tensor> {
             t.reshape((n, h, d / h))?.transpose(0, 1)?.contiguous()
@@ -481,7 +483,7 @@ impl GeneratedParams {
             .linear(&self.layer_norm(&hs, "generator.ln2")?, "generator.mlp.fc1")?
             .gelu_erf()?;
         let ys = (hs + self.linear(&mlp, "generator.mlp.fc2")?)?;
-        ys.broadcast_mul(&scale)
+        frozen::mul(&ys, &scale)
     }
 }
 

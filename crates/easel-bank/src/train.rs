@@ -18,8 +18,10 @@
 //! ([`BankConditioner::train_contexts_for_stage`], one CLIP pass per distinct stage); the
 //! ControlNet sees the view's own Canny edges at `control_scale`; the loss is
 //! `mean((unet(x_t, t, ctx, residuals) − ε)²) / grad_accumulation`, back-propagated and summed
-//! over the micro-batches. The frozen models hold plain tensors, never [`candle_core::Var`]s, so
-//! only the bank's variables receive gradients.
+//! over the micro-batches. The frozen models hold plain tensors, never [`candle_core::Var`]s,
+//! and their layers back-propagate to their inputs only ([`easel_diffusion::frozen`]), so
+//! gradients are computed for the bank's variables and for no model weight
+//! ([`StepGradients::other_gradients`] counts any other entry of the gradient store: 0).
 //!
 //! The update is AdamW (decoupled weight decay, bias-corrected moments, as PyTorch's), written
 //! here so that its moments can be checkpointed; the learning rate warms up linearly over
@@ -248,6 +250,10 @@ pub struct StepGradients {
     pub stages: Vec<usize>,
     /// The gradient of each bank variable, by name (sorted), summed over micro-batches.
     pub grads: Vec<(String, Tensor)>,
+    /// Entries of candle's gradient stores that were not bank variables (weights or other
+    /// constants whose gradient was computed for nothing), summed over micro-batches: 0 with
+    /// easel's frozen layers.
+    pub other_gradients: usize,
 }
 
 /// What one step did.
@@ -491,6 +497,7 @@ impl Trainer {
         let vars: Vec<(String, Var)> = self.bank().params().vars();
         let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut loss_total = 0f32;
+        let mut other_gradients = 0;
         for micro in 0..cfg.grad_accumulation {
             let range = micro * cfg.batch..(micro + 1) * cfg.batch;
             let loss = self.micro_batch_loss(
@@ -501,8 +508,6 @@ impl Trainer {
             )?;
             let loss = (loss / cfg.grad_accumulation as f64)?;
             loss_total += loss.to_scalar::<f32>()?;
-            // Only the bank's variables are read; candle also fills gradients for the frozen
-            // weights' tensors (inputs of differentiated ops), dropped with the store.
             let mut grads = loss.backward()?;
             for ((_, var), sum) in vars.iter().zip(sums.iter_mut()) {
                 if let Some(g) = grads.remove(var.as_tensor()) {
@@ -512,6 +517,7 @@ impl Trainer {
                     });
                 }
             }
+            other_gradients += grads.get_ids().count();
         }
         let grads = vars
             .iter()
@@ -531,6 +537,7 @@ impl Trainer {
             timesteps,
             stages,
             grads,
+            other_gradients,
         })
     }
 
@@ -614,7 +621,9 @@ impl Trainer {
             None => None,
         };
         let pred = self.unet.forward(&x_t, &t, &contexts, residuals.as_ref())?;
-        (pred.to_dtype(DType::F32)? - eps)?.sqr()?.mean_all()
+        easel_diffusion::frozen::sub(&pred.to_dtype(DType::F32)?, &eps)?
+            .sqr()?
+            .mean_all()
     }
 
     /// One optimizer step: gradients of step [`Self::step`], AdamW update of the bank.

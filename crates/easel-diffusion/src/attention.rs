@@ -9,9 +9,9 @@
 //! the softmax statistics are kept in f32.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder,
-};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{conv2d, group_norm, linear, linear_no_bias, Conv2d, GroupNorm, Linear};
 
 use crate::ops::{softmax_last_dim, LayerNorm};
 
@@ -97,7 +97,7 @@ impl CrossAttention {
 
     /// `softmax(q kᵀ) v` for pre-scaled `q`.
     fn scores_times_values(q: &Tensor, k_t: &Tensor, v: &Tensor) -> Result<Tensor> {
-        softmax_last_dim(&q.matmul(k_t)?)?.matmul(v)
+        crate::frozen::matmul(&softmax_last_dim(&crate::frozen::matmul(q, k_t)?)?, v)
     }
 
     /// Attends from `xs` `[B, N, query_dim]` to `context` `[B, M, context_dim]` (or to `xs`
@@ -212,10 +212,10 @@ impl BasicTransformerBlock {
     /// Applies the block to tokens `[B, N, dim]` with the context `[B, M, context_dim]`.
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
+        let attended = self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + &xs)?;
+            .forward(&self.norm2.forward(&xs)?, Some(context))?;
+        let xs = crate::frozen::add(&attended, &xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -333,7 +333,7 @@ impl Transformer2DModel {
             Projection::Conv(conv) => conv.forward(&to_map(hs)?)?,
             Projection::Linear(lin) => to_map(lin.forward(&hs)?)?,
         };
-        hs + xs
+        crate::frozen::add(&hs, xs)
     }
 }
 

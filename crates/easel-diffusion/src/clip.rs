@@ -12,7 +12,9 @@
 //! a backward (softmax and layer norm come from [`crate::ops`]).
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::frozen::{add, linear, Linear};
 
 use crate::ops::{softmax_last_dim, LayerNorm};
 
@@ -177,7 +179,7 @@ impl ClipAttention {
         let q = self.split_heads(&(self.q_proj.forward(xs)? * scale)?, b, t)?;
         let k = self.split_heads(&self.k_proj.forward(xs)?, b, t)?;
         let v = self.split_heads(&self.v_proj.forward(xs)?, b, t)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
+        let scores = add(&q.matmul(&k.t()?)?, causal_mask)?;
         let attn = softmax_last_dim(&scores)?.matmul(&v)?;
         let attn = attn.transpose(1, 2)?.reshape((b, t, d))?;
         self.out_proj.forward(&attn)
@@ -368,7 +370,7 @@ impl ClipTextModel {
             )
         }
         let positions = self.position_embedding.narrow(0, 0, t)?;
-        let mut xs = embeds.broadcast_add(&positions)?;
+        let mut xs = add(embeds, &positions)?;
         let mask = causal_mask(t, dtype, embeds.device())?;
         let mut penultimate = xs.clone();
         for layer in &self.layers {
@@ -455,7 +457,7 @@ fn ids_to_host(ids: &Tensor) -> Result<Vec<Vec<u32>>> {
 /// placeholders takes `vectors[k % n]` (one placeholder id per vector of a multi-vector token;
 /// a run cut short by truncation takes the first vectors). Built from `index_select` and
 /// `where_cond`, so gradients flow into `vectors` (converted to `embeds`' dtype) and into the
-/// untouched rows of `embeds`. Without any placeholder, returns `embeds` unchanged.
+/// untouched rows of `embeds` (when `embeds` is tracked; a constant gets none). Without any placeholder, returns `embeds` unchanged.
 pub fn replace_token_embeddings(
     embeds: &Tensor,
     ids: &Tensor,
@@ -503,7 +505,6 @@ pub fn replace_token_embeddings(
         .to_dtype(embeds.dtype())?
         .index_select(&index, 0)?
         .reshape((b, t, d))?;
-    Tensor::from_vec(mask, (b, t, 1), device)?
-        .broadcast_as((b, t, d))?
-        .where_cond(&patched, embeds)
+    let mask = Tensor::from_vec(mask, (b, t, 1), device)?.broadcast_as((b, t, d))?;
+    crate::frozen::where_cond(&mask, &patched, embeds)
 }

@@ -9,7 +9,9 @@
 //! index ([`ControlNetModel::cross_attention_layout`]).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{conv2d, Conv2d};
 
 use crate::attention::AttentionSlicing;
 use crate::contexts::{CrossAttentionLayout, UNetContexts};

@@ -3,7 +3,9 @@
 //! Transformer's positional encoding) and diffusers' `TimestepEmbedding` MLP.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::frozen::{linear, Linear};
 
 /// The diffusion timestep(s) a denoiser is evaluated at.
 #[derive(Debug, Clone, Copy)]

@@ -2,6 +2,8 @@
 //!
 //! - [`tokenizer`]: the CLIP BPE tokenizer.
 //! - [`clip`]: the CLIP text encoder, taking token ids or patched (learnable) token embeddings.
+//! - [`frozen`]: linear, convolution and group-norm layers whose backward computes the input
+//!   gradient only (frozen weights get none).
 //! - [`ops`]: differentiable softmax and layer norm (candle's fused kernels have no backward).
 //! - [`schedulers`]: noise schedulers behind one trait.
 //! - [`resnet`]: the residual block shared by the UNet, the ControlNet and the VAE.
@@ -20,6 +22,7 @@ pub mod clip;
 pub mod contexts;
 pub mod controlnet;
 pub mod embeddings;
+pub mod frozen;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;

@@ -3,10 +3,14 @@
 //! candle's fused `softmax_last_dim` and `layer_norm` kernels have no backward pass: gradients
 //! through them silently come out as nothing, which would leave learned prompt embeddings
 //! untrained. These versions are composed of elementary ops that all have a backward, and keep
-//! their statistics in f32 when the input is f16/bf16 (numerically safe in half precision).
+//! their statistics in f32 when the input is f16/bf16 (numerically safe in half precision). Their
+//! affine weights and the detached softmax maximum are constants for autograd
+//! ([`crate::frozen`]): only the input gets a gradient.
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{add, conv2d, mul, sub, Conv2d};
 
 fn stats_dtype(dtype: DType) -> DType {
     match dtype {
@@ -21,7 +25,7 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     let xs = xs.to_dtype(stats_dtype(dtype))?;
     // Subtracting the (detached) max changes nothing mathematically; it prevents exp overflow.
     let max = xs.max_keepdim(D::Minus1)?.detach();
-    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let exp = sub(&xs, &max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
     exp.broadcast_div(&sum)?.to_dtype(dtype)
 }
@@ -54,10 +58,7 @@ impl LayerNorm {
         let centered = xs.broadcast_sub(&mean)?;
         let var = (centered.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        add(&mul(&normed.to_dtype(dtype)?, &self.weight)?, &self.bias)
     }
 }
 

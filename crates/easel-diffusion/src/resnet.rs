@@ -8,7 +8,9 @@
 //! uses): the projected timestep embedding is added to the hidden states before `norm2`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear};
 
 use crate::ops::conv3x3;
 
@@ -129,7 +131,7 @@ impl ResnetBlock2D {
         match (temb, &self.time_emb_proj) {
             (Some(temb), Some(proj)) => {
                 let temb = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                hs = hs.broadcast_add(&temb)?;
+                hs = crate::frozen::add(&hs, &temb)?;
             }
             (Some(temb), None) => candle_core::bail!(
                 "ResnetBlock2D: got a timestep embedding of shape {:?} but the block has no \

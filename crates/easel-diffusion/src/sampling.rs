@@ -6,7 +6,9 @@
 //! `downsamplers.0.conv` / `upsamplers.0.conv`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{conv2d, Conv2d};
 
 use crate::ops::conv3x3;
 

@@ -8,7 +8,9 @@
 //! as is.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::frozen::{group_norm, Conv2d, GroupNorm};
 
 use crate::attention::{AttentionSlicing, Transformer2DModelConfig};
 use crate::contexts::{CrossAttentionLayout, UNetContexts};
@@ -545,7 +547,7 @@ fn add_residual(name: &str, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         [rb, rc, rh, rw]
             if *rb == b && *rc == c && (*rh == h || *rh == 1) && (*rw == w || *rw == 1) =>
         {
-            xs.broadcast_add(residual)
+            crate::frozen::add(xs, residual)
         }
         dims => candle_core::bail!(
             "ControlResiduals: residual {name} is {dims:?} but its skip is [{b}, {c}, {h}, {w}] \

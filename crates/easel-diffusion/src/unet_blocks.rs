@@ -323,7 +323,7 @@ impl UpBlock2D {
         }
         let mut xs = xs.clone();
         for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
-            xs = Tensor::cat(&[&xs, skip], 1)?;
+            xs = crate::frozen::cat2(&xs, skip, 1)?;
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, contexts[i])?;

@@ -17,7 +17,9 @@
 //! their keys remapped before loading.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::frozen::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear};
 
 use crate::ops::{conv3x3, softmax_last_dim};
 use crate::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
