@@ -131,6 +131,63 @@ fn learn_writes_a_bank_and_resumes_bit_exactly() {
     assert_eq!(a_bits, b_bits);
 }
 
+/// `--validate-every 2` writes `validation/step_000002.png` (the first artwork through the
+/// current bank, 2 denoising steps, with a parameters chunk); a resumed run goes on numbering
+/// from the checkpoint's step; an unreadable `--validation-photo` is a one-line error.
+#[test]
+fn validation_images_every_n_steps_continue_after_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let out = tmp.path().join("v.bank");
+    let flags = [
+        "--resolution",
+        "64",
+        "--batch",
+        "1",
+        "--grad-accumulation",
+        "1",
+        "--validate-every",
+        "2",
+        "--validation-steps",
+        "2",
+    ];
+    let mut args = flags.to_vec();
+    args.extend(["--steps", "3"]);
+    assert_success(&learn(&cache, &coll, &out, &args));
+    let dir = tmp.path().join("v.run/validation");
+    let names = |dir: &Path| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&dir), ["step_000002.png"]);
+    let first = dir.join("step_000002.png");
+    let img = image::open(&first).unwrap();
+    // The first artwork (starry_night_over_the_rhone, 88×72) at a 64 px short side.
+    assert_eq!((img.width(), img.height()), (80, 64));
+    let params = easel_core::read_png_parameters(&first).unwrap().unwrap();
+    assert!(params.contains("Training step: 2"), "{params}");
+    assert!(params.contains("Steps: 2"), "{params}");
+    assert!(params.contains("sd-controlnet"), "{params}");
+
+    let resumed = learn(&cache, &coll, &out, &["--resume", "--steps", "4"]);
+    assert_success(&resumed);
+    assert_eq!(names(&dir), ["step_000002.png", "step_000004.png"]);
+
+    let mut args = flags.to_vec();
+    let missing = tmp.path().join("missing.png");
+    args.extend(["--steps", "2", "--validation-photo", s(&missing)]);
+    let out = learn(&cache, &coll, &tmp.path().join("w.bank"), &args);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--validation-photo"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn an_empty_collection_is_a_one_line_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,15 +3,19 @@
 //!
 //! The run folder (`--run-dir`, default `<OUT stem>.run/`) holds the checkpoint and the cached
 //! training views; `--resume` continues from its checkpoint bit-exactly (with its settings;
-//! only `--steps` may be raised). Ctrl-C checkpoints and stops. The bank is written atomically
-//! at the end, never over an input.
+//! only `--steps`, `--validate-every` and the validation flags may change). Ctrl-C checkpoints
+//! and stops. Every `--validate-every` steps a validation image (`--validation-photo`, default
+//! the collection's first artwork by file name, stylized through its own Canny edges with the
+//! current bank in `--validation-steps` denoising steps) goes to
+//! `RUN_DIR/validation/step_NNNNNN.png`. The bank is written atomically at the end, never over
+//! an input.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device};
 use clap::Args;
 use easel_bank::bank::Bank;
 use easel_bank::checkpoint::Checkpoint;
@@ -20,11 +24,18 @@ use easel_bank::file::{save_bank, BankMetadata};
 use easel_bank::inject::init_embedding;
 use easel_bank::preset::{Preset, BUILTIN_PRESETS};
 use easel_bank::train::{Hooks, TrainConfig, TrainOutcome, Trainer};
-use easel_core::DeviceChoice;
+use easel_core::{DeviceChoice, Parameters};
+use easel_pipeline::canny::{self, CannyOptions};
+use easel_pipeline::models::StableDiffusion;
+use easel_pipeline::pipeline::StylizeRequest;
+use image::RgbImage;
 
 use super::bank::{now_rfc3339, write_atomic};
 use super::stylize_bank;
-use super::stylize_diffusion::{load_training_models, DiffusionArgs, DEFAULT_SD};
+use super::stylize_bank::BankConditioning;
+use super::stylize_diffusion::{
+    load_training_models, resize_to, target_size, DiffusionArgs, DEFAULT_SD,
+};
 use crate::progress;
 
 /// The flags of `easel learn`.
@@ -84,6 +95,20 @@ pub struct LearnArgs {
     /// Write a checkpoint every N steps (default 250; one is always written at the end).
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
+
+    /// Write a validation image every N steps into RUN_DIR/validation/step_NNNNNN.png (default
+    /// 250; 0: none).
+    #[arg(long, value_name = "N")]
+    validate_every: Option<usize>,
+
+    /// The photo of the validation images (default: the collection's first artwork by file
+    /// name, stylized through its own Canny edges).
+    #[arg(long, value_name = "FILE")]
+    validation_photo: Option<PathBuf>,
+
+    /// Denoising steps of each validation image (DDIM, strength 0.7, guidance 7.5).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    validation_steps: usize,
 
     /// Stable Diffusion 1.x weights: a hub repo id org/name[@revision], a local diffusers
     /// folder, or a single .safetensors checkpoint (default: stable-diffusion-v1-5).
@@ -146,8 +171,76 @@ fn config(args: &LearnArgs) -> TrainConfig {
         resolution: args.resolution.unwrap_or(d.resolution),
         seed: args.seed.unwrap_or(d.seed),
         checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+        validate_every: args.validate_every.unwrap_or(d.validate_every),
         ..d
     }
+}
+
+/// How validation images are made.
+struct ValidationSettings {
+    /// Denoising steps.
+    steps: usize,
+    /// Noise seed (the run's).
+    seed: u64,
+    /// Edges of the photo, as the training views'.
+    canny: CannyOptions,
+}
+
+/// Writes the validation image of step `step`: `photo` stylized with `bank` through its own
+/// Canny edges (when the models have a ControlNet), seeded by the run's seed.
+fn write_validation(
+    sd: &StableDiffusion,
+    bank: &Bank,
+    photo: &RgbImage,
+    settings: &ValidationSettings,
+    step: usize,
+    out: &Path,
+    protected: &[PathBuf],
+) -> Result<()> {
+    let ValidationSettings {
+        steps,
+        seed,
+        ref canny,
+    } = *settings;
+    let mut request = StylizeRequest::new(easel_core::rgb_to_tensor(photo, &Device::Cpu)?);
+    if sd.controlnet.is_some() {
+        let edges = canny::canny(photo, canny)?;
+        request.control_image = Some(easel_core::rgb_to_tensor(
+            &canny::control_image(&edges),
+            &Device::Cpu,
+        )?);
+    }
+    request.steps = steps;
+    request.seed = seed;
+    let mut conditioning = BankConditioning::from_bank(bank.clone(), sd)?;
+    let images = sd.stylize(&request, &mut conditioning, &mut |_, _| {})?;
+    let image = easel_core::tensor_to_rgb(&images.narrow(0, 0, 1)?)?;
+    let mut params = Parameters::new(if sd.controlnet.is_some() {
+        "sd-controlnet"
+    } else {
+        "sd-img2img"
+    });
+    params.prompt = Some(bank.prompt().template.clone());
+    params.seed = Some(seed);
+    params.strength = Some(request.strength);
+    params.extra.push(("Steps".into(), steps.to_string()));
+    params
+        .extra
+        .push(("Guidance".into(), request.guidance_scale.to_string()));
+    params
+        .extra
+        .push(("Scheduler".into(), request.scheduler.to_string()));
+    if sd.controlnet.is_some() {
+        params.extra.push((
+            "Control".into(),
+            format!("canny {}:{}", canny.low, canny.high),
+        ));
+    }
+    params
+        .extra
+        .push(("Training step".into(), step.to_string()));
+    easel_core::save_image(&image, out, Some(&params), protected)?;
+    Ok(())
 }
 
 /// Runs `easel learn`.
@@ -201,6 +294,11 @@ pub fn run(args: LearnArgs) -> Result<()> {
                 );
             }
             ckpt.config.steps = steps;
+        }
+        if let Some(every) = args.validate_every {
+            ckpt.config.validate_every = every;
+        }
+        if args.steps.is_some() || args.validate_every.is_some() {
             ckpt.save(&run_dir)?;
         }
         let examples = prepare_examples(
@@ -246,6 +344,33 @@ pub fn run(args: LearnArgs) -> Result<()> {
             eprintln!("warning: Ctrl-C will not checkpoint: {e}");
         }
     }
+    let validation_photo = match &args.validation_photo {
+        Some(path) => image::open(path)
+            .with_context(|| format!("--validation-photo: cannot read {}", path.display()))?
+            .to_rgb8(),
+        // collect_images sorts by path and refuses an empty collection.
+        None => images[0].clone(),
+    };
+    let resolution = trainer.config().resolution as u32;
+    let (width, height) = target_size(
+        validation_photo.width(),
+        validation_photo.height(),
+        resolution,
+    );
+    let validation_photo = resize_to(validation_photo, width, height);
+    let validation_dir = run_dir.join("validation");
+    let mut protected = paths.clone();
+    protected.extend(args.validation_photo.iter().cloned());
+    if args.validation_steps == 0 {
+        bail!("--validation-steps must be at least 1");
+    }
+    let cfg = trainer.config();
+    let validation = ValidationSettings {
+        steps: args.validation_steps,
+        seed: cfg.seed,
+        canny: CannyOptions::with_thresholds(cfg.canny_low, cfg.canny_high),
+    };
+
     let total = trainer.config().steps;
     let bar = progress::bar(total as u64, "learning");
     bar.set_position(trainer.step() as u64);
@@ -255,7 +380,20 @@ pub fn run(args: LearnArgs) -> Result<()> {
                 bar.set_position(r.step as u64);
                 bar.set_message(format!("loss {:.4} lr {:.2e}", r.loss, r.lr));
             })),
-            on_validate: None,
+            on_validate: Some(Box::new(|step, bank| {
+                std::fs::create_dir_all(&validation_dir)?;
+                let out = validation_dir.join(format!("step_{step:06}.png"));
+                write_validation(
+                    sd,
+                    bank,
+                    &validation_photo,
+                    &validation,
+                    step,
+                    &out,
+                    &protected,
+                )
+                .map_err(|e| candle_core::Error::Msg(format!("validation image: {e:#}")))
+            })),
             stop: Some(&stop),
         };
         trainer.train(&mut hooks)?

@@ -44,6 +44,25 @@ pub struct BankConditioning {
     conditioner: BankConditioner,
 }
 
+impl BankConditioning {
+    /// The conditioning of `bank` with its own prompt template and no negative prompt (the
+    /// validation images of `easel learn`).
+    pub fn from_bank(bank: easel_bank::bank::Bank, sd: &StableDiffusion) -> Result<Self> {
+        let options = ConditionerOptions {
+            num_train_timesteps: sd.scheduler_config.num_train_timesteps,
+            ..ConditionerOptions::default()
+        };
+        let conditioner = BankConditioner::new(
+            sd.text_encoder.clone(),
+            &sd.tokenizer,
+            bank,
+            &sd.unet.cross_attention_layout(),
+            &options,
+        )?;
+        Ok(Self { conditioner })
+    }
+}
+
 impl Conditioning for BankConditioning {
     fn contexts(
         &mut self,

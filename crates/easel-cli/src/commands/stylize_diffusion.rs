@@ -397,7 +397,7 @@ pub fn target_size(width: u32, height: u32, short: u32) -> (u32, u32) {
 }
 
 /// Resizes `img` to `width`×`height` (Lanczos3), or returns it unchanged if it has that size.
-fn resize_to(img: RgbImage, width: u32, height: u32) -> RgbImage {
+pub(crate) fn resize_to(img: RgbImage, width: u32, height: u32) -> RgbImage {
     if img.dimensions() == (width, height) {
         img
     } else {
