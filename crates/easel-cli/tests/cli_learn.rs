@@ -188,6 +188,104 @@ fn validation_images_every_n_steps_continue_after_resume() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// SIGINT to a running `easel learn` (as Ctrl-C): it checkpoints after the step in progress,
+/// exits with an error naming the checkpoint and `--resume`, and resuming to `k + 2` steps gives
+/// the very vectors of a straight `k + 2`-step run.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_resume_matches_a_straight_run() {
+    use easel_bank::checkpoint::Checkpoint;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let flags = [
+        "--resolution",
+        "64",
+        "--batch",
+        "1",
+        "--grad-accumulation",
+        "1",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--validate-every",
+        "0",
+    ];
+    let out = tmp.path().join("c.bank");
+    let mut args = vec![
+        "learn",
+        s(&coll),
+        "-o",
+        s(&out),
+        "--sd",
+        "org/tiny-sd",
+        "--controlnet",
+        "org/tiny-controlnet",
+        "--device",
+        "cpu",
+        "--offline",
+        "--steps",
+        "100000",
+    ];
+    args.extend(flags);
+    let child = easel_command(&args)
+        .env_remove("HF_HOME")
+        .env_remove("HF_ENDPOINT")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training has started once the first checkpoint exists.
+    let ckpt_path = tmp.path().join("c.run/checkpoint.safetensors");
+    let started = Instant::now();
+    while !ckpt_path.is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("interrupted after"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(err.contains("c.run"), "{err}");
+    assert!(!out.exists(), "no bank is written when interrupted");
+    let k = Checkpoint::load(&tmp.path().join("c.run"), &Device::Cpu)
+        .unwrap()
+        .step;
+    assert!(k >= 1);
+    let target = (k + 2).to_string();
+
+    assert_success(&learn(
+        &cache,
+        &coll,
+        &out,
+        &["--resume", "--steps", &target],
+    ));
+    let straight = tmp.path().join("straight.bank");
+    let mut args = flags.to_vec();
+    args.extend(["--steps", &target]);
+    assert_success(&learn(&cache, &coll, &straight, &args));
+    let (a_bits, a_training, _) = contents(&straight);
+    let (b_bits, b_training, _) = contents(&out);
+    assert_eq!(a_training["steps_done"], k + 2);
+    assert_eq!(a_training, b_training);
+    assert_eq!(a_bits, b_bits);
+}
+
 #[test]
 fn an_empty_collection_is_a_one_line_error() {
     let tmp = tempfile::tempdir().unwrap();
