@@ -5,6 +5,10 @@
 //! - [`cin26`]: a 26-style network with conditional instance norm (Dumoulin et al. 2017).
 //! - [`adain`]: AdaIN (Huang & Belongie 2017): VGG-19 features re-normalised to a painting's
 //!   statistics, decoded; alpha trade-off, style interpolation, spatial control with a mask.
+//! - [`stytr`]: StyTr² (Deng et al. 2022), a transformer stylizer: patch tokens of the photo
+//!   and the painting, content/style transformer encoders, a decoder where the photo's tokens
+//!   attend to the painting's, a CNN decoder; CAPE or pyramidal positional encodings
+//!   ([`stytr_pe`]), any size, chunked attention.
 //! - [`vgg`]: the "vgg_normalised" VGG-19 encoder AdaIN uses (relu1_1 … relu5_1).
 //! - [`import`]: converters from the upstream ONNX files to easel's safetensors weights, and a
 //!   PyTorch checkpoint reader that executes nothing.
@@ -15,4 +19,6 @@ pub mod arbitrary;
 pub mod cin26;
 mod conv;
 pub mod import;
+pub mod stytr;
+pub mod stytr_pe;
 pub mod vgg;
