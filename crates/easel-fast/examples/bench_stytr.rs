@@ -1,0 +1,79 @@
+//! Times easel's StyTr² network on the CPU (not a test; driven by `tools/ref/stytr_bench.py`,
+//! which also times the same network in PyTorch with the same weights):
+//!
+//! `cargo run --release -p easel-fast --example bench_stytr -- --dir DIR --size 512 --runs 3`
+//!
+//! `DIR` holds `transformer.pth`, `embedding.pth`, `decoder.pth` (full-size StyTr² state dicts)
+//! and `input_<size>.safetensors` (`content`, `style`: `[1, 3, size, size]` f32), all written by
+//! the script. Options: `--size N` (default 512), `--runs R` (default 3, after 1 warm-up run),
+//! `--pyramidal` (the transformer file has `ppe.*` weights). Writes the stylized result to
+//! `DIR/easel_<size>.safetensors` (`out`) and prints one JSON line with the median milliseconds.
+//! candle's CPU thread count follows `RAYON_NUM_THREADS`.
+
+use candle_core::{DType, Device, Result};
+use candle_nn::VarBuilder;
+use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_fast::stytr::{Config, StyTr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn main() -> Result<()> {
+    let mut size = 512usize;
+    let mut runs = 3usize;
+    let mut dir: Option<PathBuf> = None;
+    let mut cfg = Config::original();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| candle_core::Error::msg(format!("{name} needs a value")))
+        };
+        match a.as_str() {
+            "--size" => size = value("--size")?.parse().map_err(candle_core::Error::msg)?,
+            "--runs" => runs = value("--runs")?.parse().map_err(candle_core::Error::msg)?,
+            "--dir" => dir = Some(value("--dir")?.into()),
+            "--pyramidal" => cfg = Config::original_pyramidal(),
+            other => candle_core::bail!("unknown option {other}"),
+        }
+    }
+    let Some(dir) = dir else {
+        candle_core::bail!("--dir DIR is required (see tools/ref/stytr_bench.py)")
+    };
+    let load = |name: &str| -> Result<VarBuilder<'static>> {
+        let path = dir.join(name);
+        let tensors = read_torch_checkpoint(&std::fs::read(&path)?, &path.display().to_string())?;
+        Ok(VarBuilder::from_tensors(
+            tensors.into_iter().collect(),
+            DType::F32,
+            &Device::Cpu,
+        ))
+    };
+    let net = StyTr::new(
+        load("transformer.pth")?,
+        load("embedding.pth")?,
+        load("decoder.pth")?,
+        &cfg,
+    )?;
+    let input = candle_core::safetensors::load(
+        dir.join(format!("input_{size}.safetensors")),
+        &Device::Cpu,
+    )?;
+    let (content, style) = (&input["content"], &input["style"]);
+    let mut out = net.stylize(content, style)?; // warm-up
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        out = net.stylize(content, style)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    out.save_safetensors("out", dir.join(format!("easel_{size}.safetensors")))?;
+    println!(
+        "{{\"size\": {size}, \"runs\": {}, \"threads\": {}, \"median_ms\": {:.1}, \"min_ms\": {:.1}}}",
+        times.len(),
+        candle_core::utils::get_num_threads(),
+        times[times.len() / 2],
+        times[0]
+    );
+    Ok(())
+}
