@@ -28,6 +28,7 @@ enum Command {
     Bank(commands::bank::BankArgs),
     Learn(commands::learn::LearnArgs),
     Bench(commands::bench::BenchArgs),
+    TrainFast(commands::train_fast::TrainFastArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::Bank(args) => commands::bank::run(args),
         Command::Learn(args) => commands::learn::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::TrainFast(args) => commands::train_fast::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

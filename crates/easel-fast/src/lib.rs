@@ -10,6 +10,8 @@
 //!   attend to the painting's, a CNN decoder; CAPE or pyramidal positional encodings
 //!   ([`stytr_pe`]), any size, chunked attention.
 //! - [`vgg`]: the "vgg_normalised" VGG-19 encoder AdaIN uses (relu1_1 … relu5_1).
+//! - [`losses`]: the training losses of AdaIN and StyTr² (content, style, identity).
+//! - [`train`]: the trainer of `easel train-fast` (data, Adam, checkpoints, sample grids).
 //! - [`import`]: converters from the upstream ONNX files to easel's safetensors weights, and a
 //!   PyTorch checkpoint reader that executes nothing.
 
@@ -19,6 +21,8 @@ pub mod arbitrary;
 pub mod cin26;
 mod conv;
 pub mod import;
+pub mod losses;
 pub mod stytr;
 pub mod stytr_pe;
+pub mod train;
 pub mod vgg;

@@ -250,6 +250,14 @@ impl VggEncoder {
         }
     }
 
+    /// Runs `x` (`[N, 3, H, W]` RGB in [0, 1]) up to `last` and returns the exposed activations
+    /// relu1_1 … `last`, shallowest first (the training losses' feature lists).
+    pub fn forward_layers(&self, x: &Tensor, last: Layer) -> Result<Vec<Tensor>> {
+        let mut feats = Vec::with_capacity(last as usize + 1);
+        self.run(x, last, |_, t| feats.push(t.clone()))?;
+        Ok(feats)
+    }
+
     /// Runs up to `last`, calling `tap` with each exposed layer's activation.
     fn run(&self, x: &Tensor, last: Layer, mut tap: impl FnMut(Layer, &Tensor)) -> Result<()> {
         if last > self.depth {
@@ -296,20 +304,25 @@ impl VggEncoder {
 }
 
 /// `MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)`: an odd last row/column forms its own
-/// window (replicating it leaves that window's maximum unchanged).
+/// window (padded with `f32::MIN`, which leaves that window's maximum unchanged).
+///
+/// Computed as a maximum over the window axes of a `[N, C, H/2, 2, W/2, 2]` view rather than
+/// with candle's `max_pool2d`, whose backward gives the window maximum only a quarter of the
+/// gradient (candle 0.11.1); the reduction's backward routes the whole gradient to it, as
+/// PyTorch does (`tests/fast_losses.rs` checks against PyTorch).
 pub(crate) fn max_pool_ceil(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let x = if h % 2 == 1 {
-        x.pad_with_same(2, 0, 1)?
-    } else {
-        x.clone()
+    let pad_end = |x: Tensor, dim: usize| -> Result<Tensor> {
+        let mut shape = x.dims().to_vec();
+        if shape[dim].is_multiple_of(2) {
+            return Ok(x);
+        }
+        shape[dim] = 1;
+        let low = Tensor::full(f32::MIN, shape, x.device())?.to_dtype(x.dtype())?;
+        Tensor::cat(&[&x, &low], dim)
     };
-    let x = if w % 2 == 1 {
-        x.pad_with_same(3, 0, 1)?
-    } else {
-        x
-    };
-    x.max_pool2d(2)
+    let x = pad_end(pad_end(x.clone(), 2)?, 3)?;
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }
 
 /// Reflection padding of the two spatial dims: `top`/`left` rows mirrored before,

@@ -11,3 +11,4 @@ pub mod stylize;
 pub mod stylize_adain;
 pub mod stylize_bank;
 pub mod stylize_diffusion;
+pub mod train_fast;

@@ -1,0 +1,197 @@
+//! `easel train-fast` end to end on the tiny random VGG of `tools/ref/adain_ref.py` and a few of
+//! the shared test pictures: the decoder file loads as an AdaIN decoder, sample grids and the
+//! checkpoint are written, `--resume` finishes with the same file as a straight run, bad input
+//! is a one-line error.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use easel_fast::import::torch_zip::read_torch_checkpoint;
+
+mod common;
+use common::{assert_success, easel_command, s, stderr};
+
+fn vgg() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-fast/tests/fixtures/adain_vgg_tiny.pth")
+}
+
+/// Folders with two small photos and two small paintings from `../shared/data/images`.
+fn data(root: &Path) -> (PathBuf, PathBuf) {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images");
+    assert!(
+        shared.is_dir(),
+        "{}: the shared test pictures",
+        shared.display()
+    );
+    let (content, styles) = (root.join("photos"), root.join("paintings"));
+    for (dir, files) in [
+        (
+            &content,
+            [
+                "content/chelsea_cat.png",
+                "content/grace_hopper_small_128.jpg",
+            ],
+        ),
+        (
+            &styles,
+            [
+                "style/vandoesburg_composition_xiii_small.jpg",
+                "style/gauguin_te_fare.jpg",
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(dir).unwrap();
+        for f in files {
+            let src = shared.join(f);
+            std::fs::copy(&src, dir.join(src.file_name().unwrap())).unwrap();
+        }
+    }
+    (content, styles)
+}
+
+const TINY: &[&str] = &[
+    "--batch",
+    "1",
+    "--load-size",
+    "72",
+    "--crop",
+    "64",
+    "--lr",
+    "1e-3",
+    "--seed",
+    "3",
+    "--save-every",
+    "2",
+    "--sample-every",
+    "2",
+    "--device",
+    "cpu",
+];
+
+#[test]
+fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let (content, styles) = data(root.path());
+    let vgg = vgg();
+    let new_run = |out: &Path, steps: &str| {
+        let mut args = vec![
+            "train-fast",
+            "--kind",
+            "adain",
+            "--content",
+            s(&content),
+            "--styles",
+            s(&styles),
+            "--vgg",
+            s(&vgg),
+            "-o",
+            s(out),
+            "--steps",
+            steps,
+        ];
+        args.extend_from_slice(TINY);
+        easel_command(&args).output().unwrap()
+    };
+
+    let straight = root.path().join("straight.safetensors");
+    let out = new_run(&straight, "4");
+    assert_success(&out);
+    let run = root.path().join("straight.run");
+    assert!(run.join("checkpoint.safetensors").is_file());
+    for step in [2, 4] {
+        let grid = image::open(run.join(format!("samples/step_{step:06}.png"))).unwrap();
+        // 2 photos × 2 paintings of 64 pixels plus the header row and column.
+        assert_eq!((grid.width(), grid.height()), (3 * 64, 3 * 64));
+    }
+
+    // The file has exactly the keys and shapes of a decoder.pth of the VGG's widths.
+    let tensors = candle_core::safetensors::load(&straight, &Device::Cpu).unwrap();
+    let reference = vgg.with_file_name("adain_decoder_tiny.pth");
+    let reference = read_torch_checkpoint(&std::fs::read(&reference).unwrap(), "decoder").unwrap();
+    assert_eq!(tensors.len(), reference.len());
+    for (key, t) in &reference {
+        assert_eq!(tensors[key].dims(), t.dims(), "{key}");
+        assert_eq!(tensors[key].dtype(), DType::F32);
+    }
+
+    // 2 steps, then --resume to 4: the same file.
+    let part = root.path().join("part.safetensors");
+    assert_success(&new_run(&part, "2"));
+    let out = easel_command(&[
+        "train-fast",
+        "--resume",
+        s(&root.path().join("part.run")),
+        "--steps",
+        "4",
+        "-o",
+        s(&part),
+        "--device",
+        "cpu",
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    assert!(stderr(&out).contains("4 steps"), "{}", stderr(&out));
+    let (a, b) = (
+        candle_core::safetensors::load(&part, &Device::Cpu).unwrap(),
+        candle_core::safetensors::load(&straight, &Device::Cpu).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (key, t) in &a {
+        let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(t), values(&b[key]), "{key}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let root = tempfile::tempdir().unwrap();
+    let (content, styles) = data(root.path());
+    let out_file = root.path().join("out.safetensors");
+    let run = |args: &[&str]| {
+        let out = easel_command(args).output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    let missing = root.path().join("missing_vgg.pth");
+    let err = run(&[
+        "train-fast",
+        "--content",
+        s(&content),
+        "--styles",
+        s(&styles),
+        "--vgg",
+        s(&missing),
+        "-o",
+        s(&out_file),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("missing_vgg.pth"), "{err}");
+    let err = run(&[
+        "train-fast",
+        "--content",
+        s(&content),
+        "--styles",
+        s(&root.path().join("nowhere")),
+        "--vgg",
+        s(&vgg()),
+        "-o",
+        s(&out_file),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("nowhere"), "{err}");
+    let err = run(&[
+        "train-fast",
+        "--resume",
+        s(&root.path().join("no.run")),
+        "-o",
+        s(&out_file),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("--resume"), "{err}");
+}
