@@ -40,6 +40,10 @@ use crate::progress;
 
 /// The flags of `easel learn`.
 #[derive(Args, Debug)]
+#[command(
+    about = "Learn a style from a folder of artworks: fit a prompt bank by inversion through the \
+             frozen Stable Diffusion + ControlNet, written as a .bank file"
+)]
 pub struct LearnArgs {
     /// Folder of the artist's artworks (its images, not recursively).
     #[arg(value_name = "COLLECTION")]

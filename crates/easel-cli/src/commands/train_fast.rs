@@ -32,6 +32,10 @@ pub enum KindArg {
 
 /// The flags of `easel train-fast`.
 #[derive(Args, Debug)]
+#[command(
+    about = "Train a fast feed-forward stylizer (AdaIN's decoder) on folders of photos and \
+             paintings with a frozen VGG-19 encoder"
+)]
 pub struct TrainFastArgs {
     /// The network to train.
     #[arg(long, value_enum, default_value = "adain")]
