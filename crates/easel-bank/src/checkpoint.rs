@@ -14,10 +14,9 @@
 //! draws of step `s` come from a generator seeded by `(seed, s)` (see [`crate::train`]).
 //!
 //! A checkpoint is written to a temporary file beside the target, flushed to disk and renamed
-//! over it ([`write_atomic`]): a crash or error mid-write leaves the previous checkpoint whole.
+//! over it ([`easel_core::write_atomic`]): a crash or error mid-write leaves the previous checkpoint whole.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -36,31 +35,6 @@ pub const CHECKPOINT_FORMAT: &str = "easel-train-checkpoint";
 /// The creation time recorded in a checkpoint's embedded bank file (fixed, so that equal
 /// states give equal bytes).
 pub const CHECKPOINT_CREATED: &str = "1970-01-01T00:00:00Z";
-
-/// Writes `path` atomically: `write` fills a temporary file in the same folder
-/// (`.<name>.tmp`), which is flushed to disk and renamed over `path`. If `write` or any step
-/// fails, the temporary file is removed and `path` is left as it was.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<()> {
-    let Some(name) = path.file_name() else {
-        bail!("{}: not a file path", path.display())
-    };
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let result = File::create(&tmp).and_then(|mut f| {
-        write(&mut f)?;
-        f.flush()?;
-        f.sync_all()
-    });
-    let result = result.and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        // Best effort: the temporary file may not exist.
-        let _ = std::fs::remove_file(&tmp);
-        bail!("writing {}: {e}", path.display())
-    }
-    Ok(())
-}
 
 /// The optimizer moments of one bank variable.
 #[derive(Debug, Clone)]
@@ -209,7 +183,8 @@ impl Checkpoint {
             .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", run_dir.display())))?;
         let bytes = self.to_bytes()?;
         let path = run_dir.join(CHECKPOINT_FILE);
-        write_atomic(&path, |f| f.write_all(&bytes))?;
+        easel_core::write_atomic(&path, |f| f.write_all(&bytes))
+            .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))?;
         Ok(path)
     }
 

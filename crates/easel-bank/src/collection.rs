@@ -28,7 +28,6 @@ use image::{GrayImage, RgbImage};
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::write_atomic;
 use crate::train::{SplitMix, TrainConfig};
 
 /// Smallest short-side scale of a view (the crop covers the whole short side).
@@ -249,7 +248,8 @@ fn write_cache(path: &Path, latents: &Tensor, edges: &[GrayImage]) -> Result<()>
         .map(|(n, v)| Ok((n, v.map_err(candle_core::Error::wrap)?)))
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).map_err(candle_core::Error::wrap)?;
-    write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+    easel_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+        .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> candle_core::Error {

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use easel_bank::bank::Bank;
-use easel_bank::checkpoint::{write_atomic, Checkpoint, CHECKPOINT_FILE};
+use easel_bank::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use easel_bank::collection::{prepare_examples, TrainExample};
 use easel_bank::inject::init_embedding;
 use easel_bank::layout::{LayoutSpec, Slot, StageMap};
 use easel_bank::params::ParamsSpec;
 use easel_bank::preset::Preset;
 use easel_bank::train::{LrSchedule, TrainConfig, Trainer};
+use easel_core::write_atomic;
 use easel_diffusion::contexts::LayerGroups;
 use easel_pipeline::models::{load_controlnet_dir, LoadOptions, StableDiffusion};
 

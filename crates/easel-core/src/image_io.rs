@@ -7,7 +7,6 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufReader, BufWriter, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -475,13 +474,12 @@ pub fn save_image(
     inputs: &[PathBuf],
 ) -> Result<()> {
     let format = OutputFormat::from_path(out)?;
-    let (dir, name) = check_output(out, inputs, img.width(), img.height())?;
-    write_atomically(out, dir, name, |file| {
-        encode_into(file, img, format, params)
-    })
-    .map_err(|reason| Error::Write {
-        path: out.to_path_buf(),
-        reason,
+    check_output(out, inputs, img.width(), img.height())?;
+    write_atomically(out, |file| encode_into(file, img, format, params)).map_err(|reason| {
+        Error::Write {
+            path: out.to_path_buf(),
+            reason,
+        }
     })
 }
 
@@ -504,10 +502,10 @@ pub fn save_image16(
             reason: "JPEG holds 8 bits per channel; write 16-bit images to a .png file".to_string(),
         });
     }
-    let (dir, name) = check_output(out, inputs, img.width(), img.height())?;
+    check_output(out, inputs, img.width(), img.height())?;
     // PNG stores 16-bit samples big-endian.
     let bytes: Vec<u8> = img.as_raw().iter().flat_map(|v| v.to_be_bytes()).collect();
-    write_atomically(out, dir, name, |file| {
+    write_atomically(out, |file| {
         let mut w = BufWriter::new(file);
         write_png(
             &mut w,
@@ -527,13 +525,7 @@ pub fn save_image16(
 
 /// The checks shared by [`save_image`] and [`save_image16`]: not an input,
 /// non-zero size, an existing parent directory, not a directory itself.
-/// Returns the parent directory and the file name.
-fn check_output<'a>(
-    out: &'a Path,
-    inputs: &[PathBuf],
-    width: u32,
-    height: u32,
-) -> Result<(&'a Path, &'a OsStr)> {
+fn check_output(out: &Path, inputs: &[PathBuf], width: u32, height: u32) -> Result<()> {
     if is_one_of(out, inputs) {
         return Err(Error::OutputIsInput {
             path: out.to_path_buf(),
@@ -563,67 +555,19 @@ fn check_output<'a>(
     if out.is_dir() {
         return Err(write_error("it is a directory".to_string()));
     }
-    let Some(name) = out.file_name() else {
+    if out.file_name().is_none() {
         return Err(write_error("the path has no file name".to_string()));
-    };
-    Ok((dir, name))
-}
-
-/// Writes `out` via `<dir>/<name>.<random>.tmp` + fsync + rename, calling
-/// `write` to fill the temp file. On any failure the temp file is removed
-/// and the reason returned.
-fn write_atomically(
-    out: &Path,
-    dir: &Path,
-    name: &OsStr,
-    write: impl FnOnce(&File) -> std::result::Result<(), String>,
-) -> std::result::Result<(), String> {
-    let (tmp_path, tmp_file) = create_temp_file(dir, name).map_err(|e| io_reason(&e))?;
-    let written = write(&tmp_file)
-        .and_then(|()| tmp_file.sync_all().map_err(|e| io_reason(&e)))
-        .and_then(|()| fs::rename(&tmp_path, out).map_err(|e| io_reason(&e)));
-    drop(tmp_file);
-    if let Err(reason) = written {
-        // Best effort: the temp file is ours and useless now; if removing it
-        // fails too, the original error is the one worth reporting.
-        let _ = fs::remove_file(&tmp_path);
-        return Err(reason);
-    }
-    // Persist the rename itself. Not every filesystem supports syncing a
-    // directory, and the data is already safe, so failure is not an error.
-    #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
     }
     Ok(())
 }
 
-/// Creates `<dir>/<name>.<random>.tmp`, retrying on the (unlikely) clash.
-fn create_temp_file(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
-    let mut last_err = None;
-    for attempt in 0u32..16 {
-        // RandomState is seeded from OS randomness per process and varied per
-        // instance; mixing in pid, time and attempt keeps names distinct.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.write_u32(attempt);
-        if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            hasher.write_u128(t.as_nanos());
-        }
-        let mut file_name = name.to_os_string();
-        file_name.push(format!(".{:016x}.tmp", hasher.finish()));
-        let path = dir.join(file_name);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| io::Error::other("could not create a temporary file")))
+/// [`crate::write_atomic`] with `write`'s and the file system's errors as one-line reasons.
+fn write_atomically(
+    out: &Path,
+    write: impl FnOnce(&File) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    crate::atomic::write_atomic(out, |file| write(file).map_err(io::Error::other))
+        .map_err(|e| io_reason(&e))
 }
 
 fn encode_into(
@@ -830,7 +774,7 @@ mod tests {
         let out = dir.path().join("out.png");
         fs::write(&out, b"previous result").expect("write");
         let mut seen_temp = None;
-        let result = write_atomically(&out, dir.path(), OsStr::new("out.png"), |file| {
+        let result = write_atomically(&out, |file| {
             let mut file = file;
             file.write_all(b"half an ima").map_err(|e| e.to_string())?;
             seen_temp = entries(dir.path()).into_iter().find(|p| p != &out);

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod color;
 pub mod device;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod image_io;
 pub mod parameters;
 pub mod tensor;
 
+pub use atomic::write_atomic;
 pub use color::keep_colors;
 pub use device::{select_device, DeviceChoice};
 pub use error::{Error, Result};

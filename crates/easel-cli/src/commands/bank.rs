@@ -165,12 +165,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Resul
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", file_name(path), std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write {}: {e}", path.display())
-    })
+    easel_core::write_atomic(path, |f| std::io::Write::write_all(f, bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn export(a: &ExportArgs) -> Result<()> {

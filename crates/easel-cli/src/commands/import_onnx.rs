@@ -41,14 +41,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Writes through a temporary file and a rename so an interrupted run leaves no partial file.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 pub fn run(args: ImportOnnxArgs) -> Result<()> {
     let (bytes, output) = match args.network {
         Network::Arbitrary {
@@ -67,7 +59,7 @@ pub fn run(args: ImportOnnxArgs) -> Result<()> {
             (bytes, output)
         }
     };
-    write_atomic(&output, &bytes)?;
+    super::bank::write_atomic(&output, &bytes, &[])?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
 }

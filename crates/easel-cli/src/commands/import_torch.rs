@@ -58,7 +58,7 @@ pub fn run(args: ImportTorchArgs) -> Result<()> {
         ("source_sha256".to_string(), sha256),
     ];
     let out = import_adain(&bytes, &args.input.display().to_string(), part, &extra)?;
-    super::import_onnx::write_atomic(&args.output, &out)?;
+    super::bank::write_atomic(&args.output, &out, &[])?;
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())
 }

@@ -8,11 +8,10 @@
 //! [`TrainFastConfig`] as JSON). The random state needs no saving: the draws of step `s` come
 //! from a generator seeded by `(seed, s)` ([`super::data::StepRng`]).
 //!
-//! The file is written to `.<name>.tmp` beside the target, flushed to disk and renamed over it
-//! ([`write_atomic`]): a crash or error mid-write leaves the previous checkpoint whole.
+//! The file is written to a temporary file beside the target, synced to disk and renamed over
+//! it ([`easel_core::write_atomic`]): a crash or error mid-write leaves the previous checkpoint whole.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -146,7 +145,8 @@ impl Checkpoint {
             .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", run_dir.display())))?;
         let bytes = self.to_bytes()?;
         let path = run_dir.join(CHECKPOINT_FILE);
-        write_atomic(&path, |f| f.write_all(&bytes))?;
+        easel_core::write_atomic(&path, |f| f.write_all(&bytes))
+            .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))?;
         Ok(path)
     }
 
@@ -183,29 +183,4 @@ pub(crate) fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
         .flatten_all()?
         .to_vec1::<f32>()?;
     Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-}
-
-/// Writes `path` atomically: `write` fills a temporary file in the same folder
-/// (`.<name>.tmp`), which is flushed to disk and renamed over `path`. If anything fails, the
-/// temporary file is removed and `path` is left as it was.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<()> {
-    let Some(name) = path.file_name() else {
-        bail!("{}: not a file path", path.display())
-    };
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let result = File::create(&tmp).and_then(|mut f| {
-        write(&mut f)?;
-        f.flush()?;
-        f.sync_all()
-    });
-    let result = result.and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        // Best effort: the temporary file may not exist.
-        let _ = std::fs::remove_file(&tmp);
-        bail!("writing {}: {e}", path.display())
-    }
-    Ok(())
 }
