@@ -54,11 +54,14 @@ fn all_workloads_report_positive_finite_figures() {
             "vae-encode",
             "vae-decode",
             "stylize",
-            "learn"
+            "learn",
+            "adain",
+            "transformer"
         ]
     );
     for w in workloads {
         let name = w["name"].as_str().unwrap();
+        assert_eq!(w["dtype"], "f32", "{name}");
         let min = positive(&w["min_ms"], &format!("{name}.min_ms"));
         let median = positive(&w["median_ms"], &format!("{name}.median_ms"));
         let p90 = positive(&w["p90_ms"], &format!("{name}.p90_ms"));
@@ -82,6 +85,22 @@ fn all_workloads_report_positive_finite_figures() {
             "{name}: {}",
             w["memory_kind"]
         );
+    }
+}
+
+/// The fast stylizers alone, in the order asked, with their dtype (the transformer's is f32
+/// whatever --dtype says: `bench_fast`'s unit test; the CPU takes only f32).
+#[test]
+fn fast_workloads_run_alone_and_report_their_dtype() {
+    let report = bench(&["--workload", "transformer,adain"]);
+    let workloads = report["workloads"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = workloads
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), w["dtype"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [("transformer", "f32"), ("adain", "f32")]);
+    for w in workloads {
+        positive(&w["median_ms"], "median_ms");
     }
 }
 

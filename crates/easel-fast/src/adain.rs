@@ -82,17 +82,21 @@ impl Config {
 
 /// Per-channel mean and standard deviation over the spatial dims of `[N, C, H, W]` features, as
 /// the repo's `calc_mean_std`: unbiased variance (divided by `H·W − 1`) plus [`EPS`], then the
-/// square root. Both are `[N, C, 1, 1]`. Needs `H·W ≥ 2`.
+/// square root. Both are `[N, C, 1, 1]` in `feat`'s dtype. Needs `H·W ≥ 2`.
+///
+/// Sums run in f32 whatever `feat`'s dtype: at relu4_1 a channel's squared deviations summed
+/// over a 64×64 map overflow f16 (largest value 65504).
 pub fn calc_mean_std(feat: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, c, h, w) = feat.dims4()?;
     if h * w < 2 {
         bail!("calc_mean_std needs at least 2 feature pixels, got {h}x{w}")
     }
-    let flat = feat.reshape((n, c, h * w))?;
+    let flat = feat.reshape((n, c, h * w))?.to_dtype(DType::F32)?;
     let mean = flat.mean_keepdim(D::Minus1)?;
     let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (h * w - 1) as f64)?;
     let std = (var + EPS)?.sqrt()?;
-    Ok((mean.reshape((n, c, 1, 1))?, std.reshape((n, c, 1, 1))?))
+    let out = |t: Tensor| t.reshape((n, c, 1, 1))?.to_dtype(feat.dtype());
+    Ok((out(mean)?, out(std)?))
 }
 
 /// AdaIN: `content_feat` normalised per channel, then given the mean and standard deviation of
@@ -197,7 +201,12 @@ impl AdaIN {
             widths: cfg.widths,
             depth: Layer::Relu4_1,
         };
-        let native = if vgg.device().is_cpu() && decoder.device().is_cpu() {
+        // The native kernels are f32-only; other dtypes run on candle ops.
+        let native = if vgg.device().is_cpu()
+            && decoder.device().is_cpu()
+            && vgg.dtype() == DType::F32
+            && decoder.dtype() == DType::F32
+        {
             let nets = (
                 NativeNet::encoder(&vgg, cfg)?,
                 NativeNet::decoder(&decoder, cfg)?,
@@ -262,7 +271,8 @@ impl AdaIN {
     ///   exactly two styles: the first where the mask is ≥ 0.5 (after 8×8 block averaging at
     ///   feature resolution), the second elsewhere; the weights are not used.
     ///
-    /// Returns `[1, 3, H, W]`, not clamped.
+    /// Runs in the weights' dtype (f32 on the native CPU path; f16/bf16 on CUDA) with the
+    /// feature statistics in f32. Returns `[1, 3, H, W]` in the weights' dtype, not clamped.
     pub fn stylize(
         &self,
         content: &Tensor,
@@ -301,7 +311,7 @@ impl AdaIN {
             }
         }
         let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
-        let padded = reflect_pad(&content.to_dtype(DType::F32)?, 0, ph, 0, pw)?;
+        let padded = reflect_pad(&content.to_dtype(self.encoder.dtype())?, 0, ph, 0, pw)?;
         let content_f = self.encode(&padded)?;
         let style_fs = styles
             .iter()
@@ -364,6 +374,9 @@ fn feature_mask(mask: &Tensor, (h, w): (usize, usize), (ph, pw): (usize, usize))
 /// pixels only) to `fg`'s statistics, and of the background pixels to `bg`'s. A region of one
 /// pixel has variance 0; an empty region contributes nothing.
 fn spatial_adain(content_f: &Tensor, fg: &Tensor, bg: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    // Region statistics in f32 (f16 sums overflow, see `calc_mean_std`).
+    let dtype = content_f.dtype();
+    let content_f = &content_f.to_dtype(DType::F32)?;
     let mut out = content_f.zeros_like()?;
     for (region, style_f) in [(mask.clone(), fg), ((1.0 - mask)?, bg)] {
         let count = region.sum_all()?.to_scalar::<f32>()? as f64;
@@ -375,12 +388,12 @@ fn spatial_adain(content_f: &Tensor, fg: &Tensor, bg: &Tensor, mask: &Tensor) ->
         let centered = content_f.broadcast_sub(&mean)?;
         let var = (sum(&centered.sqr()?)? / (count - 1.0).max(1.0))?;
         let std = (var + EPS)?.sqrt()?;
-        let (s_mean, s_std) = calc_mean_std(style_f)?;
+        let (s_mean, s_std) = calc_mean_std(&style_f.to_dtype(DType::F32)?)?;
         let y = centered
             .broadcast_div(&std)?
             .broadcast_mul(&s_std)?
             .broadcast_add(&s_mean)?;
         out = (out + y.broadcast_mul(&region)?)?;
     }
-    Ok(out)
+    out.to_dtype(dtype)
 }

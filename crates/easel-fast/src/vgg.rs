@@ -167,6 +167,8 @@ enum Step {
 pub struct VggEncoder {
     steps: Vec<Step>,
     depth: Layer,
+    /// The weights' dtype, which inputs are converted to.
+    dtype: DType,
 }
 
 impl VggEncoder {
@@ -198,6 +200,7 @@ impl VggEncoder {
                     return Ok(Self {
                         steps,
                         depth: cfg.depth,
+                        dtype: vb.dtype(),
                     });
                 }
                 steps.push(Step::Conv {
@@ -211,12 +214,18 @@ impl VggEncoder {
         Ok(Self {
             steps,
             depth: cfg.depth,
+            dtype: vb.dtype(),
         })
     }
 
     /// The deepest layer this encoder was built to.
     pub fn depth(&self) -> Layer {
         self.depth
+    }
+
+    /// The weights' dtype (inputs are converted to it).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Runs `x` (`[N, 3, H, W]` RGB in [0, 1]) up to `layer` and returns its activation.
@@ -279,7 +288,7 @@ impl VggEncoder {
                 last.name()
             )
         }
-        let mut x = x.to_dtype(DType::F32)?;
+        let mut x = x.to_dtype(self.dtype)?;
         let mut next = Layer::ALL.iter().copied();
         let mut want = next.next();
         for step in &self.steps {

@@ -1,7 +1,8 @@
 //! `easel bench`: time the diffusion workloads (UNet step with guidance, ControlNet + UNet step,
-//! VAE encode and decode, a whole stylization, a prompt-bank training step) and measure their
-//! peak memory, on the weights of `--sd` / `--controlnet` or on seeded random weights of
-//! SD 1.5's shapes (`--config sd15|tiny`).
+//! VAE encode and decode, a whole stylization, a prompt-bank training step) and the fast
+//! stylizers (AdaIN, StyTr²), and measure their peak memory, on the weights of `--sd` /
+//! `--controlnet` or on seeded random weights of SD 1.5's (and the published fast networks')
+//! shapes (`--config sd15|tiny`).
 //!
 //! Each workload's inputs are made once; then `--warmup` untimed calls and `--runs` timed calls,
 //! each between two device synchronisations (easel-pipeline's `bench` module documents the
@@ -32,17 +33,20 @@ use easel_pipeline::models::{check_dtype, LoadOptions, StableDiffusion};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::bench_fast::{fast_workload, FastWorkload};
 use super::stylize_diffusion::{load_models_with_slicing, parse_dtype, DiffusionArgs};
 use crate::progress;
 
 /// Time the diffusion workloads (UNet, ControlNet, VAE, a whole stylization, a prompt-bank
-/// training step) and measure their peak memory, on given or seeded random SD 1.5 weights
+/// training step) and the fast stylizers, and measure their peak memory, on given or seeded
+/// random weights
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run, comma-separated: unet-cfg (UNet step with guidance, batch 2),
     /// unet-controlnet (ControlNet + UNet step, batch 2), vae-encode, vae-decode, stylize (35
     /// DDIM steps of ControlNet + UNet, VAE and CLIP), learn (one prompt-bank training step,
-    /// batch 1) or all.
+    /// batch 1), adain (one AdaIN stylization: photo and painting --size², published network
+    /// with random weights), transformer (one StyTr² stylization, likewise; f32 only) or all.
     #[arg(
         long,
         value_name = "NAMES",
@@ -91,7 +95,8 @@ pub struct BenchArgs {
     offline: bool,
 
     /// Shapes of the random weights used without --sd: sd15 (Stable Diffusion 1.5 and its
-    /// ControlNet) or tiny (the small test models, for quick checks).
+    /// ControlNet; the published AdaIN and StyTr² networks) or tiny (the small test models, for
+    /// quick checks).
     #[arg(
         long,
         value_name = "NAME",
@@ -135,6 +140,8 @@ pub struct BenchArgs {
 #[derive(Serialize)]
 struct WorkloadReport {
     name: &'static str,
+    /// The dtype it ran in (the transformer runs in f32 whatever --dtype says).
+    dtype: &'static str,
     median_ms: f64,
     min_ms: f64,
     p90_ms: f64,
@@ -166,15 +173,52 @@ fn slicing_name(slicing: AttentionSlicing) -> String {
     }
 }
 
+/// A workload of `easel bench`: the diffusion pipeline's or a fast stylizer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BenchWorkload {
+    Diffusion(Workload),
+    Fast(FastWorkload),
+}
+
+impl BenchWorkload {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Diffusion(w) => w.name(),
+            Self::Fast(w) => w.name(),
+        }
+    }
+
+    /// The diffusion workloads, then the fast ones.
+    fn all() -> Vec<Self> {
+        let diffusion = Workload::ALL.into_iter().map(Self::Diffusion);
+        diffusion
+            .chain(FastWorkload::ALL.into_iter().map(Self::Fast))
+            .collect()
+    }
+
+    fn parse(name: &str) -> Result<Self> {
+        if let Some(w) = FastWorkload::parse(name) {
+            return Ok(Self::Fast(w));
+        }
+        match Workload::parse(name) {
+            Ok(w) => Ok(Self::Diffusion(w)),
+            Err(e) => bail!(
+                "--workload: {e} (or a fast stylizer: {})",
+                FastWorkload::ALL.map(|w| w.name()).join(", ")
+            ),
+        }
+    }
+}
+
 /// The workloads named by `--workload`, in the order given (`all` expands in place).
-fn workloads(names: &[String]) -> Result<Vec<Workload>> {
-    let mut out: Vec<Workload> = Vec::new();
+fn workloads(names: &[String]) -> Result<Vec<BenchWorkload>> {
+    let mut out: Vec<BenchWorkload> = Vec::new();
     for name in names {
         let name = name.trim();
-        let add: Vec<Workload> = if name == "all" {
-            Workload::ALL.to_vec()
+        let add: Vec<BenchWorkload> = if name == "all" {
+            BenchWorkload::all()
         } else {
-            vec![Workload::parse(name).map_err(|e| anyhow::anyhow!("--workload: {e}"))?]
+            vec![BenchWorkload::parse(name)?]
         };
         for w in add {
             if !out.contains(&w) {
@@ -230,10 +274,7 @@ fn learn_step(sd: &StableDiffusion, size: usize, seed: u64) -> Result<Trainer> {
 }
 
 /// Runs the `--parity` check; fails when an output is off by more than the tolerance.
-fn parity(sd: &StableDiffusion, args: &BenchArgs) -> Result<Option<Value>> {
-    let Some(path) = &args.parity else {
-        return Ok(None);
-    };
+fn parity(sd: &StableDiffusion, path: &std::path::Path, args: &BenchArgs) -> Result<Value> {
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("--parity {}", path.display()))?;
     let outputs =
@@ -273,7 +314,7 @@ fn parity(sd: &StableDiffusion, args: &BenchArgs) -> Result<Option<Value>> {
             args.parity_tol
         );
     }
-    Ok(Some(value))
+    Ok(value)
 }
 
 fn gib(bytes: Option<u64>) -> String {
@@ -310,6 +351,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     check_dtype(&device, dtype)?;
     let slicing = attention_slicing(args.attention_chunk, args.size);
 
+    // The diffusion models are built only when a diffusion workload or --parity needs them.
+    let needs_sd = args.parity.is_some()
+        || list
+            .iter()
+            .any(|w| matches!(w, BenchWorkload::Diffusion(_)));
     let loading = Instant::now();
     let (sd, weights) = match (&args.sd, preset) {
         (Some(sd), _) => {
@@ -326,12 +372,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "sd": sd,
                 "controlnet": args.controlnet,
             });
-            (models.sd, weights)
+            (Some(models.sd), weights)
         }
         (None, Some(preset)) => {
-            let opts = LoadOptions::new(device.clone(), dtype)?.with_attention_slicing(slicing);
-            let sd =
-                random_models(preset, args.seed, &opts).context("building the random models")?;
+            let sd = if needs_sd {
+                let opts = LoadOptions::new(device.clone(), dtype)?.with_attention_slicing(slicing);
+                Some(
+                    random_models(preset, args.seed, &opts)
+                        .context("building the random models")?,
+                )
+            } else {
+                None
+            };
             let weights = json!({ "kind": "random", "config": preset.name(), "seed": args.seed });
             (sd, weights)
         }
@@ -340,7 +392,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     device.synchronize()?;
     let load_s = loading.elapsed().as_secs_f64();
 
-    let parity = parity(&sd, &args)?;
+    let parity = match (&sd, &args.parity) {
+        (Some(sd), Some(path)) => Some(parity(sd, path, &args)?),
+        _ => None,
+    };
 
     let settings = WorkloadSettings {
         size: args.size,
@@ -351,16 +406,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for workload in list {
         let bar = progress::bar((args.warmup + args.runs) as u64, workload.name());
         let probe = MemoryProbe::start(&device)?;
+        let mut run_dtype = dtype;
         let samples = {
             let mut trainer;
-            let mut call: Box<dyn FnMut() -> candle_core::Result<()> + '_> = match workload {
-                Workload::Learn => {
-                    trainer = learn_step(&sd, args.size, args.seed)
+            let mut call: Box<dyn FnMut() -> candle_core::Result<()> + '_> = match (workload, &sd) {
+                (BenchWorkload::Fast(w), _) => {
+                    run_dtype = w.dtype(dtype);
+                    // With --sd the fast networks keep their published sizes.
+                    let shapes = preset.unwrap_or(ModelPreset::Sd15);
+                    fast_workload(w, shapes, args.size, dtype, args.seed, &device)
+                        .with_context(|| format!("preparing the {} workload", w.name()))?
+                }
+                (BenchWorkload::Diffusion(Workload::Learn), Some(sd)) => {
+                    trainer = learn_step(sd, args.size, args.seed)
                         .context("preparing the learn workload")?;
                     Box::new(move || trainer.train_step().map(|_| ()))
                 }
-                w => model_workload(&sd, w, &settings)
+                (BenchWorkload::Diffusion(w), Some(sd)) => model_workload(sd, w, &settings)
                     .with_context(|| format!("preparing the {} workload", w.name()))?,
+                (BenchWorkload::Diffusion(w), None) => {
+                    bail!("internal error: no models for the {} workload", w.name())
+                }
             };
             let mut ticking = || {
                 let r = call();
@@ -375,6 +441,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let stats = Stats::of(&samples)?;
         reports.push(WorkloadReport {
             name: workload.name(),
+            dtype: run_dtype.as_str(),
             median_ms: stats.median_ms,
             min_ms: stats.min_ms,
             p90_ms: stats.p90_ms,
@@ -427,13 +494,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "{:<16} {:>11} {:>11} {:>11} {:>12} {:>14}",
-        "workload", "median ms", "min ms", "p90 ms", "peak memory", "device (smi)"
+        "{:<16} {:>6} {:>11} {:>11} {:>11} {:>12} {:>14}",
+        "workload", "dtype", "median ms", "min ms", "p90 ms", "peak memory", "device (smi)"
     );
     for r in &reports {
         println!(
-            "{:<16} {:>11.2} {:>11.2} {:>11.2} {:>12} {:>14}",
+            "{:<16} {:>6} {:>11.2} {:>11.2} {:>11.2} {:>12} {:>14}",
             r.name,
+            r.dtype,
             r.median_ms,
             r.min_ms,
             r.p90_ms,
@@ -454,14 +522,26 @@ mod tests {
     #[test]
     fn workload_lists_expand_and_deduplicate() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(workloads(&names(&["all"])).unwrap(), Workload::ALL.to_vec());
+        let all = workloads(&names(&["all"])).unwrap();
+        assert_eq!(all.len(), Workload::ALL.len() + FastWorkload::ALL.len());
+        assert_eq!(all[0], BenchWorkload::Diffusion(Workload::UnetCfg));
         assert_eq!(
-            workloads(&names(&["vae-decode", "unet-cfg", "vae-decode"])).unwrap(),
-            vec![Workload::VaeDecode, Workload::UnetCfg]
+            all.last(),
+            Some(&BenchWorkload::Fast(FastWorkload::Transformer))
+        );
+        assert_eq!(
+            workloads(&names(&["vae-decode", "adain", "unet-cfg", "vae-decode"])).unwrap(),
+            vec![
+                BenchWorkload::Diffusion(Workload::VaeDecode),
+                BenchWorkload::Fast(FastWorkload::Adain),
+                BenchWorkload::Diffusion(Workload::UnetCfg)
+            ]
         );
         let err = workloads(&names(&["unet"])).unwrap_err().to_string();
         assert!(
-            err.contains("unknown workload \"unet\"") && err.contains("unet-cfg"),
+            err.contains("unknown workload \"unet\"")
+                && err.contains("unet-cfg")
+                && err.contains("adain, transformer"),
             "{err}"
         );
     }

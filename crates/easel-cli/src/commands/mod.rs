@@ -2,6 +2,7 @@
 
 pub mod bank;
 pub mod bench;
+pub mod bench_fast;
 pub mod controlnet_registry;
 pub mod import_onnx;
 pub mod import_torch;

@@ -19,11 +19,16 @@ pub fn fixtures() -> Result<HashMap<String, Tensor>> {
 }
 
 pub fn checkpoint(file: &str) -> Result<VarBuilder<'static>> {
+    checkpoint_as(file, DType::F32)
+}
+
+/// [`checkpoint`] with the weights converted to `dtype`.
+pub fn checkpoint_as(file: &str, dtype: DType) -> Result<VarBuilder<'static>> {
     let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
     let tensors = read_torch_checkpoint(&std::fs::read(path)?, file)?;
     Ok(VarBuilder::from_tensors(
         tensors.into_iter().collect(),
-        DType::F32,
+        dtype,
         &Device::Cpu,
     ))
 }
