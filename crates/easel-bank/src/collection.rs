@@ -232,7 +232,7 @@ fn write_cache(path: &Path, latents: &Tensor, edges: &[GrayImage]) -> Result<()>
         .iter()
         .flat_map(|e| e.as_raw().iter().copied())
         .collect();
-    let latent_bytes = crate::file::f32_bytes(latents)?;
+    let latent_bytes = easel_core::training::f32_bytes(latents)?;
     let views = [
         (
             "edges",

@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_core::training::f32_bytes;
 use safetensors::SafeTensors;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -256,12 +257,6 @@ pub fn base_model_hash<'a>(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// The values of `t` as f32 little-endian bytes, row-major.
-pub(crate) fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// safetensors bytes of `tensors` (stored as f32, in the given order) with `meta`.

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{bail, DType, Result, Tensor, Var};
+use easel_core::training::Adam;
 use easel_diffusion::contexts::UNetContexts;
 use easel_diffusion::controlnet::ControlNetModel;
 use easel_diffusion::unet::UNet2DConditionModel;
@@ -153,23 +154,20 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("training: lr must be positive, got {}", self.lr)
         }
-        let (b1, b2) = self.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            bail!("training: betas must be in [0, 1), got ({b1}, {b2})")
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            bail!("training: eps must be positive, got {}", self.eps)
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!(
-                "training: weight_decay must be >= 0, got {}",
-                self.weight_decay
-            )
-        }
+        self.adam().validate("training")?;
         if !self.control_scale.is_finite() {
             bail!("training: control_scale must be finite")
         }
         Ok(())
+    }
+
+    /// The optimizer: AdamW with these betas, eps and weight decay.
+    pub fn adam(&self) -> Adam {
+        Adam {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
     }
 
     /// The learning rate of the update made at step `step` (0-based).
@@ -641,13 +639,9 @@ impl Trainer {
         })
     }
 
-    /// PyTorch's AdamW: `p ← p·(1 − lr·wd) − lr · m̂ / (√v̂ + eps)`.
+    /// One AdamW update of every bank variable ([`easel_core::training::Adam`]).
     fn apply_adamw(&mut self, grads: &[(String, Tensor)], lr: f64) -> Result<()> {
-        let cfg = &self.config;
-        let (b1, b2) = cfg.betas;
-        let t = (self.step + 1) as i32;
-        let correct1 = 1.0 - b1.powi(t);
-        let correct2 = 1.0 - b2.powi(t);
+        let adam = self.config.adam();
         let vars = self.conditioner.bank().params().vars();
         for (((name, var), (gname, g)), moments) in
             vars.iter().zip(grads).zip(self.moments.iter_mut())
@@ -658,20 +652,7 @@ impl Trainer {
                     moments.name
                 )
             }
-            let g = g.to_dtype(DType::F32)?;
-            let m = (moments.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            let v = (moments.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let m_hat = m.affine(1.0 / correct1, 0.0)?;
-            let denom = v
-                .affine(1.0 / correct2, 0.0)?
-                .sqrt()?
-                .affine(1.0, cfg.eps)?;
-            let p = var.as_tensor().detach();
-            let p = (p.affine(1.0 - lr * cfg.weight_decay, 0.0)?
-                - (m_hat / denom)?.affine(lr, 0.0)?)?;
-            var.set(&p)?;
-            moments.m = m;
-            moments.v = v;
+            adam.update(self.step + 1, lr, var, g, (&mut moments.m, &mut moments.v))?;
         }
         Ok(())
     }

@@ -33,8 +33,10 @@ use serde::{Deserialize, Serialize};
 use crate::adain::{self, adaptive_instance_normalization, Decoder};
 use crate::losses::{adain_loss, LossWeights};
 use crate::vgg::{self, Layer, VggEncoder};
-use checkpoint::{f32_bytes, serialize, Checkpoint, Moments};
+use checkpoint::{Checkpoint, Moments};
 use data::{batch_tensor, center_square, core_err, ImageSet, StepRng};
+use easel_core::training::{f32_bytes, safetensors_bytes, Adam};
+use safetensors::Dtype;
 
 /// Photos and paintings in a sample grid (at most; fewer when a folder has fewer).
 pub const SAMPLE_COUNT: usize = 3;
@@ -152,14 +154,17 @@ impl TrainFastConfig {
         if !(self.lr_decay.is_finite() && self.lr_decay >= 0.0) {
             bail!("train-fast: lr_decay must be >= 0, got {}", self.lr_decay)
         }
-        let (b1, b2) = self.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            bail!("train-fast: betas must be in [0, 1), got ({b1}, {b2})")
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            bail!("train-fast: eps must be positive, got {}", self.eps)
-        }
+        self.adam().validate("train-fast")?;
         self.weights.validate()
+    }
+
+    /// The optimizer: Adam, no weight decay.
+    pub fn adam(&self) -> Adam {
+        Adam {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: 0.0,
+        }
     }
 
     /// The learning rate of the update made at step `step` (0-based).
@@ -444,25 +449,12 @@ impl FastTrainer {
         )?;
         let grads = terms.total.backward()?;
         let lr = self.config.lr_at(step);
-        let (b1, b2) = self.config.betas;
-        let t = (step + 1) as i32;
-        let correct1 = 1.0 - b1.powi(t);
-        let correct2 = 1.0 - b2.powi(t);
+        let adam = self.config.adam();
         for ((name, var), moments) in self.params.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 bail!("train-fast: no gradient reached {name}")
             };
-            // PyTorch's Adam: p ← p − lr · m̂ / (√v̂ + eps).
-            let m = (moments.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            let v = (moments.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let denom = v
-                .affine(1.0 / correct2, 0.0)?
-                .sqrt()?
-                .affine(1.0, self.config.eps)?;
-            let update = (m.affine(1.0 / correct1, 0.0)? / denom)?.affine(lr, 0.0)?;
-            var.set(&(var.as_tensor().detach() - update)?)?;
-            moments.m = m;
-            moments.v = v;
+            adam.update(step + 1, lr, var, g, (&mut moments.m, &mut moments.v))?;
         }
         self.step += 1;
         let scalar = |t: &Tensor| t.to_dtype(DType::F32)?.to_scalar::<f32>();
@@ -502,7 +494,10 @@ impl FastTrainer {
         let data = self
             .params
             .iter()
-            .map(|(name, var)| Ok((name.clone(), var.dims().to_vec(), f32_bytes(var)?)))
+            .map(|(name, var)| {
+                let bytes = f32_bytes(var)?;
+                Ok((name.clone(), Dtype::F32, var.dims().to_vec(), bytes))
+            })
             .collect::<Result<Vec<_>>>()?;
         let config = serde_json::to_string(&self.config).map_err(candle_core::Error::wrap)?;
         let meta = HashMap::from([
@@ -510,7 +505,7 @@ impl FastTrainer {
             ("steps".to_string(), self.step.to_string()),
             ("config".to_string(), config),
         ]);
-        serialize(&data, meta)
+        safetensors_bytes(&data, meta)
     }
 
     /// The sample grid with the current weights: `(1 + photos) × (1 + paintings)` cells of
