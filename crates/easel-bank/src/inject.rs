@@ -12,6 +12,7 @@ use candle_core::{bail, Device, Result, Tensor};
 use easel_diffusion::clip::{ClipTextModel, Placeholder};
 use easel_diffusion::contexts::{CrossAttentionLayout, UNetContexts};
 use easel_diffusion::tokenizer::ClipTokenizer;
+use easel_pipeline::models::StableDiffusion;
 
 use crate::bank::Bank;
 use crate::params::{slot_rows, InitEmbedding};
@@ -136,6 +137,21 @@ impl BankConditioner {
             cache: vec![None; bank.layout().stages()],
             bank,
         })
+    }
+
+    /// [`BankConditioner::new`] with `sd`'s text encoder, tokenizer and UNet layout.
+    pub fn for_model(
+        sd: &StableDiffusion,
+        bank: Bank,
+        options: &ConditionerOptions,
+    ) -> Result<Self> {
+        Self::new(
+            sd.text_encoder.clone(),
+            &sd.tokenizer,
+            bank,
+            &sd.unet.cross_attention_layout(),
+            options,
+        )
     }
 
     /// The bank.

@@ -377,13 +377,7 @@ impl Trainer {
             num_train_timesteps: config.num_train_timesteps,
             ..ConditionerOptions::default()
         };
-        let conditioner = BankConditioner::new(
-            sd.text_encoder.clone(),
-            &sd.tokenizer,
-            bank,
-            &sd.unet.cross_attention_layout(),
-            &options,
-        )?;
+        let conditioner = BankConditioner::for_model(sd, bank, &options)?;
         Ok(Self {
             conditioner,
             unet: sd.unet.clone(),

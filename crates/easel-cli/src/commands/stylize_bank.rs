@@ -52,13 +52,7 @@ impl BankConditioning {
             num_train_timesteps: sd.scheduler_config.num_train_timesteps,
             ..ConditionerOptions::default()
         };
-        let conditioner = BankConditioner::new(
-            sd.text_encoder.clone(),
-            &sd.tokenizer,
-            bank,
-            &sd.unet.cross_attention_layout(),
-            &options,
-        )?;
+        let conditioner = BankConditioner::for_model(sd, bank, &options)?;
         Ok(Self { conditioner })
     }
 }
@@ -183,14 +177,8 @@ pub fn prepare(
         num_train_timesteps: sd.scheduler_config.num_train_timesteps,
         template,
     };
-    let conditioner = BankConditioner::new(
-        sd.text_encoder.clone(),
-        &sd.tokenizer,
-        bank,
-        &sd.unet.cross_attention_layout(),
-        &options,
-    )
-    .map_err(|e| anyhow::anyhow!("bank {file_name}: {e}"))?;
+    let conditioner = BankConditioner::for_model(sd, bank, &options)
+        .map_err(|e| anyhow::anyhow!("bank {file_name}: {e}"))?;
     Ok(BankRun {
         conditioning: BankConditioning { conditioner },
         prompt: recorded,
