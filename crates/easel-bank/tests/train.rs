@@ -1,7 +1,9 @@
 //! The `learn` trainer on the tiny random SD 1.x + ControlNet of easel-pipeline's fixtures
 //! (`crates/easel-pipeline/tests/fixtures/tiny-sd`, `tiny-controlnet`, written by
 //! `tools/ref/pipeline_ref.py`) and four 72–88 px crops of Van Gogh paintings
-//! (`tests/fixtures/collection`), CPU, f32, 64 px views, fixed seeds.
+//! (`tests/fixtures/collection`), CPU, f32, 64 px views, fixed seeds. The loss-drop test swaps
+//! in a UNet trained to depend on its context (`tests/fixtures/tiny-sd-trained-unet`, written
+//! by `tools/ref/tiny_trained_unet.py`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +13,13 @@ use easel_bank::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use easel_bank::collection::{prepare_examples, TrainExample};
 use easel_bank::inject::init_embedding;
 use easel_bank::layout::{LayoutSpec, Slot, StageMap};
-use easel_bank::params::ParamsSpec;
+use easel_bank::params::{InitEmbedding, ParamsSpec};
 use easel_bank::preset::Preset;
 use easel_bank::train::{LrSchedule, TrainConfig, Trainer};
 use easel_core::write_atomic;
 use easel_diffusion::contexts::LayerGroups;
+use easel_diffusion::unet::UNet2DConditionModel;
+use easel_diffusion::weights::unet_config_from_diffusers_json;
 use easel_pipeline::models::{load_controlnet_dir, LoadOptions, StableDiffusion};
 
 fn fixtures() -> PathBuf {
@@ -27,6 +31,29 @@ fn models() -> StableDiffusion {
     let sd = StableDiffusion::from_diffusers_dir(&fixtures().join("tiny-sd"), &opts).unwrap();
     let cn = load_controlnet_dir(&fixtures().join("tiny-controlnet"), &opts).unwrap();
     sd.with_controlnet(cn)
+}
+
+fn trained_unet_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd-trained-unet")
+}
+
+/// [`models`] with the UNet of `tiny-sd-trained-unet`: the same config as tiny-sd's, trained
+/// (`tools/ref/tiny_trained_unet.py`) so that on the collection its ε-loss is small with a
+/// "style" context and larger by about the square of a per-context bias with any other (the
+/// init word's included).
+fn trained_models() -> StableDiffusion {
+    let dir = trained_unet_dir();
+    let json = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = unet_config_from_diffusers_json(&json).unwrap();
+    let weights = candle_core::safetensors::load(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    let mut sd = models();
+    sd.unet = UNet2DConditionModel::new(vb, &config).unwrap();
+    sd
 }
 
 fn collection() -> Vec<image::RgbImage> {
@@ -63,6 +90,12 @@ fn config(steps: usize) -> TrainConfig {
 
 /// A direct bank of `stages` stages × down/mid/up × 2 tokens from "painting".
 fn bank(sd: &StableDiffusion, stages: usize) -> Bank {
+    let init = init_embedding(&sd.text_encoder, &sd.tokenizer, "painting").unwrap();
+    bank_from(sd, stages, &init)
+}
+
+/// A direct bank of `stages` stages × down/mid/up × 2 tokens, every slot = `init`'s rows.
+fn bank_from(sd: &StableDiffusion, stages: usize, init: &InitEmbedding) -> Bank {
     let mut p = Preset::builtin("lsast").unwrap();
     p.layout = LayoutSpec {
         stages,
@@ -71,9 +104,8 @@ fn bank(sd: &StableDiffusion, stages: usize) -> Bank {
         stage_map: StageMap::Uniform,
     };
     p.params = ParamsSpec::Direct {};
-    let init = init_embedding(&sd.text_encoder, &sd.tokenizer, "painting").unwrap();
     let layout = sd.unet.cross_attention_layout();
-    Bank::from_preset(&p, &layout, "painting", &init, 0, &Device::Cpu).unwrap()
+    Bank::from_preset(&p, &layout, "painting", init, 0, &Device::Cpu).unwrap()
 }
 
 fn examples(sd: &StableDiffusion, cfg: &TrainConfig) -> Vec<TrainExample> {
@@ -119,20 +151,71 @@ fn state(tr: &Trainer) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// 50 steps on 4 artworks × 4 views. The step's draws (timesteps, views, noise) depend only on
-/// (seed, step), so a run at lr 1e-12 sees the very same samples without learning: against
-/// it the learning shows free of sampling noise. Measured: first-10 mean 1.190, last-10 mean
-/// 1.162 (ratio 0.976), frozen last-10 1.178; 48 of the 49 learning steps are below their
-/// frozen twin. The brief's 0.9 ratio is out of reach: the tiny random UNet's error barely
-/// depends on its contexts (scaling its cross-attention outputs ×10 only reaches 0.95). Scaling
-/// the UNet's `attn2.to_out.0` weights ×30 / ×100 gives 0.972 / 0.977 (first-10 1.14 / 1.13):
-/// the group norms after each attention normalise the context's share away, and with the loss
-/// floor near 1.0 (ε's variance, which a random model cannot predict) 0.9 needs a model that
-/// can actually predict ε from the right context.
+/// The fixture's UNet, as easel runs it, keeps the context dependence it was trained for: on
+/// the same draws, a bank holding the script's style vectors (`style.safetensors`) has a far
+/// lower loss than one holding "painting"'s token embeddings, which are the script's too.
+#[test]
+fn trained_unet_fixture_prefers_its_style_context() {
+    let sd = trained_models();
+    let cfg = config(10);
+    let ex = examples(&sd, &cfg);
+    let vectors =
+        candle_core::safetensors::load(trained_unet_dir().join("style.safetensors"), &Device::Cpu)
+            .unwrap();
+    let painting = init_embedding(&sd.text_encoder, &sd.tokenizer, "painting").unwrap();
+    let diff = (painting.rows() - &vectors["painting"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff < 1e-6,
+        "the script's painting embedding differs by {diff}"
+    );
+    let style = InitEmbedding::new(vectors["style"].clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let loss = |init: &InitEmbedding| {
+        let tr = Trainer::new(
+            &sd,
+            bank_from(&sd, 3, init),
+            ex.clone(),
+            cfg.clone(),
+            dir.path(),
+        )
+        .unwrap();
+        mean(
+            &(0..10)
+                .map(|s| tr.gradients(s).unwrap().loss)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (at_style, at_painting) = (loss(&style), loss(&painting));
+    println!("style {at_style} painting {at_painting}");
+    assert!(
+        at_style < 0.3 * at_painting,
+        "style {at_style} vs painting {at_painting}"
+    );
+}
+
+/// The criterion: 50 steps on 4 artworks × 4 views with the trained UNet, from
+/// "painting": the mean loss of the last 10 steps is below 0.9 × that of the first 10. The
+/// step's draws (timesteps, views, noise) depend only on (seed, step), so a run at lr 1e-12
+/// sees the very same samples without learning: against it the learning shows free of sampling
+/// noise. Measured (lr 2e-3): first-10 mean 0.0845, last-10 mean 0.0157 (ratio 0.186; the
+/// step losses fall from 0.185 to about 0.01 within ~20 steps), frozen last-10 0.208; all 49
+/// learning steps after the first are below their frozen twin (the last 10 by ×0.17 or more).
+/// Also passes at lr 1e-3 / 5e-3 / 0.1 (ratios 0.12 / 0.26 / 0.12). On the random tiny-sd UNet
+/// the ratio was only 0.976: its error barely depends on the context and cannot predict ε.
 #[test]
 fn training_loss_drops_against_the_same_draws_without_learning() {
-    let sd = models();
-    let cfg = config(50);
+    let sd = trained_models();
+    let cfg = TrainConfig {
+        lr: 2e-3,
+        ..config(50)
+    };
     let ex = examples(&sd, &cfg);
     let dir = tempfile::tempdir().unwrap();
     let run = |lr: f64| {
@@ -142,21 +225,13 @@ fn training_loss_drops_against_the_same_draws_without_learning() {
             .map(|_| tr.train_step().unwrap().loss)
             .collect::<Vec<_>>()
     };
-    let trained = run(0.1);
+    let trained = run(cfg.lr);
     let frozen = run(1e-12);
     let (first, last) = (mean(&trained[..10]), mean(&trained[40..]));
     let frozen_last = mean(&frozen[40..]);
     println!("first {first} last {last} frozen last {frozen_last}");
-    println!(
-        "{:?}",
-        trained
-            .iter()
-            .zip(&frozen)
-            .map(|(a, b)| a - b)
-            .collect::<Vec<_>>()
-    );
     assert!(trained.iter().all(|l| l.is_finite()));
-    assert!(last < 0.99 * first, "last {last} vs first {first}");
+    assert!(last < 0.9 * first, "last {last} vs first {first}");
     // Paired on the same draws: every one of the last 10 steps is below its frozen twin.
     for i in 40..50 {
         assert!(
@@ -167,7 +242,7 @@ fn training_loss_drops_against_the_same_draws_without_learning() {
         );
     }
     assert!(
-        last < 0.99 * frozen_last,
+        last < 0.9 * frozen_last,
         "last {last} vs frozen {frozen_last}"
     );
 }
