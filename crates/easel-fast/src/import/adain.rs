@@ -198,8 +198,7 @@ pub fn load_adain(
 
 /// Converts one AdaIN checkpoint (`.pth` or safetensors bytes) into easel's safetensors: the
 /// widths are inferred and every tensor the network uses is checked (see [`Part::check`]); all
-/// the file's floating-point tensors are kept, as f32 (others are dropped). Metadata: `format`,
-/// `kind`, `widths`, then `extra`.
+/// the file's floating-point tensors are kept, as f32 (others are dropped). Metadata: `format`, `kind`, `widths`, then `extra`.
 pub fn import_adain(
     bytes: &[u8],
     source: &str,
@@ -213,34 +212,5 @@ pub fn import_adain(
     metadata.insert("format".into(), FORMAT.into());
     metadata.insert("kind".into(), part.kind().into());
     metadata.insert("widths".into(), format!("{:?}", cfg.widths));
-    let mut named = tensors
-        .iter()
-        .filter(|(_, t)| t.dtype().is_float())
-        .map(|(name, t)| {
-            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            Ok((name.clone(), F32Bytes(t.dims().to_vec(), data)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    safetensors::tensor::serialize(named, Some(metadata))
-        .map_err(|e| candle_core::Error::msg(format!("{source}: safetensors: {e}")))
-}
-
-/// A tensor's shape and little-endian f32 bytes, for the safetensors writer.
-struct F32Bytes(Vec<usize>, Vec<u8>);
-
-impl safetensors::View for F32Bytes {
-    fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.0
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.1)
-    }
-    fn data_len(&self) -> usize {
-        self.1.len()
-    }
+    super::serialize_f32(&tensors, metadata, source)
 }
