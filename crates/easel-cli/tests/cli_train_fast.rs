@@ -1,11 +1,14 @@
 //! `easel train-fast` end to end on the tiny random VGG of `tools/ref/adain_ref.py` and a few of
-//! the shared test pictures: the decoder file loads as an AdaIN decoder, sample grids and the
+//! the shared test pictures: the decoder file loads as an AdaIN decoder and paints through
+//! `easel stylize --method adain`, sample grids and the
 //! checkpoint are written, `--resume` finishes with the same file as a straight run, bad input
 //! is a one-line error.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use easel_core::LoadOptions;
+use easel_fast::import::adain::{load_adain, read_weights};
 use easel_fast::import::torch_zip::read_torch_checkpoint;
 
 mod common;
@@ -13,6 +16,13 @@ use common::{assert_success, easel_command, s, stderr};
 
 fn vgg() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-fast/tests/fixtures/adain_vgg_tiny.pth")
+}
+
+/// A picture of `../shared/data/images`.
+fn shared_image(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/images")
+        .join(name)
 }
 
 /// Folders with two small photos and two small paintings from `../shared/data/images`.
@@ -113,6 +123,44 @@ fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
         assert_eq!(tensors[key].dims(), t.dims(), "{key}");
         assert_eq!(tensors[key].dtype(), DType::F32);
     }
+
+    // The decoder paints through `easel stylize --method adain`, as the library paints with it.
+    let painted = root.path().join("painted.png");
+    let photo = shared_image("content/chelsea_cat.png");
+    let style = shared_image("style/gauguin_te_fare.jpg");
+    let out = easel_command(&[
+        "stylize",
+        s(&photo),
+        "--method",
+        "adain",
+        "--adain-vgg",
+        s(&vgg),
+        "--adain-decoder",
+        s(&straight),
+        "--style",
+        s(&style),
+        "--max-size",
+        "64",
+        "--device",
+        "cpu",
+        "-o",
+        s(&painted),
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    let got = image::open(&painted).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (64, 43));
+    let read = |p: &Path| read_weights(&std::fs::read(p).unwrap(), "w").unwrap();
+    let net = load_adain(read(&vgg), "vgg", read(&straight), "decoder", &Device::Cpu).unwrap();
+    let load = |p: &Path| {
+        let img = easel_core::load_rgb(p, &LoadOptions::with_max_side(64)).unwrap();
+        easel_core::rgb_to_tensor(&img, &Device::Cpu).unwrap()
+    };
+    let want = net
+        .stylize(&load(&photo), &[(load(&style), 1.0)], 1.0, None)
+        .unwrap();
+    assert!(got == easel_core::tensor_to_rgb(&want).unwrap());
 
     // 2 steps, then --resume to 4: the same file.
     let part = root.path().join("part.safetensors");

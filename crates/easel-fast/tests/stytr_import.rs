@@ -196,7 +196,7 @@ fn wrong_weights_are_named_with_the_shape_expected() -> Result<()> {
     // Another network's file given as the transformer.
     let err = load_err(tensors("stytr_decoder_tiny.pth"), embedding(), &settings);
     assert!(
-        err.contains("t.pth: tensor decoder.norm.weight is missing (expected shape [512]; is this StyTr²'s transformer_iter_160000.pth?)"),
+        err.contains("t.pth: tensor decoder.norm.weight is missing (expected shape [d_model] ([512] published); is this StyTr²'s transformer_iter_160000.pth?)"),
         "{err}"
     );
     // One tensor missing, one misshapen.
@@ -222,7 +222,7 @@ fn wrong_weights_are_named_with_the_shape_expected() -> Result<()> {
     // The transformer given as the embedding.
     let err = load_err(cape(), cape(), &settings);
     assert!(
-        err.contains("e.pth: tensor proj.weight is missing (expected shape [512, 3, 8, 8]"),
+        err.contains("e.pth: tensor proj.weight is missing (expected shape [d_model, 3, 8, 8] ([512, 3, 8, 8] published)"),
         "{err}"
     );
     // An embedding of another width.

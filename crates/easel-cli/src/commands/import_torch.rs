@@ -4,7 +4,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use easel_fast::import::adain::{import_adain, Part};
+use easel_fast::import::adain::{self, import_adain};
+use easel_fast::import::stytr::{self, import_stytr};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -12,11 +13,16 @@ use std::path::PathBuf;
 #[command(
     about = "Convert a PyTorch checkpoint (.pth) into easel safetensors weights, executing nothing",
     after_help = "Examples:\n  easel import-torch --kind adain-vgg vgg_normalised.pth -o adain/vgg_normalised.safetensors\n  \
-                  easel import-torch --kind adain-decoder decoder.pth -o adain/decoder.safetensors"
+                  easel import-torch --kind adain-decoder decoder.pth -o adain/decoder.safetensors\n  \
+                  easel import-torch --kind stytr-transformer transformer_iter_160000.pth -o stytr/transformer_iter_160000.safetensors\n  \
+                  easel import-torch --kind stytr-embedding embedding_iter_160000.pth -o stytr/embedding_iter_160000.safetensors\n  \
+                  easel import-torch --kind stytr-decoder decoder_iter_160000.pth -o stytr/decoder_iter_160000.safetensors"
 )]
 pub struct ImportTorchArgs {
-    /// What the checkpoint holds: `adain-vgg` (pytorch-AdaIN's vgg_normalised.pth) or
-    /// `adain-decoder` (its decoder.pth).
+    /// What the checkpoint holds: `adain-vgg` (pytorch-AdaIN's vgg_normalised.pth),
+    /// `adain-decoder` (its decoder.pth), or one of StyTr²'s three files: `stytr-transformer`
+    /// (transformer_iter_*.pth), `stytr-embedding` (embedding_iter_*.pth), `stytr-decoder`
+    /// (decoder_iter_*.pth).
     #[arg(long, value_enum)]
     kind: Kind,
 
@@ -35,15 +41,17 @@ enum Kind {
     AdainVgg,
     /// AdaIN's decoder, decoder.pth.
     AdainDecoder,
+    /// StyTr²'s transformer, transformer_iter_*.pth.
+    StytrTransformer,
+    /// StyTr²'s patch embedding, embedding_iter_*.pth.
+    StytrEmbedding,
+    /// StyTr²'s CNN decoder, decoder_iter_*.pth.
+    StytrDecoder,
 }
 
 pub fn run(args: ImportTorchArgs) -> Result<()> {
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
-    let part = match args.kind {
-        Kind::AdainVgg => Part::Vgg,
-        Kind::AdainDecoder => Part::Decoder,
-    };
     let source_name = args
         .input
         .file_name()
@@ -57,7 +65,14 @@ pub fn run(args: ImportTorchArgs) -> Result<()> {
         ("source".to_string(), source_name),
         ("source_sha256".to_string(), sha256),
     ];
-    let out = import_adain(&bytes, &args.input.display().to_string(), part, &extra)?;
+    let source = args.input.display().to_string();
+    let out = match args.kind {
+        Kind::AdainVgg => import_adain(&bytes, &source, adain::Part::Vgg, &extra)?,
+        Kind::AdainDecoder => import_adain(&bytes, &source, adain::Part::Decoder, &extra)?,
+        Kind::StytrTransformer => import_stytr(&bytes, &source, stytr::Part::Transformer, &extra)?,
+        Kind::StytrEmbedding => import_stytr(&bytes, &source, stytr::Part::Embedding, &extra)?,
+        Kind::StytrDecoder => import_stytr(&bytes, &source, stytr::Part::Decoder, &extra)?,
+    };
     super::bank::write_atomic(&args.output, &out, &[])?;
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())

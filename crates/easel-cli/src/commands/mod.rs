@@ -12,4 +12,5 @@ pub mod stylize;
 pub mod stylize_adain;
 pub mod stylize_bank;
 pub mod stylize_diffusion;
+pub mod stylize_transformer;
 pub mod train_fast;

@@ -1,6 +1,7 @@
 //! `easel stylize`: paint photos in a style with the fast networks (`--method arbitrary`,
-//! `preset`, `adain` (in `stylize_adain.rs`), `transformer`), or with Stable Diffusion +
-//! ControlNet (`--prompt`, in `stylize_diffusion.rs`).
+//! `preset`, `adain` (in `stylize_adain.rs`), `transformer` (StyTr², in
+//! `stylize_transformer.rs`)), or with Stable Diffusion + ControlNet (`--prompt`, in
+//! `stylize_diffusion.rs`).
 
 use crate::progress;
 use anyhow::{bail, Context, Result};
@@ -9,23 +10,26 @@ use clap::{Args, ValueEnum};
 use easel_core::{DeviceChoice, LoadOptions, Parameters};
 use easel_fast::arbitrary::{self, StyleCode};
 use easel_fast::cin26::{self, PresetNet};
+use easel_fast::stytr::PositionalEncoding;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use super::stylize_adain::{self, AdainArgs, AdainWeights};
 use super::stylize_diffusion::{self, DiffusionArgs};
+use super::stylize_transformer::{self, StytrWeights, TransformerArgs};
 use std::time::Instant;
 
 #[derive(Args)]
 #[command(
     about = "Paint photos in the style of a painting (--style; the arbitrary network, or \
-             --method adain), of a built-in preset (--preset), or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
+             --method adain or transformer), of a built-in preset (--preset), or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
              (--prompt, --bank)",
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
                   easel stylize photo.jpg --preset 3:0.5,12:0.5 --keep-colors -o out.jpg\n  \
                   easel stylize photo.jpg --method adain --weights adain/ --style a.jpg --strength 0.8 -o out.png\n  \
                   easel stylize photo.jpg --method adain --style a.jpg --style b.jpg --mask mask.png -o out.png\n  \
+                  easel stylize photo.jpg --method transformer --weights stytr/ --style a.jpg -o out.png\n  \
                   easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png\n  \
                   easel stylize photo.jpg --bank style.bank --prompt \"a city at dusk in the style of {bank}\" -o out.png"
 )]
@@ -36,7 +40,8 @@ pub struct StylizeArgs {
 
     /// The fast method: `arbitrary` (embedded network, --style), `preset` (embedded presets,
     /// --preset), `adain` (AdaIN with the pytorch-AdaIN weights, --style; see --weights) or
-    /// `transformer`. Default: arbitrary with --style, preset with --preset.
+    /// `transformer` (StyTr² with the StyTR-2 weights, one --style; see --weights and the
+    /// --stytr-* flags). Default: arbitrary with --style, preset with --preset.
     #[arg(long, value_enum, value_name = "METHOD", conflicts_with_all = ["prompt", "bank"])]
     method: Option<MethodKind>,
 
@@ -58,7 +63,8 @@ pub struct StylizeArgs {
     /// With --style the style code is interpolated towards the photo's own code (0: the photo
     /// re-rendered in its own style); with --preset the painting is blended with the photo (0:
     /// the photo unchanged); with adain it is alpha, the blend of the features (0: the photo
-    /// decoded from its own features); with --prompt it is how much of the photo is repainted (the
+    /// decoded from its own features); with transformer the painting is blended with the photo
+    /// (0: the photo unchanged); with --prompt it is how much of the photo is repainted (the
     /// fraction of the denoising schedule run, in (0, 1]).
     #[arg(long, value_name = "0..1")]
     pub(super) strength: Option<f64>,
@@ -80,8 +86,19 @@ pub struct StylizeArgs {
     #[arg(long)]
     pub(super) json: bool,
 
+    /// Where the method's weights are: a folder, or a hub repository ORG/NAME[@REV]. For adain
+    /// it holds vgg_normalised.pth and decoder.pth (default: the hub repository
+    /// naoto0804/pytorch-AdaIN); for transformer transformer_iter_160000.pth,
+    /// embedding_iter_160000.pth and decoder_iter_160000.pth (default: diyiiyiii/StyTR-2); or
+    /// their .safetensors conversions from `easel import-torch`.
+    #[arg(long, value_name = "DIR|ORG/NAME[@REV]")]
+    weights: Option<String>,
+
     #[command(flatten)]
     adain: AdainArgs,
+
+    #[command(flatten)]
+    transformer: TransformerArgs,
 
     #[command(flatten)]
     pub(super) diffusion: DiffusionArgs,
@@ -92,7 +109,7 @@ pub struct StylizeArgs {
 enum MethodKind {
     /// AdaIN (Huang & Belongie 2017) with the pytorch-AdaIN weights.
     Adain,
-    /// A transformer stylizer.
+    /// StyTr² (Deng et al. 2022), a transformer stylizer, with the StyTR-2 weights.
     Transformer,
     /// The embedded arbitrary-style network (Ghiasi et al. 2017).
     Arbitrary,
@@ -126,7 +143,27 @@ impl MethodKind {
                 bail!("{flag} applies to --method adain only, not {name}");
             }
         }
+        if kind != MethodKind::Transformer {
+            if let [flag, ..] = args.transformer.given_flags().as_slice() {
+                bail!("{flag} applies to --method transformer only, not {name}");
+            }
+        }
+        if args.weights.is_some() && !kind.has_weight_files() {
+            bail!("--weights applies to --method adain or transformer only, not {name}");
+        }
+        if kind == MethodKind::Transformer && args.styles.len() > 1 {
+            bail!(
+                "--method transformer paints with one --style, got {}; mix styles with \
+                 --method adain or arbitrary",
+                args.styles.len()
+            );
+        }
         Ok(kind)
+    }
+
+    /// Whether the method reads weight files (`--weights`, `--offline`).
+    fn has_weight_files(self) -> bool {
+        matches!(self, MethodKind::Adain | MethodKind::Transformer)
     }
 }
 
@@ -201,6 +238,13 @@ enum Method {
         mask: Option<(image::RgbImage, PathBuf)>,
         weights: AdainWeights,
     },
+    Transformer {
+        model: Box<easel_fast::stytr::StyTr>,
+        /// The `--style` painting.
+        style: Tensor,
+        source: PathBuf,
+        weights: StytrWeights,
+    },
 }
 
 impl Method {
@@ -209,6 +253,7 @@ impl Method {
             Method::Arbitrary { .. } => "arbitrary",
             Method::Preset { .. } => "preset",
             Method::Adain { .. } => "adain",
+            Method::Transformer { .. } => "transformer",
         }
     }
 }
@@ -255,9 +300,7 @@ fn build_method(args: &StylizeArgs, kind: MethodKind, device: &Device) -> Result
     match kind {
         MethodKind::Preset | MethodKind::Arbitrary => {}
         MethodKind::Adain => return build_adain(args, device),
-        MethodKind::Transformer => {
-            bail!("--method transformer is not available yet in this build of easel; use adain or arbitrary")
-        }
+        MethodKind::Transformer => return build_transformer(args, device),
     }
     if let Some(spec) = &args.preset {
         let mix = cin26::parse_preset_mix(spec)?;
@@ -307,7 +350,11 @@ fn build_adain(args: &StylizeArgs, device: &Device) -> Result<Method> {
             sources.len()
         );
     }
-    let weights = stylize_adain::resolve_weights(&args.adain, args.diffusion.offline)?;
+    let weights = stylize_adain::resolve_weights(
+        &args.adain,
+        args.weights.as_deref(),
+        args.diffusion.offline,
+    )?;
     let model = Box::new(stylize_adain::load_model(&weights, device)?);
     let mut styles = Vec::with_capacity(sources.len());
     for source in &sources {
@@ -329,6 +376,46 @@ fn build_adain(args: &StylizeArgs, device: &Device) -> Result<Method> {
     })
 }
 
+fn build_transformer(args: &StylizeArgs, device: &Device) -> Result<Method> {
+    let source = match args.styles.as_slice() {
+        [spec] => parse_style(spec)?,
+        _ => bail!("--method transformer needs exactly one --style IMG"),
+    };
+    if source.weight != 1.0 {
+        bail!(
+            "--style {}: a style weight mixes several styles; --method transformer paints with one",
+            args.styles[0]
+        );
+    }
+    let settings = args.transformer.settings()?;
+    let weights = stylize_transformer::resolve_weights(
+        &args.transformer,
+        args.weights.as_deref(),
+        args.diffusion.offline,
+    )?;
+    let model = Box::new(stylize_transformer::load_model(
+        &weights, &settings, device,
+    )?);
+    // The painting at the photos' scale, so that brush strokes keep their relative size.
+    let style = load_photo(&source.path, args.max_size, device)
+        .with_context(|| format!("style {}", source.path.display()))?;
+    Ok(Method::Transformer {
+        model,
+        style,
+        source: source.path,
+        weights,
+    })
+}
+
+/// `strength·painted + (1 − strength)·photo`.
+fn blend(painted: Tensor, photo: &Tensor, strength: f64) -> Result<Tensor> {
+    if strength < 1.0 {
+        Ok(((painted * strength)? + (photo * (1.0 - strength))?)?)
+    } else {
+        Ok(painted)
+    }
+}
+
 fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
     let painted = match method {
         Method::Arbitrary { model, code, .. } => {
@@ -341,13 +428,10 @@ fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
             model.stylize(photo, &code)?
         }
         Method::Preset { model, weights, .. } => {
-            let painted = model.forward(photo, weights)?;
-            if strength < 1.0 {
-                // out = strength·painted + (1 − strength)·photo
-                ((painted * strength)? + (photo * (1.0 - strength))?)?
-            } else {
-                painted
-            }
+            blend(model.forward(photo, weights)?, photo, strength)?
+        }
+        Method::Transformer { model, style, .. } => {
+            blend(model.stylize(photo, style)?, photo, strength)?
         }
         Method::Adain {
             model,
@@ -400,6 +484,32 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
                     .push(("Mask".into(), path.display().to_string()));
             }
         }
+        Method::Transformer {
+            model,
+            source,
+            weights,
+            ..
+        } => {
+            params.styles.push(source.display().to_string());
+            let [transformer, embedding, decoder] = weights.paths();
+            params.models.push(format!(
+                "StyTr² ({}, {}, {})",
+                transformer.display(),
+                embedding.display(),
+                decoder.display()
+            ));
+            let cfg = model.config();
+            let pos = match &cfg.pos {
+                PositionalEncoding::Cape { grid } => format!("CAPE grid {grid}"),
+                PositionalEncoding::Pyramidal { windows, .. } => {
+                    format!("pyramidal windows {windows:?}")
+                }
+            };
+            params.extra.push((
+                "StyTr2".into(),
+                format!("d_model {}, {} heads, {pos}", cfg.d_model, cfg.nhead),
+            ));
+        }
     }
     params.strength = Some(args.strength.unwrap_or(1.0));
     params
@@ -413,15 +523,24 @@ fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
 
 pub fn run(args: StylizeArgs) -> Result<()> {
     if args.diffusion.prompt.is_some() || args.diffusion.bank.is_some() {
+        let fast_only = args.adain.given_flags().into_iter().chain(
+            args.transformer
+                .given_flags()
+                .into_iter()
+                .chain(args.weights.as_ref().map(|_| "--weights")),
+        );
+        if let Some(flag) = fast_only.into_iter().next() {
+            bail!("{flag} applies to the fast methods (--method adain or transformer), not to --prompt/--bank");
+        }
         return stylize_diffusion::run(&args);
     }
     let kind = MethodKind::choose(&args)?;
-    // --offline also governs the AdaIN weights.
+    // --offline also governs the AdaIN and StyTr² weights.
     let refused: Vec<&str> = args
         .diffusion
         .given_flags()
         .into_iter()
-        .filter(|f| !(kind == MethodKind::Adain && *f == "--offline"))
+        .filter(|f| !(kind.has_weight_files() && *f == "--offline"))
         .collect();
     if let [flag, ..] = refused.as_slice() {
         bail!("{flag} applies to the diffusion method only: add --prompt TEXT or --bank FILE (and drop --style/--preset)");
@@ -458,6 +577,12 @@ pub fn run(args: StylizeArgs) -> Result<()> {
             protected.extend(sources.iter().map(|s| s.path.clone()));
             protected.extend(mask.iter().map(|(_, p)| p.clone()));
             protected.extend([weights.vgg.clone(), weights.decoder.clone()]);
+        }
+        Method::Transformer {
+            source, weights, ..
+        } => {
+            protected.push(source.clone());
+            protected.extend(weights.paths());
         }
         Method::Preset { .. } => {}
     }

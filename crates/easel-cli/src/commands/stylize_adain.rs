@@ -36,12 +36,6 @@ pub struct AdainArgs {
     #[arg(long, value_name = "IMG")]
     pub mask: Option<PathBuf>,
 
-    /// Where the method's weights are: a folder, or a hub repository ORG/NAME[@REV]. For adain
-    /// it holds vgg_normalised.pth and decoder.pth (or their .safetensors conversions from
-    /// `easel import-torch`); default: the hub repository naoto0804/pytorch-AdaIN.
-    #[arg(long, value_name = "DIR|ORG/NAME[@REV]")]
-    pub weights: Option<String>,
-
     /// The AdaIN encoder weights file (vgg_normalised.pth, or its conversion); overrides
     /// --weights for this file.
     #[arg(long, value_name = "FILE")]
@@ -58,7 +52,6 @@ impl AdainArgs {
     pub fn given_flags(&self) -> Vec<&'static str> {
         [
             ("--mask", self.mask.is_some()),
-            ("--weights", self.weights.is_some()),
             ("--adain-vgg", self.adain_vgg.is_some()),
             ("--adain-decoder", self.adain_decoder.is_some()),
         ]
@@ -77,17 +70,20 @@ pub struct AdainWeights {
 }
 
 /// Finds the encoder and decoder files: `--adain-vgg` / `--adain-decoder` as given, the rest
-/// from `--weights` (a folder, or a hub repository through the Hugging Face cache) or the
-/// default repository. `offline`: never download.
-pub fn resolve_weights(args: &AdainArgs, offline: bool) -> Result<AdainWeights> {
+/// from `weights` (`--weights`: a folder, or a hub repository through the Hugging Face cache) or
+/// the default repository. `offline`: never download.
+pub fn resolve_weights(
+    args: &AdainArgs,
+    weights: Option<&str>,
+    offline: bool,
+) -> Result<AdainWeights> {
     if let (Some(vgg), Some(decoder)) = (&args.adain_vgg, &args.adain_decoder) {
         return Ok(AdainWeights {
             vgg: vgg.clone(),
             decoder: decoder.clone(),
         });
     }
-    let source = WeightSource::parse(args.weights.as_deref().unwrap_or(DEFAULT_ADAIN_REPO))
-        .context("--weights")?;
+    let source = WeightSource::parse(weights.unwrap_or(DEFAULT_ADAIN_REPO)).context("--weights")?;
     let (vgg, decoder) = match &source {
         WeightSource::LocalDir(dir) => (
             find_in_dir(dir, &VGG_FILES)?,

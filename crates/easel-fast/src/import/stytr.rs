@@ -184,12 +184,19 @@ impl TransformerShapes {
     /// tensor that is missing or does not fit.
     pub fn infer(tensors: &HashMap<String, Tensor>, source: &str) -> Result<Self> {
         let part = Part::Transformer;
-        let d_model = shape_of(tensors, "decoder.norm.weight", 1, "[512]", source, part)?[0];
+        let d_model = shape_of(
+            tensors,
+            "decoder.norm.weight",
+            1,
+            "[d_model] ([512] published)",
+            source,
+            part,
+        )?[0];
         let dim_feedforward = shape_of(
             tensors,
             "encoder_c.layers.0.linear1.weight",
             2,
-            "[2048, 512]",
+            "[dim_feedforward, d_model] ([2048, 512] published)",
             source,
             part,
         )?[0];
@@ -211,7 +218,7 @@ impl TransformerShapes {
                     tensors,
                     "ppe.branches.0.0.weight",
                     4,
-                    "[branch, d_model, 1, 1]",
+                    "[branch_channels, d_model, 1, 1]",
                     source,
                     part,
                 )?[0];
@@ -361,7 +368,7 @@ pub fn embedding_width(tensors: &HashMap<String, Tensor>, source: &str) -> Resul
         tensors,
         "proj.weight",
         4,
-        "[512, 3, 8, 8]",
+        "[d_model, 3, 8, 8] ([512, 3, 8, 8] published)",
         source,
         Part::Embedding,
     )?[0];
