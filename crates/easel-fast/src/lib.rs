@@ -18,6 +18,7 @@
 pub mod adain;
 mod adain_cpu;
 pub mod arbitrary;
+mod attention_cpu;
 pub mod cin26;
 mod conv;
 pub mod import;

@@ -33,17 +33,20 @@
 //! equal size (it reshapes the output with `int(sqrt(N))` and interpolates CAPE to the style's
 //! size); easel uses the true token grid.
 //!
-//! Memory: attention never materialises the full score matrix. Queries are processed in chunks
-//! of `⌊max_attention_scores / (B · heads · S)⌋` (at least 1) for `S` keys, so the scores and
+//! Memory: attention never materialises the full score matrix. On the candle path (see below)
+//! queries are processed in chunks of `⌊max_attention_scores / (B · heads · S)⌋` (at least 1) for `S` keys, so the scores and
 //! their softmax hold at most `2 · max(max_attention_scores, B · heads · S)` floats at a time
 //! (default `max_attention_scores` 2²⁴: ≤ 128 MiB; a 1024×1024 photo with a 1024×1024 style,
 //! 16384 tokens each, would need 8 GiB per attention unchunked). The rest is linear in the
 //! number of tokens (the largest buffer is the feed-forward's `tokens × 2048` floats).
 //!
-//! On the CPU the inference path uses candle's fused softmax and LayerNorm kernels and runs the
-//! CNN decoder on [`crate::conv`]'s direct convolution ([`crate::adain_cpu`]); when a
-//! tensor tracks gradients (training with `Var` weights) the same forward uses differentiable
-//! candle ops instead, so it can be trained with candle's autograd.
+//! On the CPU in f32 the inference path runs each attention as one fused kernel
+//! ([`crate::attention_cpu`]: score tiles in cache, online softmax, no score matrix; its memory
+//! is a few tiles per thread), candle's fused LayerNorm, and the CNN decoder on
+//! [`crate::conv`]'s direct convolution ([`crate::adain_cpu`]). [`StyTr::with_native_cpu`]
+//! `(false)` turns these off (candle ops only, as on CUDA: matmul, softmax, chunked queries).
+//! When a tensor tracks gradients (training with `Var` weights) the same forward uses
+//! differentiable candle ops instead, so it can be trained with candle's autograd.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
@@ -69,6 +72,7 @@
 
 use crate::adain;
 use crate::adain_cpu::NativeNet;
+use crate::attention_cpu::FusedAttention;
 use crate::stytr_pe::{linear, Cape, Pyramidal};
 use crate::vgg::reflect_pad;
 use candle_core::{bail, DType, Result, Tensor, D};
@@ -116,8 +120,9 @@ pub struct Config {
     pub decoder_widths: [usize; 4],
     /// The content tokens' positional encoding.
     pub pos: PositionalEncoding,
-    /// Most attention scores held at once (per attention call, before the softmax copy): the
-    /// query chunk size is `max(1, max_attention_scores / (B · nhead · keys))`.
+    /// Most attention scores held at once on the candle path (per attention call, before the
+    /// softmax copy): the query chunk size is `max(1, max_attention_scores / (B · nhead · keys))`.
+    /// The fused CPU kernel holds a few score tiles per thread instead.
     pub max_attention_scores: usize,
 }
 
@@ -268,6 +273,8 @@ struct Attention {
     out: Linear,
     nhead: usize,
     max_scores: usize,
+    /// Whether CPU f32 inference runs [`FusedAttention`].
+    fused_cpu: bool,
 }
 
 impl Attention {
@@ -279,6 +286,7 @@ impl Attention {
             out: Linear::new(vb.pp("out_proj"), d, d)?,
             nhead: cfg.nhead,
             max_scores: cfg.max_attention_scores,
+            fused_cpu: true,
         })
     }
 
@@ -299,6 +307,22 @@ impl Attention {
         let (b, l, d) = q.dims3()?;
         let s = k.dim(1)?;
         let head = d / self.nhead;
+        let fused = self.fused_cpu
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+            && !tracks(&[q, k, v, &self.in_w, &self.in_b]);
+        if fused {
+            let project = |x: &Tensor, i: usize| {
+                let w = self.in_w.narrow(0, i * d, d)?;
+                linear(x, &w, Some(&self.in_b.narrow(0, i * d, d)?))?.contiguous()
+            };
+            let op = FusedAttention {
+                heads: self.nhead,
+                scale: 1.0 / (head as f32).sqrt(),
+            };
+            let o = project(q, 0)?.apply_op3_no_bwd(&project(k, 1)?, &project(v, 2)?, &op)?;
+            return self.out.forward(&o);
+        }
         let q = (self.project(q, 0)? * (1.0 / (head as f64).sqrt()))?;
         let kt = self.project(k, 1)?.transpose(2, 3)?.contiguous()?;
         let v = self.project(v, 2)?;
@@ -434,6 +458,8 @@ pub struct StyTr {
     /// The CNN decoder on [`crate::conv`]'s direct convolution (weights on the CPU, not
     /// trainable).
     native_decoder: Option<NativeNet>,
+    /// Whether CPU inference uses the native kernels (see [`StyTr::with_native_cpu`]).
+    native_cpu: bool,
     cfg: Config,
 }
 
@@ -494,8 +520,32 @@ impl StyTr {
             pos,
             decoder: adain::Decoder::new(decoder, &dec_cfg)?,
             native_decoder,
+            native_cpu: true,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Turns the native CPU kernels off (`false`: candle ops everywhere, as on CUDA) or back on
+    /// (`true`, the default): the fused attention for CPU f32 tensors, and the direct-convolution
+    /// CNN decoder when its weights are on the CPU and not trainable. Tensors that track
+    /// gradients always take the candle ops.
+    pub fn with_native_cpu(mut self, enabled: bool) -> Self {
+        self.native_cpu = enabled;
+        let encoders = self.encoder_c.iter_mut().chain(&mut self.encoder_s);
+        let attentions = encoders.map(|l| &mut l.self_attn).chain(
+            self.decoder_layers
+                .iter_mut()
+                .flat_map(|l| [&mut l.self_attn, &mut l.multihead_attn]),
+        );
+        for a in attentions {
+            a.fused_cpu = enabled;
+        }
+        self
+    }
+
+    /// Whether CPU inference uses the native kernels (see [`StyTr::with_native_cpu`]).
+    pub fn native_cpu(&self) -> bool {
+        self.native_cpu
     }
 
     /// The configuration.
@@ -604,7 +654,9 @@ impl StyTr {
             .permute((0, 3, 1, 2))?
             .contiguous()?;
         match &self.native_decoder {
-            Some(net) if hs.device().is_cpu() && hs.dim(0)? == 1 && !hs.track_op() => {
+            Some(net)
+                if self.native_cpu && hs.device().is_cpu() && hs.dim(0)? == 1 && !hs.track_op() =>
+            {
                 net.forward(&hs)
             }
             _ => self.decoder.forward(&hs),
