@@ -243,3 +243,111 @@ fn bad_input_is_a_one_line_error() {
     ]);
     assert!(err.contains("--resume"), "{err}");
 }
+
+#[test]
+fn train_fast_transformer_writes_three_stytr_files_and_resumes_bit_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let (content, styles) = data(root.path());
+    let vgg = vgg();
+    let new_run = |out: &Path, steps: &str| {
+        let mut args = vec![
+            "train-fast",
+            "--kind",
+            "transformer",
+            "--preset",
+            "tiny",
+            "--warmup-steps",
+            "2",
+            "--content",
+            s(&content),
+            "--styles",
+            s(&styles),
+            "--vgg",
+            s(&vgg),
+            "-o",
+            s(out),
+            "--steps",
+            steps,
+        ];
+        args.extend_from_slice(TINY);
+        easel_command(&args).output().unwrap()
+    };
+    let straight = root.path().join("stytr");
+    let out = new_run(&straight, "2");
+    assert_success(&out);
+    let grid = image::open(root.path().join("stytr.run/samples/step_000002.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (3 * 64, 3 * 64));
+    // The three files have the keys and shapes of the tiny StyTR-2 state dicts.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-fast/tests/fixtures");
+    for (part, fixture) in [
+        ("transformer", "stytr_transformer_cape_tiny.pth"),
+        ("embedding", "stytr_embedding_tiny.pth"),
+        ("decoder", "stytr_decoder_tiny.pth"),
+    ] {
+        let file = straight.join(format!("{part}.safetensors"));
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let reference =
+            read_torch_checkpoint(&std::fs::read(fixtures.join(fixture)).unwrap(), fixture)
+                .unwrap();
+        assert_eq!(tensors.len(), reference.len(), "{part}");
+        for (key, t) in &reference {
+            assert_eq!(tensors[key].dims(), t.dims(), "{part} {key}");
+        }
+    }
+
+    // 1 step, then --resume to 2: the same files.
+    let part = root.path().join("part");
+    assert_success(&new_run(&part, "1"));
+    let out = easel_command(&[
+        "train-fast",
+        "--resume",
+        s(&root.path().join("part.run")),
+        "--steps",
+        "2",
+        "-o",
+        s(&part),
+        "--device",
+        "cpu",
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    for name in ["transformer", "embedding", "decoder"] {
+        let file = format!("{name}.safetensors");
+        let (a, b) = (
+            candle_core::safetensors::load(part.join(&file), &Device::Cpu).unwrap(),
+            candle_core::safetensors::load(straight.join(&file), &Device::Cpu).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (key, t) in &a {
+            let values =
+                |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(values(t), values(&b[key]), "{name} {key}");
+        }
+    }
+
+    // Transformer flags with --kind adain are refused.
+    let out = easel_command(&[
+        "train-fast",
+        "--content",
+        s(&content),
+        "--styles",
+        s(&styles),
+        "--vgg",
+        s(&vgg),
+        "--heads",
+        "2",
+        "-o",
+        s(&root.path().join("x.safetensors")),
+        "--device",
+        "cpu",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--heads applies to --kind transformer only"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -18,6 +18,7 @@
 //! (style and content features, the AdaIN target) carry no gradient: the losses detach them.
 
 use crate::adain::{adaptive_instance_normalization, calc_mean_std, Decoder};
+use crate::stytr::StyTr;
 use crate::vgg::{Layer, VggEncoder};
 use candle_core::{bail, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -222,4 +223,51 @@ pub fn adain_loss(
     let content_loss = mse(&g_feats[3], &t)?;
     let style_loss = style_loss(&g_feats, &style_feats)?;
     LossTerms::weighted(content_loss, style_loss, None, w)
+}
+
+/// The StyTr² training loss of one batch (StyTR-2 `StyTrans.forward` in training): `I_cs =
+/// net(content, style)`, `I_cc = net(content, content)`, `I_ss = net(style, style)`; content =
+/// [`normalized_content_loss`] of `I_cs` against `content`, style = [`style_loss`] of `I_cs`
+/// against `style` over relu1_1 … relu5_1, `λ_id1` = MSE(`I_cc`, content) + MSE(`I_ss`, style),
+/// `λ_id2` = [`feature_identity_loss`] of the same pairs; total weighted by `w`. `content` and
+/// `style` are `[N, 3, H, W]` with the same `N`, sides multiples of 8 and at least 24 (relu5_1
+/// needs 17 pixels). The encoder must reach relu5_1; gradients reach whatever of `net` is
+/// variables.
+pub fn stytr_loss(
+    encoder: &VggEncoder,
+    net: &StyTr,
+    content: &Tensor,
+    style: &Tensor,
+    w: &LossWeights,
+) -> Result<LossTerms> {
+    let (n, _, _, _) = content.dims4()?;
+    let (ns, _, _, _) = style.dims4()?;
+    if n != ns {
+        bail!("StyTr² loss: {n} content pictures but {ns} styles")
+    }
+    for (what, x) in [("content", content), ("style", style)] {
+        let (_, _, h, wd) = x.dims4()?;
+        if !h.is_multiple_of(8) || !wd.is_multiple_of(8) || h < 24 || wd < 24 {
+            bail!(
+                "StyTr² loss: the {what} pictures are {wd}x{h}; both sides must be multiples of 8, at least 24"
+            )
+        }
+    }
+    let feats = |x: &Tensor| encoder.forward_layers(x, Layer::Relu5_1);
+    let content_feats = feats(content)?;
+    let style_feats = feats(style)?;
+    let ics_feats = feats(&net.forward(content, style)?)?;
+    let content_loss = normalized_content_loss(&ics_feats, &content_feats)?;
+    let style_loss = style_loss(&ics_feats, &style_feats)?;
+    let icc = net.forward(content, content)?;
+    let iss = net.forward(style, style)?;
+    let identity_pixels = (mse(&icc, content)? + mse(&iss, style)?)?;
+    let identity_features = (feature_identity_loss(&feats(&icc)?, &content_feats)?
+        + feature_identity_loss(&feats(&iss)?, &style_feats)?)?;
+    LossTerms::weighted(
+        content_loss,
+        style_loss,
+        Some((identity_pixels, identity_features)),
+        w,
+    )
 }

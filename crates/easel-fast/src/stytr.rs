@@ -77,6 +77,7 @@ use crate::stytr_pe::{linear, Cape, Pyramidal};
 use crate::vgg::reflect_pad;
 use candle_core::{bail, DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
 /// LayerNorm epsilon (`nn.LayerNorm` default).
 const LN_EPS: f32 = 1e-5;
@@ -85,7 +86,8 @@ const LN_EPS: f32 = 1e-5;
 pub const PATCH: usize = 8;
 
 /// Which positional encoding the content tokens get.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum PositionalEncoding {
     /// StyTr²'s content-aware encoding ([`crate::stytr_pe::Cape`]): average pooling to a
     /// `grid × grid` map (18 in the paper), 1×1 conv, bilinear back. Keys `new_ps.*`.
@@ -102,8 +104,9 @@ pub enum PositionalEncoding {
     },
 }
 
-/// Network options.
-#[derive(Debug, Clone, PartialEq)]
+/// Network options (serialised in `easel train-fast` checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Token width (512).
     pub d_model: usize,
@@ -179,7 +182,8 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the options; the error names the wrong one.
+    pub fn validate(&self) -> Result<()> {
         let zero = [
             ("d_model", self.d_model),
             ("nhead", self.nhead),

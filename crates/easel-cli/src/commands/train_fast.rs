@@ -1,11 +1,15 @@
-//! `easel train-fast --kind adain --content DIR --styles DIR --vgg FILE -o OUT.safetensors`:
-//! train AdaIN's decoder on folders of photos and paintings with easel-fast's trainer
-//! (`easel_fast::train`; frozen VGG-19, the paper's losses, Adam and learning-rate decay).
+//! `easel train-fast --kind adain|transformer --content DIR --styles DIR --vgg FILE -o OUT`:
+//! train AdaIN's decoder, or a StyTr² network, on folders of photos and paintings with
+//! easel-fast's trainer (`easel_fast::train`; frozen VGG-19, the papers' losses, Adam and
+//! learning-rate schedules).
 //!
-//! The run folder (`--run-dir`, default `<OUT stem>.run/`) holds the checkpoint and the sample
-//! grids (`samples/step_NNNNNN.png`); `--resume RUN_DIR` continues a run bit-exactly with its
-//! settings (only `--steps` may be raised). Ctrl-C checkpoints and stops. The decoder is written
-//! atomically at the end as safetensors with `decoder.pth`'s keys, never over an input.
+//! The run folder (`--run-dir`, default `OUT` with the extension `.run`) holds the checkpoint
+//! and the sample grids (`samples/step_NNNNNN.png`); `--resume RUN_DIR` continues a run
+//! bit-exactly with its settings (only `--steps` may be raised). Ctrl-C checkpoints and stops.
+//! At the end the weights are written atomically, never over an input: AdaIN's decoder to the
+//! file `OUT` (safetensors, `decoder.pth`'s keys); StyTr²'s three state dicts to the folder
+//! `OUT` as `transformer.safetensors`, `embedding.safetensors` and `decoder.safetensors` (the
+//! keys of StyTR-2's `*_iter_*.pth`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +21,11 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use easel_core::DeviceChoice;
 use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_fast::stytr;
 use easel_fast::train::checkpoint::Checkpoint;
-use easel_fast::train::{vgg_widths, FastTrainer, Hooks, TrainFastConfig, TrainOutcome};
+use easel_fast::train::{
+    vgg_widths, FastTrainer, Hooks, Kind, LrSchedule, TrainFastConfig, TrainOutcome,
+};
 
 use super::bank::write_atomic;
 use crate::progress;
@@ -28,13 +35,33 @@ use crate::progress;
 pub enum KindArg {
     /// AdaIN's decoder (Huang & Belongie 2017).
     Adain,
+    /// StyTr² (Deng et al. 2022): patch embedding, transformer and CNN decoder.
+    Transformer,
+}
+
+/// The StyTr² network sizes `--preset` starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    /// The published network: d_model 512, 8 heads, 3 + 3 + 3 layers, feed-forward 2048.
+    Original,
+    /// The test network of tools/ref/stytr_ref.py: d_model 32, 4 heads, feed-forward 64.
+    Tiny,
+}
+
+/// The positional encoding of the StyTr² content tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PosArg {
+    /// StyTr²'s content-aware positional encoding (CAPE).
+    Cape,
+    /// easel's pyramidal encoding (after PyramidStyler).
+    Pyramidal,
 }
 
 /// The flags of `easel train-fast`.
 #[derive(Args, Debug)]
 #[command(
-    about = "Train a fast feed-forward stylizer (AdaIN's decoder) on folders of photos and \
-             paintings with a frozen VGG-19 encoder"
+    about = "Train a fast feed-forward stylizer (AdaIN's decoder or StyTr²) on folders of \
+             photos and paintings with a frozen VGG-19 encoder"
 )]
 pub struct TrainFastArgs {
     /// The network to train.
@@ -54,8 +81,10 @@ pub struct TrainFastArgs {
     #[arg(long, value_name = "FILE", required_unless_present = "resume")]
     vgg: Option<PathBuf>,
 
-    /// The trained decoder to write (.safetensors, decoder.pth's keys).
-    #[arg(short, long, value_name = "OUT.safetensors")]
+    /// Where the weights go: for adain the decoder file (.safetensors, decoder.pth's keys); for
+    /// transformer a folder that gets transformer.safetensors, embedding.safetensors and
+    /// decoder.safetensors (the keys of StyTR-2's *_iter_*.pth).
+    #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
 
     /// Folder of the run's checkpoint and sample grids (default: OUT with the extension .run).
@@ -64,20 +93,27 @@ pub struct TrainFastArgs {
 
     /// Continue the run checkpointed in RUN_DIR with its settings (only --steps may be given,
     /// to train longer).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["content", "styles", "lr", "lr_decay", "batch", "load_size", "crop", "seed", "save_every", "sample_every", "content_weight", "style_weight"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["content", "styles", "lr", "lr_decay", "warmup_steps", "batch", "load_size", "crop", "seed", "save_every", "sample_every", "content_weight", "style_weight", "identity_pixels_weight", "identity_features_weight", "preset", "heads", "pos", "cape_grid"])]
     resume: Option<PathBuf>,
 
     /// Optimizer steps of the whole run (default 160000).
     #[arg(long, value_name = "N")]
     steps: Option<usize>,
 
-    /// Learning rate at step 0 (default 1e-4).
+    /// Base learning rate (default 1e-4 for adain: the rate at step 0; 5e-4 for transformer:
+    /// warm-up from lr/10 to 0.4·lr, then decay).
     #[arg(long, value_name = "RATE")]
     lr: Option<f64>,
 
-    /// Learning-rate decay: the rate at step i is lr / (1 + decay · i) (default 5e-5).
+    /// Learning-rate decay: the rate at step i is lr / (1 + decay · i) for adain (default
+    /// 5e-5), 0.4·lr / (1 + decay · (i − warm-up)) after the warm-up for transformer (1e-5).
     #[arg(long, value_name = "DECAY")]
     lr_decay: Option<f64>,
+
+    /// Transformer only: warm-up steps, the rate rising linearly from lr/10 to 0.4·lr
+    /// (default 10000, StyTR-2's train.py).
+    #[arg(long, value_name = "N")]
+    warmup_steps: Option<usize>,
 
     /// Content and style pairs per step (default 8).
     #[arg(long, value_name = "N")]
@@ -103,13 +139,38 @@ pub struct TrainFastArgs {
     #[arg(long, value_name = "N")]
     sample_every: Option<usize>,
 
-    /// Content loss weight (default 1).
+    /// Content loss weight (default 1 for adain, 7 for transformer).
     #[arg(long, value_name = "W")]
     content_weight: Option<f64>,
 
     /// Style loss weight (default 10).
     #[arg(long, value_name = "W")]
     style_weight: Option<f64>,
+
+    /// Transformer only: weight of the pixel identity loss λ_id1 (default 70).
+    #[arg(long, value_name = "W")]
+    identity_pixels_weight: Option<f64>,
+
+    /// Transformer only: weight of the feature identity loss λ_id2 (default 1).
+    #[arg(long, value_name = "W")]
+    identity_features_weight: Option<f64>,
+
+    /// Transformer only: the network sizes (default original, the published StyTr²).
+    #[arg(long, value_enum, value_name = "PRESET")]
+    preset: Option<PresetArg>,
+
+    /// Transformer only: attention heads (default: the preset's, 8 for original); must divide
+    /// the token width.
+    #[arg(long, value_name = "N")]
+    heads: Option<usize>,
+
+    /// Transformer only: the content tokens' positional encoding (default cape).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pos: Option<PosArg>,
+
+    /// Transformer only: side of CAPE's pooled grid (default: the preset's, 18 for original).
+    #[arg(long, value_name = "N")]
+    cape_grid: Option<usize>,
 
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
@@ -141,16 +202,50 @@ fn config(args: &TrainFastArgs, vgg_path: PathBuf, widths: [usize; 4]) -> Result
         bail!("--content and --styles are needed for a new run");
     };
     let d = match args.kind {
-        KindArg::Adain => TrainFastConfig::adain(content, styles, vgg_path),
+        KindArg::Adain => {
+            let transformer_only = [
+                ("--warmup-steps", args.warmup_steps.is_some()),
+                (
+                    "--identity-pixels-weight",
+                    args.identity_pixels_weight.is_some(),
+                ),
+                (
+                    "--identity-features-weight",
+                    args.identity_features_weight.is_some(),
+                ),
+                ("--preset", args.preset.is_some()),
+                ("--heads", args.heads.is_some()),
+                ("--pos", args.pos.is_some()),
+                ("--cape-grid", args.cape_grid.is_some()),
+            ];
+            if let Some((flag, _)) = transformer_only.iter().find(|(_, given)| *given) {
+                bail!("{flag} applies to --kind transformer only");
+            }
+            TrainFastConfig::adain(content, styles, vgg_path)
+        }
+        KindArg::Transformer => {
+            TrainFastConfig::transformer(content, styles, vgg_path, stytr_config(args)?)
+        }
     };
     let mut weights = d.weights;
     weights.content = args.content_weight.unwrap_or(weights.content);
     weights.style = args.style_weight.unwrap_or(weights.style);
+    weights.identity_pixels = args
+        .identity_pixels_weight
+        .unwrap_or(weights.identity_pixels);
+    weights.identity_features = args
+        .identity_features_weight
+        .unwrap_or(weights.identity_features);
+    let schedule = match (d.schedule, args.warmup_steps) {
+        (LrSchedule::Warmup { .. }, Some(steps)) => LrSchedule::Warmup { steps },
+        (schedule, _) => schedule,
+    };
     Ok(TrainFastConfig {
         widths,
         steps: args.steps.unwrap_or(d.steps),
         lr: args.lr.unwrap_or(d.lr),
         lr_decay: args.lr_decay.unwrap_or(d.lr_decay),
+        schedule,
         batch: args.batch.unwrap_or(d.batch),
         load_size: args.load_size.unwrap_or(d.load_size),
         crop: args.crop.unwrap_or(d.crop),
@@ -162,13 +257,47 @@ fn config(args: &TrainFastArgs, vgg_path: PathBuf, widths: [usize; 4]) -> Result
     })
 }
 
+/// The StyTr² network of the flags: the preset with --heads, --pos and --cape-grid applied.
+fn stytr_config(args: &TrainFastArgs) -> Result<stytr::Config> {
+    let preset = args.preset.unwrap_or(PresetArg::Original);
+    let mut net = match (preset, args.pos.unwrap_or(PosArg::Cape)) {
+        (PresetArg::Original, PosArg::Cape) => stytr::Config::original(),
+        (PresetArg::Original, PosArg::Pyramidal) => stytr::Config::original_pyramidal(),
+        (PresetArg::Tiny, PosArg::Cape) => stytr::Config::tiny(),
+        (PresetArg::Tiny, PosArg::Pyramidal) => stytr::Config::tiny_pyramidal(),
+    };
+    if let Some(heads) = args.heads {
+        net.nhead = heads;
+    }
+    if let Some(grid) = args.cape_grid {
+        match &mut net.pos {
+            stytr::PositionalEncoding::Cape { grid: g } if grid > 0 => *g = grid,
+            stytr::PositionalEncoding::Cape { .. } => bail!("--cape-grid must be at least 1"),
+            stytr::PositionalEncoding::Pyramidal { .. } => {
+                bail!("--cape-grid applies to --pos cape only")
+            }
+        }
+    }
+    net.validate().context("--heads")?;
+    Ok(net)
+}
+
 /// Runs `easel train-fast`.
 pub fn run(args: TrainFastArgs) -> Result<()> {
-    if args.output.is_dir() {
-        bail!(
-            "-o {} is a folder; give a .safetensors file",
-            args.output.display()
-        );
+    // A new run's output is checked before training (a resumed run's kind is its checkpoint's;
+    // its output is checked when written).
+    if args.resume.is_none() {
+        match args.kind {
+            KindArg::Adain if args.output.is_dir() => bail!(
+                "-o {} is a folder; give a .safetensors file",
+                args.output.display()
+            ),
+            KindArg::Transformer if args.output.is_file() => bail!(
+                "-o {} is a file; a transformer run writes a folder of three files",
+                args.output.display()
+            ),
+            _ => {}
+        }
     }
     let device = easel_core::select_device(args.device)?;
     let (mut trainer, run_dir) = match &args.resume {
@@ -221,8 +350,12 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
         let mut hooks = Hooks {
             on_step: Some(Box::new(|r| {
                 bar.set_position(r.step as u64);
+                let identity = match r.identity {
+                    Some((pixels, features)) => format!(" id1 {pixels:.4} id2 {features:.4}"),
+                    None => String::new(),
+                };
                 bar.set_message(format!(
-                    "loss {:.4} (content {:.4} style {:.4}) lr {:.2e}",
+                    "loss {:.4} (content {:.4} style {:.4}{identity}) lr {:.2e}",
                     r.loss, r.content, r.style, r.lr
                 ));
             })),
@@ -245,7 +378,29 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
     }
     let config = trainer.config();
     let inputs = [config.vgg.as_path()];
-    write_atomic(&args.output, &trainer.weights_bytes()?, &inputs)?;
+    let files = trainer.weight_files()?;
+    match config.kind {
+        Kind::Adain => {
+            for (_, bytes) in &files {
+                write_atomic(&args.output, bytes, &inputs)?;
+            }
+        }
+        Kind::Transformer => {
+            if args.output.is_file() {
+                bail!(
+                    "-o {} is a file; a transformer run writes a folder of three files",
+                    args.output.display()
+                );
+            }
+            std::fs::create_dir_all(&args.output).with_context(|| {
+                format!("-o {}: cannot create the folder", args.output.display())
+            })?;
+            for (part, bytes) in &files {
+                let path = args.output.join(format!("{part}.safetensors"));
+                write_atomic(&path, bytes, &inputs)?;
+            }
+        }
+    }
     eprintln!(
         "wrote {} ({} steps; checkpoint in {})",
         args.output.display(),

@@ -7,16 +7,28 @@
 //! (β 0.9, 0.999, ε 1e-8, no weight decay) and the repo's learning rate `lr / (1 + lr_decay ·
 //! i)` at iteration `i` (1e-4 and 5e-5 by default).
 //!
-//! A fresh decoder starts from PyTorch's default convolution initialisation (weights and biases
-//! uniform in ±1/√fan_in), drawn from easel's seeded generator. Step `s` draws its batch from a
-//! generator seeded by `(seed, s)`, so a checkpoint (parameters, Adam moments, steps done:
-//! [`checkpoint`]) continues a run bit-exactly. Every `save_every` steps, at the end and when
-//! stopped the checkpoint is rewritten atomically; every `sample_every` steps a grid of a fixed
-//! set of photos × paintings stylized with the current weights is written to
+//! StyTr² (Deng et al. 2022, <https://arxiv.org/abs/2105.14576>, as diyiiyiii/StyTR-2
+//! `train.py`): the patch embedding, the transformer and the CNN decoder of [`StyTr`] learn
+//! together, with the losses of [`crate::losses::stytr_loss`] (content 7, style 10, identity 70
+//! and 1), the same Adam and the repo's schedule ([`LrSchedule::Warmup`]: `lr · 0.1 · (1 + 3e-4
+//! · i)` for the first 10 000 steps, then `2e-4 / (1 + 1e-5 · (i − 10 000))`, lr 5e-4). One
+//! difference: the repo trains with dropout 0.1 in the transformer; easel has none (its forward
+//! is the eval one), so a step is a deterministic function of the weights and the batch.
+//!
+//! A fresh network starts from PyTorch's default initialisation, drawn from easel's seeded
+//! generator: convolutions and linear layers uniform in ±1/√fan_in (weights and biases); in the
+//! StyTr² transformer, as its `_reset_parameters` does, every weight matrix Xavier-uniform
+//! (±√(6 / (fan_in + fan_out))), the attention biases 0, the LayerNorms 1 and 0, and the
+//! positional encoding's convs (`new_ps`, `ppe`, made after that reset) the conv default. Step
+//! `s` draws its batch from a generator seeded by `(seed, s)`, so a checkpoint (parameters, Adam
+//! moments, steps done: [`checkpoint`]) continues a run bit-exactly. Every `save_every` steps, at
+//! the end and when stopped the checkpoint is rewritten atomically; every `sample_every` steps a
+//! grid of a fixed set of photos × paintings stylized with the current weights is written to
 //! `<run_dir>/samples/step_NNNNNN.png` (first row the paintings, first column the photos; the
 //! first three of each folder, centre squares of side `crop`).
 //!
-//! The VGG weights are plain tensors, never [`Var`]s, so gradients reach only the decoder.
+//! The VGG weights are plain tensors, never [`Var`]s, so gradients reach only the trained
+//! network.
 
 pub mod checkpoint;
 pub mod data;
@@ -31,7 +43,8 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::adain::{self, adaptive_instance_normalization, Decoder};
-use crate::losses::{adain_loss, LossWeights};
+use crate::losses::{adain_loss, stytr_loss, LossTerms, LossWeights};
+use crate::stytr::{self, StyTr};
 use crate::vgg::{self, Layer, VggEncoder};
 use checkpoint::{Checkpoint, Moments};
 use data::{batch_tensor, center_square, core_err, ImageSet, StepRng};
@@ -41,8 +54,13 @@ use safetensors::Dtype;
 /// Photos and paintings in a sample grid (at most; fewer when a folder has fewer).
 pub const SAMPLE_COUNT: usize = 3;
 
-/// The `format` metadata of the decoder weights [`FastTrainer::weights_bytes`] writes.
+/// The `format` metadata of the AdaIN decoder weights [`FastTrainer::weight_files`] writes.
 pub const DECODER_FORMAT: &str = "easel-adain-decoder";
+
+/// The parts of a StyTr² network, as [`FastTrainer::weight_files`] names them: the state dicts
+/// of StyTR-2's `transformer_iter_*.pth`, `embedding_iter_*.pth` and `decoder_iter_*.pth`, in
+/// [`StyTr::new`]'s order.
+pub const STYTR_PARTS: [&str; 3] = ["transformer", "embedding", "decoder"];
 
 /// Which network is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +68,25 @@ pub const DECODER_FORMAT: &str = "easel-adain-decoder";
 pub enum Kind {
     /// AdaIN's decoder.
     Adain,
+    /// StyTr²: patch embedding, transformer and CNN decoder.
+    Transformer,
+}
+
+/// How the learning rate moves with the step `i` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// pytorch-AdaIN: `lr / (1 + lr_decay · i)`.
+    #[default]
+    Inverse,
+    /// StyTR-2 `train.py`: a linear warm-up `lr · 0.1 · (1 + 3 · i / steps)` from a tenth of
+    /// `lr` to `0.4 · lr` for `i < steps`, then `0.4 · lr / (1 + lr_decay · (i − steps))`.
+    /// With the repo's 10 000 steps and lr 5e-4 that is its `lr · 0.1 · (1 + 3e-4 · i)` and its
+    /// constant `2e-4 / (1 + lr_decay · (i − 1e4))` (easel scales the second with `lr` too).
+    Warmup {
+        /// Warm-up steps (10 000 in the repo).
+        steps: usize,
+    },
 }
 
 /// The settings of a training run (stored as JSON in checkpoints).
@@ -64,14 +101,20 @@ pub struct TrainFastConfig {
     pub style_dir: PathBuf,
     /// The VGG weights file of the run (recorded so that a resumed run finds it).
     pub vgg: PathBuf,
-    /// Channels of VGG blocks 1–4, as the VGG weights have them; the decoder mirrors them.
+    /// Channels of VGG blocks 1–4, as the VGG weights have them; AdaIN's decoder mirrors them.
     pub widths: [usize; 4],
     /// Optimizer steps of the run.
     pub steps: usize,
     /// Learning rate at step 0.
     pub lr: f64,
-    /// Learning-rate decay: the rate at step `i` is `lr / (1 + lr_decay · i)`.
+    /// Learning-rate decay (see [`Self::schedule`]).
     pub lr_decay: f64,
+    /// The learning-rate schedule (absent in runs saved before it existed: the inverse decay).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// The StyTr² network's sizes (kind `transformer` only).
+    #[serde(default)]
+    pub transformer: Option<stytr::Config>,
     /// Content and style pairs per step.
     pub batch: usize,
     /// Short side the pictures are resized to before cropping (512 in the papers).
@@ -106,6 +149,8 @@ impl TrainFastConfig {
             steps: 160_000,
             lr: 1e-4,
             lr_decay: 5e-5,
+            schedule: LrSchedule::Inverse,
+            transformer: None,
             batch: 8,
             load_size: 512,
             crop: 256,
@@ -115,6 +160,38 @@ impl TrainFastConfig {
             weights: LossWeights::adain(),
             betas: (0.9, 0.999),
             eps: 1e-8,
+        }
+    }
+
+    /// StyTR-2 `train.py`'s settings for the network `net`: 160 000 steps, lr 5e-4 with 10 000
+    /// warm-up steps then decay 1e-5 ([`LrSchedule::Warmup`]), batch 8, 256 crops of
+    /// 512-resized pictures, content 7 / style 10 / identity 70 and 1, Adam (0.9, 0.999, 1e-8);
+    /// seed 0, checkpoints every 10 000 steps, samples every 1000; the original VGG widths.
+    pub fn transformer(
+        content_dir: PathBuf,
+        style_dir: PathBuf,
+        vgg: PathBuf,
+        net: stytr::Config,
+    ) -> Self {
+        Self {
+            kind: Kind::Transformer,
+            lr: 5e-4,
+            lr_decay: 1e-5,
+            schedule: LrSchedule::Warmup { steps: 10_000 },
+            transformer: Some(net),
+            weights: LossWeights::stytr(),
+            ..Self::adain(content_dir, style_dir, vgg)
+        }
+    }
+
+    /// The StyTr² network of a `transformer` run.
+    fn stytr_config(&self) -> Result<&stytr::Config> {
+        match (&self.kind, &self.transformer) {
+            (Kind::Transformer, Some(net)) => Ok(net),
+            (Kind::Transformer, None) => {
+                bail!("train-fast: a transformer run needs its network sizes")
+            }
+            (Kind::Adain, _) => bail!("train-fast: an AdaIN run has no transformer"),
         }
     }
 
@@ -135,11 +212,26 @@ impl TrainFastConfig {
                 self.widths
             )
         }
-        if self.crop < 16 || !self.crop.is_multiple_of(8) {
+        // relu5_1 of StyTr²'s losses needs 17 pixels, AdaIN's relu4_1 9 (and its decoder 16).
+        let min_crop = match self.kind {
+            Kind::Adain => 16,
+            Kind::Transformer => 24,
+        };
+        if self.crop < min_crop || !self.crop.is_multiple_of(8) {
             bail!(
-                "train-fast: crop {} must be a multiple of 8 and at least 16",
+                "train-fast: crop {} must be a multiple of 8 and at least {min_crop}",
                 self.crop
             )
+        }
+        match self.kind {
+            Kind::Adain if self.transformer.is_some() => {
+                bail!("train-fast: an AdaIN run takes no transformer settings")
+            }
+            Kind::Adain => {}
+            Kind::Transformer => self.stytr_config()?.validate()?,
+        }
+        if self.schedule == (LrSchedule::Warmup { steps: 0 }) {
+            bail!("train-fast: warm-up steps must be at least 1")
         }
         if self.load_size < self.crop {
             bail!(
@@ -167,9 +259,17 @@ impl TrainFastConfig {
         }
     }
 
-    /// The learning rate of the update made at step `step` (0-based).
+    /// The learning rate of the update made at step `step` (0-based; see [`LrSchedule`]).
     pub fn lr_at(&self, step: usize) -> f64 {
-        self.lr / (1.0 + self.lr_decay * step as f64)
+        match self.schedule {
+            LrSchedule::Inverse => self.lr / (1.0 + self.lr_decay * step as f64),
+            LrSchedule::Warmup { steps } if step < steps => {
+                self.lr * 0.1 * (1.0 + 3.0 * step as f64 / steps as f64)
+            }
+            LrSchedule::Warmup { steps } => {
+                0.4 * self.lr / (1.0 + self.lr_decay * (step - steps) as f64)
+            }
+        }
     }
 }
 
@@ -184,6 +284,8 @@ pub struct StepReport {
     pub content: f32,
     /// The style loss (unweighted).
     pub style: f32,
+    /// The pixel and feature identity losses (unweighted; StyTr² only).
+    pub identity: Option<(f32, f32)>,
     /// The learning rate used.
     pub lr: f64,
 }
@@ -222,13 +324,20 @@ struct Samples {
     styles: Vec<RgbImage>,
 }
 
-/// A training run: the frozen encoder, the decoder being trained, Adam's state and the
+/// The network being trained (its parameters are [`Var`]s).
+#[derive(Debug)]
+enum Network {
+    Adain(Decoder),
+    Transformer(Box<StyTr>),
+}
+
+/// A training run: the frozen encoder, the network being trained, Adam's state and the
 /// pictures.
 #[derive(Debug)]
 pub struct FastTrainer {
     config: TrainFastConfig,
     encoder: VggEncoder,
-    decoder: Decoder,
+    network: Network,
     params: Vec<(String, Var)>,
     moments: Vec<Moments>,
     step: usize,
@@ -259,7 +368,7 @@ pub fn vgg_widths(vgg: &HashMap<String, Tensor>) -> Result<[usize; 4]> {
 
 impl FastTrainer {
     /// A new run with `config`: the VGG state dict `vgg` (frozen; its widths must be
-    /// `config.widths`), a decoder initialised from `config.seed`, the pictures of the config's
+    /// `config.widths`), a network initialised from `config.seed`, the pictures of the config's
     /// folders; checkpoints and samples go to `run_dir`.
     pub fn new(
         vgg: HashMap<String, Tensor>,
@@ -268,10 +377,10 @@ impl FastTrainer {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let (decoder, params) = build_decoder(&config, device)?;
+        let (network, params) = build_network(&config, device)?;
         let mut rng = StepRng::new(config.seed);
         for (name, var) in &params {
-            let value = pytorch_conv_init(name, var.as_tensor(), &params, &mut rng)?;
+            let value = initial_value(config.kind, name, var.as_tensor(), &params, &mut rng)?;
             var.set(&value)?;
         }
         let moments = params
@@ -284,7 +393,7 @@ impl FastTrainer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Self::assemble(vgg, config, decoder, params, moments, 0, run_dir, device)
+        Self::assemble(vgg, config, network, params, moments, 0, run_dir, device)
     }
 
     /// Continues the run checkpointed in `run_dir` (parameters, Adam moments, steps done,
@@ -308,10 +417,10 @@ impl FastTrainer {
                 ckpt.config.steps
             )
         }
-        let (decoder, params) = build_decoder(&ckpt.config, device)?;
+        let (network, params) = build_network(&ckpt.config, device)?;
         if params.len() != ckpt.params.len() {
             bail!(
-                "the checkpoint holds {} parameters, the decoder has {}",
+                "the checkpoint holds {} parameters, the network has {}",
                 ckpt.params.len(),
                 params.len()
             )
@@ -320,7 +429,7 @@ impl FastTrainer {
         for ((name, var), (cname, value, m)) in params.iter().zip(ckpt.params) {
             if *name != cname || var.dims() != value.dims() {
                 bail!(
-                    "the checkpoint's parameter {cname} {:?} does not fit the decoder's {name} {:?}",
+                    "the checkpoint's parameter {cname} {:?} does not fit the network's {name} {:?}",
                     value.dims(),
                     var.dims()
                 )
@@ -331,7 +440,7 @@ impl FastTrainer {
         Self::assemble(
             vgg,
             ckpt.config,
-            decoder,
+            network,
             params,
             moments,
             ckpt.step,
@@ -344,7 +453,7 @@ impl FastTrainer {
     fn assemble(
         vgg: HashMap<String, Tensor>,
         config: TrainFastConfig,
-        decoder: Decoder,
+        network: Network,
         params: Vec<(String, Var)>,
         moments: Vec<Moments>,
         step: usize,
@@ -360,7 +469,10 @@ impl FastTrainer {
         }
         let vgg_cfg = vgg::Config {
             widths,
-            depth: Layer::Relu4_1,
+            depth: match config.kind {
+                Kind::Adain => Layer::Relu4_1,
+                Kind::Transformer => Layer::Relu5_1,
+            },
         };
         // Plain tensors: the encoder is frozen.
         let vgg = vgg
@@ -383,7 +495,7 @@ impl FastTrainer {
         Ok(Self {
             config,
             encoder,
-            decoder,
+            network,
             params,
             moments,
             step,
@@ -410,12 +522,26 @@ impl FastTrainer {
         &self.run_dir
     }
 
-    /// The decoder being trained (its weights are the current ones).
+    /// The (CNN) decoder being trained: AdaIN's, or StyTr²'s last stage (its weights are the
+    /// current ones).
     pub fn decoder(&self) -> &Decoder {
-        &self.decoder
+        match &self.network {
+            Network::Adain(decoder) => decoder,
+            Network::Transformer(net) => net.decoder(),
+        }
     }
 
-    /// The trained parameters with their state-dict keys, in module order.
+    /// The StyTr² network being trained (kind `transformer`).
+    pub fn stytr(&self) -> Option<&StyTr> {
+        match &self.network {
+            Network::Adain(_) => None,
+            Network::Transformer(net) => Some(net),
+        }
+    }
+
+    /// The trained parameters with their keys, in the run's order: AdaIN's decoder by
+    /// state-dict key in module order; StyTr²'s as `<part>.<state-dict key>` for the parts of
+    /// [`STYTR_PARTS`], by name.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
@@ -440,13 +566,11 @@ impl FastTrainer {
     pub fn train_step(&mut self) -> Result<StepReport> {
         let step = self.step;
         let (content, style) = self.batch(step)?;
-        let terms = adain_loss(
-            &self.encoder,
-            &self.decoder,
-            &content,
-            &style,
-            &self.config.weights,
-        )?;
+        let w = &self.config.weights;
+        let terms: LossTerms = match &self.network {
+            Network::Adain(decoder) => adain_loss(&self.encoder, decoder, &content, &style, w)?,
+            Network::Transformer(net) => stytr_loss(&self.encoder, net, &content, &style, w)?,
+        };
         let grads = terms.total.backward()?;
         let lr = self.config.lr_at(step);
         let adam = self.config.adam();
@@ -458,11 +582,16 @@ impl FastTrainer {
         }
         self.step += 1;
         let scalar = |t: &Tensor| t.to_dtype(DType::F32)?.to_scalar::<f32>();
+        let identity = match (&terms.identity_pixels, &terms.identity_features) {
+            (Some(p), Some(f)) => Some((scalar(p)?, scalar(f)?)),
+            _ => None,
+        };
         Ok(StepReport {
             step: self.step,
             loss: scalar(&terms.total)?,
             content: scalar(&terms.content)?,
             style: scalar(&terms.style)?,
+            identity,
             lr,
         })
     }
@@ -487,25 +616,49 @@ impl FastTrainer {
         self.checkpoint()?.save(&self.run_dir)
     }
 
-    /// The trained decoder as safetensors bytes: the `decoder.pth` state-dict keys (`1.weight`,
-    /// … `28.bias`), f32, with metadata `format` = [`DECODER_FORMAT`], `steps`, `config` (JSON).
-    /// `easel stylize --method adain` loads it like a converted `decoder.pth`.
-    pub fn weights_bytes(&self) -> Result<Vec<u8>> {
-        let data = self
-            .params
-            .iter()
-            .map(|(name, var)| {
-                let bytes = f32_bytes(var)?;
-                Ok((name.clone(), Dtype::F32, var.dims().to_vec(), bytes))
-            })
-            .collect::<Result<Vec<_>>>()?;
+    /// The trained network as safetensors files `(part, bytes)`, f32, each with metadata
+    /// `format`, `steps` and `config` (JSON): for AdaIN one `decoder` with `decoder.pth`'s keys
+    /// (`1.weight`, … `28.bias`; format [`DECODER_FORMAT`]), which `easel stylize --method
+    /// adain` loads like a converted `decoder.pth`; for StyTr² the three [`STYTR_PARTS`] with the
+    /// keys of StyTR-2's `transformer_iter_*.pth`, `embedding_iter_*.pth` and
+    /// `decoder_iter_*.pth` (format `easel-stytr-<part>`), as [`StyTr::new`] reads them.
+    pub fn weight_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let config = serde_json::to_string(&self.config).map_err(candle_core::Error::wrap)?;
-        let meta = HashMap::from([
-            ("format".to_string(), DECODER_FORMAT.to_string()),
-            ("steps".to_string(), self.step.to_string()),
-            ("config".to_string(), config),
-        ]);
-        safetensors_bytes(&data, meta)
+        let file = |format: String, params: Vec<(&str, &Var)>| -> Result<Vec<u8>> {
+            let data = params
+                .into_iter()
+                .map(|(key, var)| {
+                    let bytes = f32_bytes(var)?;
+                    Ok((key.to_string(), Dtype::F32, var.dims().to_vec(), bytes))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let meta = HashMap::from([
+                ("format".to_string(), format),
+                ("steps".to_string(), self.step.to_string()),
+                ("config".to_string(), config.clone()),
+            ]);
+            safetensors_bytes(&data, meta)
+        };
+        match self.config.kind {
+            Kind::Adain => {
+                let params = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+                Ok(vec![("decoder", file(DECODER_FORMAT.to_string(), params)?)])
+            }
+            Kind::Transformer => STYTR_PARTS
+                .iter()
+                .map(|&part| {
+                    let params = self
+                        .params
+                        .iter()
+                        .filter_map(|(name, var)| {
+                            let (p, key) = name.split_once('.')?;
+                            (p == part).then_some((key, var))
+                        })
+                        .collect();
+                    Ok((part, file(format!("easel-stytr-{part}"), params)?))
+                })
+                .collect(),
+        }
     }
 
     /// The sample grid with the current weights: `(1 + photos) × (1 + paintings)` cells of
@@ -520,21 +673,30 @@ impl FastTrainer {
             image::Rgb([255, 255, 255]),
         );
         let at = |i: usize| i64::from(i as u32 * side);
-        let mut style_feats = Vec::with_capacity(cols);
+        let tensor = |img: &RgbImage| batch_tensor(std::slice::from_ref(img), &self.device);
+        // AdaIN works on relu4_1 features, StyTr² on the pictures.
+        let prepare = |img: &RgbImage| -> Result<Tensor> {
+            match &self.network {
+                Network::Adain(_) => self.encoder.forward_to(&tensor(img)?, Layer::Relu4_1),
+                Network::Transformer(_) => tensor(img),
+            }
+        };
+        let mut styles = Vec::with_capacity(cols);
         for (j, s) in self.samples.styles.iter().enumerate() {
             image::imageops::replace(&mut grid, s, at(j + 1), 0);
-            let t = batch_tensor(std::slice::from_ref(s), &self.device)?;
-            style_feats.push(self.encoder.forward_to(&t, Layer::Relu4_1)?);
+            styles.push(prepare(s)?);
         }
         for (i, c) in self.samples.contents.iter().enumerate() {
             image::imageops::replace(&mut grid, c, 0, at(i + 1));
-            let t = batch_tensor(std::slice::from_ref(c), &self.device)?;
-            let cf = self.encoder.forward_to(&t, Layer::Relu4_1)?;
-            for (j, sf) in style_feats.iter().enumerate() {
-                let out = self
-                    .decoder
-                    .forward(&adaptive_instance_normalization(&cf, sf)?)?
-                    .detach();
+            let content = prepare(c)?;
+            for (j, style) in styles.iter().enumerate() {
+                let out = match &self.network {
+                    Network::Adain(decoder) => {
+                        decoder.forward(&adaptive_instance_normalization(&content, style)?)?
+                    }
+                    Network::Transformer(net) => net.forward(&content, style)?,
+                }
+                .detach();
                 let img = core_err(easel_core::tensor_to_rgb(&out))?;
                 image::imageops::replace(&mut grid, &img, at(j + 1), at(i + 1));
             }
@@ -594,34 +756,121 @@ impl FastTrainer {
     }
 }
 
-/// A decoder of `config.widths` whose parameters are [`Var`]s (values to be set), with its
-/// parameters in module order.
-fn build_decoder(
-    config: &TrainFastConfig,
-    device: &Device,
-) -> Result<(Decoder, Vec<(String, Var)>)> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let decoder = Decoder::new(
-        vb,
-        &adain::Config {
-            widths: config.widths,
-        },
-    )?;
+/// The variables of `varmap` with their names (keys as built), sorted by `order`.
+fn varmap_params(
+    varmap: &VarMap,
+    order: impl Fn(&str) -> (usize, bool, String),
+) -> Result<Vec<(String, Var)>> {
     let mut params: Vec<(String, Var)> = match varmap.data().lock() {
         Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Err(_) => bail!("train-fast: the decoder's variables are unavailable (poisoned lock)"),
+        Err(_) => bail!("train-fast: the network's variables are unavailable (poisoned lock)"),
     };
-    // `<module index>.weight|bias`: by index, then weight before bias.
-    let key = |name: &str| {
-        let (index, kind) = name.split_once('.').unwrap_or((name, ""));
-        (index.parse::<usize>().unwrap_or(usize::MAX), kind == "bias")
-    };
-    params.sort_by(|a, b| key(&a.0).cmp(&key(&b.0)).then(a.0.cmp(&b.0)));
-    Ok((decoder, params))
+    params.sort_by_key(|(name, _)| order(name));
+    Ok(params)
 }
 
-/// PyTorch's default `nn.Conv2d` initialisation of parameter `name`: uniform in
+/// The network of `config` whose parameters are [`Var`]s (values to be set), with its
+/// parameters in the run's order ([`FastTrainer::params`]).
+fn build_network(
+    config: &TrainFastConfig,
+    device: &Device,
+) -> Result<(Network, Vec<(String, Var)>)> {
+    let new_varmap = || {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        (varmap, vb)
+    };
+    // AdaIN decoder keys `<module index>.weight|bias`: by index, then weight before bias.
+    let module_order = |name: &str| {
+        let (index, kind) = name.split_once('.').unwrap_or((name, ""));
+        (
+            index.parse::<usize>().unwrap_or(usize::MAX),
+            kind == "bias",
+            name.to_string(),
+        )
+    };
+    match config.kind {
+        Kind::Adain => {
+            let (varmap, vb) = new_varmap();
+            let decoder = Decoder::new(
+                vb,
+                &adain::Config {
+                    widths: config.widths,
+                },
+            )?;
+            Ok((
+                Network::Adain(decoder),
+                varmap_params(&varmap, module_order)?,
+            ))
+        }
+        Kind::Transformer => {
+            let [(transformer, vb_t), (embedding, vb_e), (decoder, vb_d)] =
+                [new_varmap(), new_varmap(), new_varmap()];
+            let net = StyTr::new(vb_t, vb_e, vb_d, config.stytr_config()?)?;
+            let mut params = Vec::new();
+            for (part, varmap) in STYTR_PARTS.iter().zip([&transformer, &embedding, &decoder]) {
+                let by_name = |name: &str| (0, false, name.to_string());
+                let order: &dyn Fn(&str) -> (usize, bool, String) = if *part == "decoder" {
+                    &module_order
+                } else {
+                    &by_name
+                };
+                for (key, var) in varmap_params(varmap, order)? {
+                    params.push((format!("{part}.{key}"), var));
+                }
+            }
+            Ok((Network::Transformer(Box::new(net)), params))
+        }
+    }
+}
+
+/// The initial value of parameter `name` (see the module documentation): PyTorch's default
+/// initialisation of the module it belongs to, drawn from `rng`.
+fn initial_value(
+    kind: Kind,
+    name: &str,
+    value: &Tensor,
+    params: &[(String, Var)],
+    rng: &mut StepRng,
+) -> Result<Tensor> {
+    let transformer_key = match kind {
+        Kind::Transformer => name.strip_prefix("transformer."),
+        Kind::Adain => None,
+    };
+    let Some(key) = transformer_key else {
+        return pytorch_conv_init(name, value, params, rng);
+    };
+    // The module's last path component: `norm1`, `out_proj`, `linear2`, …
+    let (module, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let module_name = module.rsplit('.').next().unwrap_or(module);
+    let positional = key.starts_with("new_ps.") || key.starts_with("ppe.");
+    let constant = |v: f64| value.ones_like()?.affine(v, 0.0);
+    if positional {
+        pytorch_conv_init(name, value, params, rng)
+    } else if leaf == "in_proj_bias" || (module_name == "out_proj" && leaf == "bias") {
+        constant(0.0)
+    } else if module_name.starts_with("norm") {
+        constant(if leaf == "weight" { 1.0 } else { 0.0 })
+    } else if value.rank() > 1 {
+        // Xavier uniform: fan_in = dims[1]·receptive field, fan_out = dims[0]·receptive field.
+        let dims = value.dims();
+        let receptive: usize = dims.iter().skip(2).product();
+        let fans = (dims[0] + dims[1]) * receptive;
+        uniform(value, (6.0 / fans.max(1) as f64).sqrt(), rng)
+    } else {
+        pytorch_conv_init(name, value, params, rng)
+    }
+}
+
+/// A tensor shaped like `value`, uniform in ±`bound`, drawn from `rng`.
+fn uniform(value: &Tensor, bound: f64, rng: &mut StepRng) -> Result<Tensor> {
+    let values: Vec<f32> = (0..value.elem_count())
+        .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
+        .collect();
+    Tensor::from_vec(values, value.shape(), value.device())
+}
+
+/// PyTorch's default `nn.Conv2d` / `nn.Linear` initialisation of parameter `name`: uniform in
 /// ±1/√fan_in, `fan_in` being its module's `in_channels · kh · kw` (the bias uses its weight's).
 fn pytorch_conv_init(
     name: &str,
@@ -637,10 +886,5 @@ fn pytorch_conv_init(
         bail!("train-fast: no weight {weight_name} for {name}")
     };
     let fan_in: usize = weight.dims().iter().skip(1).product();
-    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    let n = value.elem_count();
-    let values: Vec<f32> = (0..n)
-        .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
-        .collect();
-    Tensor::from_vec(values, value.shape(), value.device())
+    uniform(value, 1.0 / (fan_in.max(1) as f64).sqrt(), rng)
 }
