@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use easel_core::LoadOptions;
 use easel_fast::import::adain::{load_adain, read_weights};
+use easel_fast::import::stytr::{load_stytr, Settings};
 use easel_fast::import::torch_zip::read_torch_checkpoint;
 
 mod common;
@@ -294,6 +295,62 @@ fn train_fast_transformer_writes_three_stytr_files_and_resumes_bit_exactly() {
             assert_eq!(tensors[key].dims(), t.dims(), "{part} {key}");
         }
     }
+
+    // The folder paints through `easel stylize --method transformer --weights DIR` as the
+    // library paints with the three files.
+    let painted = root.path().join("stytr.png");
+    let photo = shared_image("content/chelsea_cat.png");
+    let style = shared_image("style/gauguin_te_fare.jpg");
+    let out = easel_command(&[
+        "stylize",
+        s(&photo),
+        "--method",
+        "transformer",
+        "--weights",
+        s(&straight),
+        "--stytr-heads",
+        "4",
+        "--stytr-cape-grid",
+        "6",
+        "--style",
+        s(&style),
+        "--max-size",
+        "64",
+        "--device",
+        "cpu",
+        "-o",
+        s(&painted),
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    let got = image::open(&painted).unwrap().to_rgb8();
+    let read = |part: &'static str| {
+        let p = straight.join(format!("{part}.safetensors"));
+        (
+            read_weights(&std::fs::read(&p).unwrap(), part).unwrap(),
+            part,
+        )
+    };
+    let settings = Settings {
+        nhead: 4,
+        cape_grid: 6,
+        pyramid_windows: vec![2, 4, 8],
+    };
+    let net = load_stytr(
+        read("transformer"),
+        read("embedding"),
+        read("decoder"),
+        &settings,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let load = |p: &Path| {
+        let img = easel_core::load_rgb(p, &LoadOptions::with_max_side(64)).unwrap();
+        easel_core::rgb_to_tensor(&img, &Device::Cpu).unwrap()
+    };
+    let want = net.stylize(&load(&photo), &load(&style)).unwrap();
+    assert!(got == easel_core::tensor_to_rgb(&want).unwrap());
 
     // 1 step, then --resume to 2: the same files.
     let part = root.path().join("part");

@@ -25,18 +25,25 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_STYTR_REPO: &str = "diyiiyiii/StyTR-2";
 
 /// The transformer's file names in a weights folder or repository, preferred first: the
-/// published checkpoint, then its `easel import-torch` conversion (the same tensors).
-pub const TRANSFORMER_FILES: [&str; 2] = [
+/// published checkpoint, its `easel import-torch` conversion (the same tensors), then the file
+/// `easel train-fast --kind transformer` writes.
+pub const TRANSFORMER_FILES: [&str; 3] = [
     "transformer_iter_160000.pth",
     "transformer_iter_160000.safetensors",
+    "transformer.safetensors",
 ];
 /// The patch embedding's file names, preferred first.
-pub const EMBEDDING_FILES: [&str; 2] = [
+pub const EMBEDDING_FILES: [&str; 3] = [
     "embedding_iter_160000.pth",
     "embedding_iter_160000.safetensors",
+    "embedding.safetensors",
 ];
 /// The CNN decoder's file names, preferred first.
-pub const DECODER_FILES: [&str; 2] = ["decoder_iter_160000.pth", "decoder_iter_160000.safetensors"];
+pub const DECODER_FILES: [&str; 3] = [
+    "decoder_iter_160000.pth",
+    "decoder_iter_160000.safetensors",
+    "decoder.safetensors",
+];
 
 /// Where to get the files, for error messages.
 const GET_THEM: &str = "get transformer_iter_160000.pth, embedding_iter_160000.pth and \
@@ -217,7 +224,7 @@ pub fn resolve_weights(
 }
 
 /// The first of `names` in `dir`; the error names the file and where to get it.
-fn find_in_dir(dir: &Path, names: &[&str; 2]) -> Result<PathBuf> {
+fn find_in_dir(dir: &Path, names: &[&str; 3]) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("--weights {}: no such folder", dir.display());
     }
@@ -225,12 +232,13 @@ fn find_in_dir(dir: &Path, names: &[&str; 2]) -> Result<PathBuf> {
         return Ok(path);
     }
     bail!(
-        "missing StyTr² weights in {}: need {} (or {} from `easel import-torch`); {GET_THEM} and \
-         put them in that folder, or pass --stytr-transformer FILE --stytr-embedding FILE \
-         --stytr-decoder FILE",
+        "missing StyTr² weights in {}: need {} (or {} from `easel import-torch`, or {} from \
+         `easel train-fast --kind transformer`); {GET_THEM} and put them in that folder, or pass \
+         --stytr-transformer FILE --stytr-embedding FILE --stytr-decoder FILE",
         dir.display(),
         names[0],
-        names[1]
+        names[1],
+        names[2]
     )
 }
 
