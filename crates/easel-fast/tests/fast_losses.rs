@@ -128,10 +128,23 @@ fn stytr_losses_and_input_gradient_match_pytorch() -> Result<()> {
         + (id2 * w.identity_features)?)?;
     let grads = total.backward()?;
     let got = grads.get(x.as_tensor()).expect("x gets a gradient");
-    // Measured 3.6e-3 (about 2e-4 absolute in each term's gradient, through relu5_1 and the
-    // odd-width fourth pool); the AdaIN gradients above (to relu4_1, even sizes) agree to 1e-4.
-    // The residual is not explained yet, hence the looser bound here.
-    let d = rel_diff(got, &fx["stytr.grad_x"])?;
+    let want = &fx["stytr.grad_x"];
+    // The second picture agrees to 1e-4. The first differs by up to 3.6e-3 (relative), all of it
+    // in the 8×16 pixels at rows 40–47, columns 10–25: there a window of the second max pool
+    // (module 14, channel 15, output row 11, column 4) holds its two largest relu2_2 values
+    // 7e-9 apart relative to the layer's range, below f32 rounding, so the convolutions'
+    // summation order decides which one gets the gradient (PyTorch f32 picks the one float64
+    // picks, easel f32 the other) and the difference spreads through the later convs. Not a bug:
+    // in float64 on both sides (the same inputs, tools/ref/fast_losses_ref.py run with
+    // torch.float64, easel's VGG on F64 tensors) the whole gradient agrees to 2.5e-7, and on
+    // other random inputs the f32 gradients agree to 7.5e-6.
+    let sample = |t: &Tensor, i: usize| t.narrow(0, i, 1);
+    let d = rel_diff(&sample(got, 1)?, &sample(want, 1)?)?;
+    assert!(
+        d <= TOLERANCE,
+        "gradient of x, picture 2: relative difference {d}"
+    );
+    let d = rel_diff(got, want)?;
     assert!(d <= 1e-2, "gradient of x: relative difference {d}");
     Ok(())
 }
