@@ -19,7 +19,7 @@ RAYON_NUM_THREADS = --threads, in the same run, right after PyTorch at each size
 `--easel BIN` (required for CUDA, where no cargo is needed), `BIN bench --workload adain --size
 SIZE --device D --dtype T --runs R --json` (the same network with seeded random weights; each
 timed run between two device synchronisations). Prints a table with the ratio easel / PyTorch
-(lower is better).
+(lower is better); `--json FILE` writes it as JSON too (tools/gpu/check.sh reads it).
 
 On CUDA (`--device cuda`), PyTorch runs with cuDNN autotuning (`cudnn.benchmark`), each timed
 run between two `torch.cuda.synchronize()`; with `--dtype f16` the networks run in half
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="f16 needs --device cuda")
     ap.add_argument("--easel", help="easel binary: time `easel bench --workload adain` (needed on CUDA)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", help="also write the table to this file as JSON")
     args = ap.parse_args()
     if args.dtype == "f16" and args.device != "cuda":
         raise SystemExit("--dtype f16 needs --device cuda")
@@ -128,6 +129,13 @@ def main() -> None:
         mine_s = f"{mine:.1f}" if mine is not None else "-"
         ratio = f"{mine / theirs:.2f}x" if mine is not None else "-"
         print(f"{f'{size}x{size}':<12}{theirs:>14.1f}{mine_s:>12}{ratio:>16}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": where, "dtype": args.dtype, "runs": args.runs, "warmup": args.warmup,
+                       "torch": torch.__version__,
+                       "rows": [{"size": size, "pytorch_ms": theirs, "easel_ms": mine,
+                                 "ratio": None if mine is None else mine / theirs}
+                                for size, theirs, mine in rows]}, f, indent=1)
 
 
 if __name__ == "__main__":

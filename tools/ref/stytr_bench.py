@@ -16,6 +16,13 @@ per attention at 1024², more than this machine has). easel: `cargo run --releas
 --example bench_stytr` with RAYON_NUM_THREADS = --threads, in the same run. Each side: one warm-up
 run, then the median of --runs. Also prints the largest difference between the two outputs.
 Prints a table with the ratio easel / PyTorch (lower is better).
+
+With `--easel BIN` (needed on CUDA, where there is no cargo: `--device cuda --easel /tmp/easel`)
+easel's side is `BIN bench --workload transformer --size SIZE --device D --json` instead: the
+same network with easel's own seeded random weights, so the timing is compared but the outputs
+are not (no max abs diff). On CUDA PyTorch runs in f32 with TF32 off (as easel's StyTr² does),
+each timed run between two `torch.cuda.synchronize()`. `--json FILE` writes the table as JSON
+(tools/gpu/check.sh reads it).
 """
 import argparse
 import json
@@ -48,8 +55,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pyramidal", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--easel", help="easel binary: time `easel bench --workload transformer` (needed on CUDA)")
+    ap.add_argument("--json", help="also write the table to this file as JSON")
     args = ap.parse_args()
+    if args.device == "cuda" and not args.easel:
+        raise SystemExit("--device cuda needs --easel BIN (a CUDA build of easel)")
+    if args.pyramidal and args.easel:
+        raise SystemExit("--pyramidal compares outputs through the example: leave out --easel")
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     pe = "ppe" if args.pyramidal else "cape"
 
     torch.manual_seed(0)
@@ -65,8 +84,9 @@ def main() -> None:
         m.eval()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "easel-fast", "--example", "bench_stytr"],
-                   cwd=ROOT, check=True, env=env)
+    if not args.easel:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "easel-fast", "--example", "bench_stytr"],
+                       cwd=ROOT, check=True, env=env)
     exe = ROOT / "target" / "release" / "examples" / "bench_stytr"
 
     rows = []
@@ -75,34 +95,52 @@ def main() -> None:
         torch.save(transformer.state_dict(), tmp / "transformer.pth")
         torch.save(embedding.state_dict(), tmp / "embedding.pth")
         torch.save(decoder.state_dict(), tmp / "decoder.pth")
+        for m in (transformer, embedding, decoder):
+            m.to(device)
         for n in args.sizes:
             content, style = picture(n, 0.0), picture(n, 1.0)
             save_file({"content": content, "style": style}, str(tmp / f"input_{n}.safetensors"))
+            content, style = content.to(device), style.to(device)
             with torch.inference_mode():
                 out = ref.stylize(embedding, transformer, decoder, content, style)  # warm-up
                 times = []
                 for _ in range(args.runs):
+                    sync()
                     t = time.perf_counter()
                     out = ref.stylize(embedding, transformer, decoder, content, style)
+                    sync()
                     times.append((time.perf_counter() - t) * 1e3)
             torch_ms = statistics.median(times)
-            cmd = [str(exe), "--dir", str(tmp), "--size", str(n), "--runs", str(args.runs)]
-            if args.pyramidal:
-                cmd.append("--pyramidal")
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-            easel = json.loads(res.stdout.strip().splitlines()[-1])
-            ours = load_file(str(tmp / f"easel_{n}.safetensors"))["out"]
-            diff = float((ours - out).abs().max())
-            rows.append((n, torch_ms, easel["median_ms"], diff))
-            print(f"{n}: pytorch {torch_ms:.0f} ms, easel {easel['median_ms']:.0f} ms, max |diff| {diff:.1e}",
-                  flush=True)
+            diff = None
+            if args.easel:
+                cmd = [args.easel, "bench", "--workload", "transformer", "--size", str(n), "--device",
+                       args.device, "--runs", str(args.runs), "--warmup", "1", "--json"]
+                res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                easel_ms = json.loads(res.stdout)["workloads"][0]["median_ms"]
+            else:
+                cmd = [str(exe), "--dir", str(tmp), "--size", str(n), "--runs", str(args.runs)]
+                if args.pyramidal:
+                    cmd.append("--pyramidal")
+                res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                easel_ms = json.loads(res.stdout.strip().splitlines()[-1])["median_ms"]
+                ours = load_file(str(tmp / f"easel_{n}.safetensors"))["out"]
+                diff = float((ours - out.cpu()).abs().max())
+            rows.append((n, torch_ms, easel_ms, diff))
+            diff_s = "-" if diff is None else f"{diff:.1e}"
+            print(f"{n}: pytorch {torch_ms:.0f} ms, easel {easel_ms:.0f} ms, max |diff| {diff_s}", flush=True)
 
-    print(f"\nStyTr² ({pe}), CPU, {args.threads} threads, median of {args.runs} runs after 1 warm-up "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    print(f"\nStyTr² ({pe}), {where}, f32, median of {args.runs} runs after 1 warm-up "
           f"(torch {torch.__version__})")
     print("| size | PyTorch ms | easel ms | easel / PyTorch | max abs diff |")
     print("|---|---|---|---|---|")
     for n, t, e, d in rows:
-        print(f"| {n}² | {t:.0f} | {e:.0f} | {e / t:.2f}× | {d:.1e} |")
+        print(f"| {n}² | {t:.0f} | {e:.0f} | {e / t:.2f}× | {'-' if d is None else f'{d:.1e}'} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": where, "position_encoding": pe, "runs": args.runs, "torch": torch.__version__,
+                       "rows": [{"size": n, "pytorch_ms": t, "easel_ms": e, "ratio": e / t, "max_abs_diff": d}
+                                for n, t, e, d in rows]}, f, indent=1)
 
 
 if __name__ == "__main__":
