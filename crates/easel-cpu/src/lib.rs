@@ -1,0 +1,39 @@
+//! easel's CPU runtime: SIMD kernels, thread pool and buffers for every network that runs on the
+//! CPU, meant to be the one place with SIMD code (easel-fast's `conv.rs` and `attention_cpu.rs`,
+//! from which these kernels come, move onto it next).
+//!
+//! - [`simd`]: instruction-set detection ([`Isa`]) and the vector abstraction every kernel is
+//!   written in (AVX-512F, AVX2 + FMA, portable), plus [`simd_fn!`] for element-wise loops;
+//! - [`pool`]: the blocking thread pool ([`par_for`]) that carries a worker's panic back to the
+//!   caller, and [`catch_panic`] turning it into an error at an op's boundary;
+//! - [`scratch`]: recycled activation buffers; [`pad`]: reflection / zero / upsampling pads as
+//!   one gather ([`PadOp`]); [`pool2d`]: the 2×2 ceil-mode max pool ([`MaxPool2Ceil`]);
+//! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
+//! - [`attention`]: fused flash-style multi-head attention ([`FusedAttention`], a `CustomOp3`);
+//! - [`elementwise`]: vectorised element-wise loops and f64 sums;
+//! - [`layer`]: [`ConvLayer`], a convolution that takes the direct kernel for CPU f32 inference
+//!   and candle's `conv2d` elsewhere, so a network has one forward in tensor ops.
+//!
+//! Kernels take contiguous f32 slices or candle CPU tensors; every path of a kernel computes the
+//! same operations in the same order, so results are bit-identical across instruction sets
+//! (attention within a stated bound: its tile shapes differ per path).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod layer;
+pub mod pad;
+pub mod pool;
+pub mod pool2d;
+pub mod scratch;
+pub mod simd;
+
+pub use attention::FusedAttention;
+pub use conv::{Conv2d, Conv2dOp, Epilogue, Quantize};
+pub use layer::{Activation, ConvLayer};
+pub use pad::PadOp;
+pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
+pub use pool2d::MaxPool2Ceil;
+pub use scratch::Scratch;
+pub use simd::{Isa, ROUND_MAGIC};

@@ -1,0 +1,194 @@
+//! Padding as one gather: reflection, zero and nearest-neighbour upsampling pads, described per
+//! axis by an index map, so that a padded (and upsampled) picture is written once.
+
+use crate::pool::{catch_panic, par_for, SharedMut};
+use crate::scratch::Scratch;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+
+/// Source index of each output position along one axis: `Some(i)` copies input `i`, `None` is 0.
+pub type AxisMap = Vec<Option<usize>>;
+
+/// Reflection padding of an axis of `n` (ONNX `reflect`: the edge is not repeated), optionally
+/// after nearest-neighbour upsampling by `up` (upsample, then pad the upsampled axis).
+pub fn reflect_map(n: usize, up: usize, before: usize, after: usize) -> Result<AxisMap> {
+    let m = n * up;
+    if m == 0 || before >= m || after >= m {
+        bail!("reflection padding ({before}, {after}) needs a side longer than {m} pixels")
+    }
+    let last = m as i64 - 1;
+    Ok((0..m + before + after)
+        .map(|i| {
+            let p = i as i64 - before as i64;
+            let r = if p < 0 {
+                -p
+            } else if p > last {
+                2 * last - p
+            } else {
+                p
+            };
+            Some(r as usize / up)
+        })
+        .collect())
+}
+
+/// Zero padding of an axis of `n`.
+pub fn zero_map(n: usize, before: usize, after: usize) -> AxisMap {
+    (0..before)
+        .map(|_| None)
+        .chain((0..n).map(Some))
+        .chain((0..after).map(|_| None))
+        .collect()
+}
+
+/// Gathers `x` (`[planes, h, w]`) into `[planes, rows.len(), cols.len()]`.
+pub fn pad(
+    x: &[f32],
+    (planes, h, w): (usize, usize, usize),
+    rows: &AxisMap,
+    cols: &AxisMap,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
+    if x.len() != planes * h * w
+        || rows.iter().flatten().any(|&r| r >= h)
+        || cols.iter().flatten().any(|&c| c >= w)
+    {
+        bail!("pad: index maps out of range for [{planes}, {h}, {w}]")
+    }
+    let (ho, wo) = (rows.len(), cols.len());
+    let mut out = scratch.take(planes * ho * wo);
+    // The run of columns that copies a contiguous input range (the unpadded middle).
+    let run = cols
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| (*c == Some(0)).then_some(i))
+        .filter(|&i| i + w <= wo && (0..w).all(|j| cols[i + j] == Some(j)));
+    let fill = |dst: &mut [f32], plane: &[f32]| {
+        for (dr, r) in dst.chunks_exact_mut(wo).zip(rows) {
+            let Some(r) = *r else {
+                dr.fill(0.0);
+                continue;
+            };
+            let src = &plane[r * w..(r + 1) * w];
+            match run {
+                Some(i) => {
+                    dr[i..i + w].copy_from_slice(src);
+                    for j in (0..i).chain(i + w..wo) {
+                        dr[j] = cols[j].map_or(0.0, |c| src[c]);
+                    }
+                }
+                None => {
+                    for (d, c) in dr.iter_mut().zip(cols) {
+                        *d = c.map_or(0.0, |c| src[c]);
+                    }
+                }
+            }
+        }
+    };
+    if out.len() < 1 << 15 {
+        for (dst, plane) in out.chunks_exact_mut(ho * wo).zip(x.chunks_exact(h * w)) {
+            fill(dst, plane);
+        }
+    } else {
+        let dst = SharedMut::new(&mut out);
+        par_for(planes, |range| {
+            for p in range {
+                // SAFETY: plane p of `out` (in bounds: p < planes) is written by this unit only.
+                let d =
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(p * ho * wo), ho * wo) };
+                fill(d, &x[p * h * w..(p + 1) * h * w]);
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// [`pad`] as a candle op on contiguous CPU f32 tensors `[N, C, H, W]`: every plane gathered
+/// through the row and column maps (their index ranges checked against `H` and `W`).
+#[derive(Debug, Clone)]
+pub struct PadOp {
+    /// Source row of each output row.
+    pub rows: AxisMap,
+    /// Source column of each output column.
+    pub cols: AxisMap,
+}
+
+impl PadOp {
+    /// `ReflectionPad2d(pad)` after nearest-neighbour upsampling by `up` of an `h`×`w` picture.
+    pub fn reflect(h: usize, w: usize, pad: usize, up: usize) -> Result<Self> {
+        Ok(Self {
+            rows: reflect_map(h, up, pad, pad)?,
+            cols: reflect_map(w, up, pad, pad)?,
+        })
+    }
+
+    /// Zero padding by `pad` on every side of an `h`×`w` picture.
+    pub fn zeros(h: usize, w: usize, pad: usize) -> Self {
+        Self {
+            rows: zero_map(h, pad, pad),
+            cols: zero_map(w, pad, pad),
+        }
+    }
+}
+
+impl CustomOp1 for PadOp {
+    fn name(&self) -> &'static str {
+        "easel-pad-gather"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("pad gather expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("pad gather expects a contiguous tensor")
+        };
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let out = catch_panic("pad gather", || {
+            pad(
+                &data[start..end],
+                (n * c, h, w),
+                &self.rows,
+                &self.cols,
+                &mut Scratch::default(),
+            )
+        })?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, c, self.rows.len(), self.cols.len())),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_maps_reflect_zero_and_upsample() -> Result<()> {
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect(); // 2 planes of 1×4
+        let rows = reflect_map(1, 2, 1, 0)?; // upsample 1 → 2 rows, reflect 1 on top
+        assert_eq!(rows, vec![Some(0), Some(0), Some(0)]);
+        let cols = reflect_map(4, 1, 2, 3)?;
+        let mut scratch = Scratch::default();
+        // A dirty recycled buffer: padding must overwrite every value.
+        scratch.give(vec![f32::NAN; 100]);
+        let y = pad(&x, (2, 1, 4), &zero_map(1, 1, 0), &cols, &mut scratch)?;
+        assert_eq!(y.len(), 2 * 2 * 9);
+        assert_eq!(&y[..9], &[0.0; 9]);
+        assert_eq!(&y[9..18], &[2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(&y[27..36], &[6.0, 5.0, 4.0, 5.0, 6.0, 7.0, 6.0, 5.0, 4.0]);
+        let up = pad(
+            &x[..4],
+            (1, 1, 4),
+            &rows,
+            &reflect_map(4, 2, 1, 1)?,
+            &mut scratch,
+        )?;
+        assert_eq!(
+            &up[..10],
+            &[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+        );
+        assert!(reflect_map(2, 1, 2, 0).is_err());
+        Ok(())
+    }
+}

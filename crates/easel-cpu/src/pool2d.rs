@@ -1,0 +1,84 @@
+//! `MaxPool2d(2, 2, ceil_mode=True)`: the 2×2 max pool of VGG-style encoders, an odd last row or
+//! column forming its own window.
+
+use crate::pool::{catch_panic, par_chunks_mut};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+
+/// The pool of `x` (`[planes, h, w]`) into `[planes, ⌈h/2⌉, ⌈w/2⌉]`.
+pub fn max_pool2_ceil(x: &[f32], (planes, h, w): (usize, usize, usize)) -> Result<Vec<f32>> {
+    if x.len() != planes * h * w || h == 0 || w == 0 {
+        bail!("max pool: {} floats for [{planes}, {h}, {w}]", x.len())
+    }
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    let mut out = vec![0f32; planes * ho * wo];
+    par_chunks_mut(&mut out, ho * wo, |p, dst| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        for (y, drow) in dst.chunks_exact_mut(wo).enumerate() {
+            let r0 = &plane[2 * y * w..(2 * y + 1) * w];
+            let r1 = if 2 * y + 1 < h {
+                &plane[(2 * y + 1) * w..(2 * y + 2) * w]
+            } else {
+                r0
+            };
+            pool_row(r0, r1, drow);
+        }
+    });
+    Ok(out)
+}
+
+crate::simd_fn! {
+    /// One output row of the 2×2 ceil-mode pool from input rows `r0`, `r1`.
+    fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+        let w = r0.len();
+        for (x, o) in out.iter_mut().enumerate().take(w / 2) {
+            let (a, b) = (r0[2 * x].max(r0[2 * x + 1]), r1[2 * x].max(r1[2 * x + 1]));
+            *o = a.max(b);
+        }
+        if w % 2 == 1 {
+            out[w / 2] = r0[w - 1].max(r1[w - 1]);
+        }
+    }
+}
+
+/// [`max_pool2_ceil`] as a candle op on contiguous CPU f32 tensors `[N, C, H, W]` (no backward:
+/// inference only).
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2Ceil;
+
+impl CustomOp1 for MaxPool2Ceil {
+    fn name(&self) -> &'static str {
+        "easel-max-pool2-ceil"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("max pool expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("max pool expects a contiguous tensor")
+        };
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let out = catch_panic("max pool", || {
+            max_pool2_ceil(&data[start..end], (n * c, h, w))
+        })?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, c, h.div_ceil(2), w.div_ceil(2))),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Even windows take their maximum; the odd last row and column are windows of their own.
+    #[test]
+    fn pools_with_ceil_mode() -> Result<()> {
+        // One 3×3 plane.
+        let x = [1.0, 5.0, 2.0, 4.0, 3.0, 9.0, 7.0, 8.0, 6.0];
+        assert_eq!(max_pool2_ceil(&x, (1, 3, 3))?, [5.0, 9.0, 8.0, 6.0]);
+        assert!(max_pool2_ceil(&x, (2, 3, 3)).is_err());
+        Ok(())
+    }
+}
