@@ -9,6 +9,10 @@
 //!   and the painting, content/style transformer encoders, a decoder where the photo's tokens
 //!   attend to the painting's, a CNN decoder; CAPE or pyramidal positional encodings
 //!   ([`stytr_pe`]), any size, chunked attention.
+//! - [`efficientnet`]: the embedded EfficientNet-Lite0 (ImageNet) as a perceptual network:
+//!   features at named layers, and their exact gradient to the picture.
+//! - [`gatys`]: optimisation-based style transfer (Gatys et al. 2016/2017) on it: L-BFGS or
+//!   Adam, masked Gram matrices, colour and scale controls, octaves.
 //! - [`vgg`]: the "vgg_normalised" VGG-19 encoder AdaIN uses (relu1_1 … relu5_1).
 //! - [`losses`]: the training losses of AdaIN and StyTr² (content, style, identity).
 //! - [`train`]: the trainer of `easel train-fast` (data, Adam, checkpoints, sample grids).
@@ -21,6 +25,8 @@ pub mod arbitrary;
 mod attention_cpu;
 pub mod cin26;
 mod conv;
+pub mod efficientnet;
+pub mod gatys;
 pub mod import;
 pub mod losses;
 pub mod stytr;

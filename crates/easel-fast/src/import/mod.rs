@@ -3,6 +3,7 @@
 pub mod adain;
 pub mod arbitrary;
 pub mod cin26;
+pub mod efficientnet;
 pub mod stytr;
 pub mod torch_zip;
 

