@@ -66,6 +66,35 @@ pub struct BaseModelInfo {
     pub embedding_dim: usize,
 }
 
+/// Why a bank file cannot be used with a model ([`load_bank`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BankFitError {
+    /// The file is not a readable bank.
+    #[error("bank {name}: {source}")]
+    Unreadable {
+        /// The file's name.
+        name: String,
+        /// What is wrong with it.
+        source: candle_core::Error,
+    },
+    /// The bank's vectors have another width than the model's text encoder: never usable.
+    #[error("{learned_on} but {loaded}: its embeddings cannot be used with this model")]
+    EmbeddingWidth {
+        /// What the bank was learned on (model, hash, width).
+        learned_on: String,
+        /// The model it is loaded with.
+        loaded: String,
+    },
+    /// Same width, another base-model hash: usable only when forced.
+    #[error("{learned_on} but {loaded}; the embeddings may not transfer")]
+    BaseModel {
+        /// What the bank was learned on (model, hash, width).
+        learned_on: String,
+        /// The model it is loaded with.
+        loaded: String,
+    },
+}
+
 /// A bank read from a file, checked against a base model.
 #[derive(Debug, Clone)]
 pub struct LoadedBank {
@@ -169,9 +198,11 @@ pub fn load_bank(
     expected: &BaseModelInfo,
     force: bool,
     device: &Device,
-) -> Result<LoadedBank> {
-    let (bank, metadata) = read_bank(bytes, device)
-        .map_err(|e| candle_core::Error::Msg(format!("bank {name}: {e}")))?;
+) -> std::result::Result<LoadedBank, BankFitError> {
+    let (bank, metadata) = read_bank(bytes, device).map_err(|source| BankFitError::Unreadable {
+        name: name.to_string(),
+        source,
+    })?;
     let learned_on = format!(
         "bank {name} was learned on {} (text encoder+UNet hash {}, {}-d embeddings)",
         metadata.base_model,
@@ -185,15 +216,12 @@ pub fn load_bank(
         expected.embedding_dim
     );
     if bank.dim() != expected.embedding_dim {
-        bail!("{learned_on} but {loaded}: its embeddings cannot be used with this model")
+        return Err(BankFitError::EmbeddingWidth { learned_on, loaded });
     }
     let mut warning = None;
     if metadata.base_model_hash != expected.hash {
         if !force {
-            bail!(
-                "{learned_on} but {loaded}; the embeddings may not transfer: use --force to load \
-                 it anyway"
-            )
+            return Err(BankFitError::BaseModel { learned_on, loaded });
         }
         warning = Some(format!(
             "{learned_on} but {loaded}; loading it anyway (forced)"

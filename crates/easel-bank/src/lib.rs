@@ -9,6 +9,7 @@
 //! - [`bank`]: [`bank::Bank`], the layout, parameters and prompt template together.
 //! - [`inject`]: the bank's vectors in the CLIP prompt → per-stage UNet contexts
 //!   ([`inject::BankConditioner`]).
+//! - [`conditioning`]: a bank file as the pipeline's conditioning, checked against the model.
 //! - [`file`]: the bank file (safetensors + metadata), base-model checks and hash.
 //! - [`interop`]: export to and import from diffusers and AUTOMATIC1111 embeddings.
 //! - [`show`]: the summary `easel bank show` prints.
@@ -19,6 +20,7 @@
 pub mod bank;
 pub mod checkpoint;
 pub mod collection;
+pub mod conditioning;
 pub mod file;
 pub mod inject;
 pub mod interop;

@@ -3,6 +3,7 @@
 //! One file per subcommand under `commands/`; this file only parses arguments, dispatches and
 //! turns errors into a one-line reason with a non-zero exit code.
 
+mod args;
 mod commands;
 mod progress;
 
@@ -10,7 +11,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// easel paints photos in the style of a painting: instantly with embedded feed-forward style
-/// networks, and (soon) with Stable Diffusion and learned style banks.
+/// networks, or with Stable Diffusion + ControlNet guided by a prompt or a learned style bank.
 #[derive(Parser)]
 #[command(name = "easel", version, about, long_about = None)]
 struct Cli {

@@ -46,6 +46,26 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Writes `bytes` to `path` as [`write_atomic`] does, first creating the missing folders
+/// above it, and refusing when `path` is the same file as one of `inputs` (by canonical path),
+/// so that a run never replaces what it read.
+pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> crate::Result<()> {
+    let inputs: Vec<PathBuf> = inputs.iter().map(|p| p.to_path_buf()).collect();
+    if crate::image_io::is_one_of(path, &inputs) {
+        return Err(crate::Error::OutputIsInput {
+            path: path.to_path_buf(),
+        });
+    }
+    let write_error = |e: io::Error| crate::Error::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(write_error)?;
+    }
+    write_atomic(path, |f| io::Write::write_all(f, bytes)).map_err(write_error)
+}
+
 /// Creates `<dir>/<name>.<random>.tmp`, retrying on the (unlikely) clash.
 fn create_temp_file(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
     let mut last_err = None;

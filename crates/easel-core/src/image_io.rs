@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Cursor, Read, Write};
+use std::io::{self, BufReader, BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -98,11 +98,34 @@ pub fn load_rgb(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
         ));
     }
     let file = open_input(path)?;
+    decode_from(path, BufReader::new(file), opts)
+}
 
+/// [`load_rgb`] of an image held in memory (e.g. read from standard input); `name` stands for
+/// the file in messages.
+pub fn decode_rgb(bytes: &[u8], name: &Path, opts: &LoadOptions) -> Result<RgbImage> {
+    if opts.max_side == Some(0) {
+        return Err(Error::InvalidArgument(
+            "the maximum image side must be at least 1 pixel, got 0".to_string(),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(Error::EmptyFile {
+            path: name.to_path_buf(),
+        });
+    }
+    decode_from(name, Cursor::new(bytes), opts)
+}
+
+/// The checks and decoding of [`load_rgb`] on any seekable reader.
+fn decode_from<R: io::BufRead + io::Seek>(
+    path: &Path,
+    mut reader: R,
+    opts: &LoadOptions,
+) -> Result<RgbImage> {
     // PNG dimensions sit at a fixed offset; checking them ourselves means a
     // crafted header is refused even if the rest of the file is garbage, and
     // a zero size gets its own message instead of a generic decoder error.
-    let mut reader = BufReader::new(file);
     if let Some((width, height)) =
         sniff_png_dimensions(&mut reader).map_err(|e| read_error(path, &e))?
     {
@@ -406,7 +429,7 @@ fn flatten_to_rgb8(img: DynamicImage) -> RgbImage {
 /// photo to 1024 px directly takes seconds. Big reductions first
 /// box-average (exact area averaging, alias-free and fast) down to twice
 /// the target, then Lanczos3 does the last 2x for sharpness.
-fn downscale_to_fit(img: RgbImage, max_side: u32) -> RgbImage {
+pub fn downscale_to_fit(img: RgbImage, max_side: u32) -> RgbImage {
     let (width, height) = img.dimensions();
     let long = width.max(height);
     if long <= max_side {
@@ -481,6 +504,25 @@ pub fn save_image(
             reason,
         }
     })
+}
+
+/// `img` as PNG bytes with `params` (if any) in the text chunk [`save_image`] writes (for
+/// standard output).
+pub fn encode_png(img: &RgbImage, params: Option<&Parameters>) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    write_png(
+        &mut bytes,
+        img.width(),
+        img.height(),
+        png::BitDepth::Eight,
+        img.as_raw(),
+        params,
+    )
+    .map_err(|reason| Error::Write {
+        path: PathBuf::from("<stdout>"),
+        reason,
+    })?;
+    Ok(bytes)
 }
 
 /// A 16-bit-per-channel RGB image, as [`save_image16`] writes it.
@@ -640,7 +682,7 @@ fn canonical_target(path: &Path) -> Option<PathBuf> {
 }
 
 /// Whether `out` names the same file as any of `inputs`.
-fn is_one_of(out: &Path, inputs: &[PathBuf]) -> bool {
+pub(crate) fn is_one_of(out: &Path, inputs: &[PathBuf]) -> bool {
     let Some(out) = canonical_target(out) else {
         return false;
     };

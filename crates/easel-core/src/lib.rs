@@ -21,13 +21,16 @@ pub mod atomic;
 pub mod color;
 pub mod device;
 pub mod error;
+pub mod hash;
 pub mod hub;
 pub mod image_io;
+pub mod memory;
 pub mod parameters;
 pub mod tensor;
+pub mod time;
 pub mod training;
 
-pub use atomic::write_atomic;
+pub use atomic::{write_atomic, write_output};
 pub use color::keep_colors;
 pub use device::{select_device, DeviceChoice};
 pub use error::{Error, Result};
@@ -36,9 +39,9 @@ pub use hub::{
     MissingModelFiles, MissingReason, ProgressHook, RepoFiles, WeightSource,
 };
 pub use image_io::{
-    collect_images, load_rgb, read_png_parameters, save_image, save_image16, LoadOptions,
-    Rgb16Image, DEFAULT_MAX_PIXELS, DOWNSCALE_MAX_PIXELS, IMAGE_EXTENSIONS, JPEG_QUALITY,
-    PARAMETERS_KEYWORD,
+    collect_images, decode_rgb, downscale_to_fit, encode_png, load_rgb, read_png_parameters,
+    save_image, save_image16, LoadOptions, Rgb16Image, DEFAULT_MAX_PIXELS, DOWNSCALE_MAX_PIXELS,
+    IMAGE_EXTENSIONS, JPEG_QUALITY, PARAMETERS_KEYWORD,
 };
 pub use parameters::Parameters;
 pub use tensor::{rgb_to_tensor, tensor_to_rgb, tensor_to_rgb16};

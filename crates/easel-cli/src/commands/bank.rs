@@ -14,7 +14,8 @@ use easel_bank::interop::{export_a1111, export_diffusers, import_embedding, A111
 use easel_bank::layout::Slot;
 use easel_bank::show::BankSummary;
 
-use super::stylize_bank::sha256_hex;
+use easel_core::hash::sha256_hex;
+use easel_core::time::now_rfc3339;
 
 /// Inspect, export and import prompt banks (.bank files).
 #[derive(Args)]
@@ -143,32 +144,6 @@ fn show(a: &ShowArgs) -> Result<()> {
 }
 
 /// Fails when `out` is one of `inputs` (same file, however spelled).
-fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    if let Some(o) = canon(out) {
-        for input in inputs {
-            if canon(input).as_ref() == Some(&o) {
-                bail!(
-                    "refusing to overwrite the input {} with the output",
-                    input.display()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
-    refuse_overwrite(path, inputs)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    easel_core::write_atomic(path, |f| std::io::Write::write_all(f, bytes))
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn export(a: &ExportArgs) -> Result<()> {
     let (bank, meta, _) = load(&a.file)?;
     let name = match &a.name {
@@ -197,10 +172,10 @@ fn export(a: &ExportArgs) -> Result<()> {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default()
             ));
-            write_atomic(&file, &export.embeddings, &[input])?;
+            easel_core::write_output(&file, &export.embeddings, &[input])?;
             eprintln!("wrote {}", file.display());
             if let Some(sidecar) = &export.sidecar {
-                write_atomic(&sidecar_path, sidecar.as_bytes(), &[input])?;
+                easel_core::write_output(&sidecar_path, sidecar.as_bytes(), &[input])?;
                 eprintln!(
                     "wrote {} ({} slots; diffusers has no per-stage prompts: the sidecar says \
                      which token belongs to which stage and layer group)",
@@ -220,7 +195,7 @@ fn export(a: &ExportArgs) -> Result<()> {
                 base_model_hash: meta.base_model_hash.clone(),
             };
             let bytes = export_a1111(&bank, &name, a.slot, &info)?;
-            write_atomic(&a.output, &bytes, &[input])?;
+            easel_core::write_output(&a.output, &bytes, &[input])?;
             eprintln!("wrote {}", a.output.display());
         }
     }
@@ -250,7 +225,7 @@ fn import(a: &ImportArgs) -> Result<()> {
     let out = save_bank(&imported.bank, &metadata)?;
     let mut inputs = vec![a.embedding.as_path()];
     inputs.extend(a.sidecar.as_deref());
-    write_atomic(&a.output, &out, &inputs)?;
+    easel_core::write_output(&a.output, &out, &inputs)?;
     let l = imported.bank.layout();
     eprintln!(
         "wrote {} ({} stages x {} groups x {} tokens of {} dims; no base-model hash: use \
@@ -264,46 +239,9 @@ fn import(a: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The current time as RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`).
-pub(crate) fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
-/// `secs` since the Unix epoch as RFC 3339 UTC (civil-from-days, proleptic Gregorian).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_714_564_800), "2024-05-01T12:00:00Z");
-    }
 
     #[test]
     fn slots_parse_as_stage_comma_group() {

@@ -34,8 +34,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::bench_fast::{fast_workload, FastWorkload};
-use super::stylize_diffusion::{load_models_with_slicing, parse_dtype, DiffusionArgs};
+use crate::args::{parse_dtype, source_hints, word};
 use crate::progress;
+use easel_host::sources::ModelSources;
 
 /// Time the diffusion workloads (UNet, ControlNet, VAE, a whole stylization, a prompt-bank
 /// training step) and the fast stylizers, and measure their peak memory, on given or seeded
@@ -359,14 +360,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let loading = Instant::now();
     let (sd, weights) = match (&args.sd, preset) {
         (Some(sd), _) => {
-            let d = DiffusionArgs {
-                sd: Some(sd.clone()),
-                controlnet: args.controlnet.clone(),
-                dtype: Some(dtype),
-                offline: args.offline,
-                ..DiffusionArgs::default()
-            };
-            let models = load_models_with_slicing(&d, &device, slicing)?;
+            let mut sources = ModelSources::with_default_controlnet(
+                Some(sd.clone()),
+                args.controlnet.clone(),
+                args.offline,
+            )
+            .map_err(word)?;
+            sources.hints = source_hints();
+            let models = sources
+                .load(
+                    &device,
+                    Some(dtype),
+                    slicing,
+                    Some(progress::download_hook()),
+                )
+                .map_err(word)?;
             let weights = json!({
                 "kind": "files",
                 "sd": sd,

@@ -59,7 +59,7 @@ pub fn run(args: ImportOnnxArgs) -> Result<()> {
             (bytes, output)
         }
     };
-    super::bank::write_atomic(&output, &bytes, &[])?;
+    easel_core::write_output(&output, &bytes, &[])?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
 }

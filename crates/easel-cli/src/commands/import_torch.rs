@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use easel_fast::import::adain::{self, import_adain};
 use easel_fast::import::stytr::{self, import_stytr};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -57,10 +56,7 @@ pub fn run(args: ImportTorchArgs) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| args.input.display().to_string());
-    let sha256: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = easel_core::hash::sha256_hex(&bytes);
     let extra = [
         ("source".to_string(), source_name),
         ("source_sha256".to_string(), sha256),
@@ -73,7 +69,7 @@ pub fn run(args: ImportTorchArgs) -> Result<()> {
         Kind::StytrEmbedding => import_stytr(&bytes, &source, stytr::Part::Embedding, &extra)?,
         Kind::StytrDecoder => import_stytr(&bytes, &source, stytr::Part::Decoder, &extra)?,
     };
-    super::bank::write_atomic(&args.output, &out, &[])?;
+    easel_core::write_output(&args.output, &out, &[])?;
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())
 }

@@ -30,13 +30,13 @@ use easel_pipeline::models::StableDiffusion;
 use easel_pipeline::pipeline::StylizeRequest;
 use image::RgbImage;
 
-use super::bank::{now_rfc3339, write_atomic};
-use super::stylize_bank;
-use super::stylize_bank::BankConditioning;
-use super::stylize_diffusion::{
-    load_training_models, resize_to, target_size, DiffusionArgs, DEFAULT_SD,
-};
+use crate::args::{parse_dtype, source_hints, word};
 use crate::progress;
+use easel_bank::conditioning::{base_model_info, BankConditioning};
+use easel_core::time::now_rfc3339;
+use easel_diffusion::attention::AttentionSlicing;
+use easel_host::diffusion::{resize_to, target_size};
+use easel_host::sources::ModelSources;
 
 /// The flags of `easel learn`.
 #[derive(Args, Debug)]
@@ -135,15 +135,6 @@ pub struct LearnArgs {
     /// Never download: use only the Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long)]
     offline: bool,
-}
-
-fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(format!("unknown dtype {s:?}; use f32, f16 or bf16")),
-    }
 }
 
 /// The preset of `--layout`: a builtin name or a TOML file.
@@ -273,17 +264,25 @@ pub fn run(args: LearnArgs) -> Result<()> {
     };
 
     let device = easel_core::select_device(args.device)?;
-    let d = DiffusionArgs {
-        sd: args.sd.clone(),
-        controlnet: args.controlnet.clone(),
-        dtype: args.dtype,
-        offline: args.offline,
-        ..DiffusionArgs::default()
-    };
-    let models = load_training_models(&d, &device)?;
+    let mut sources = ModelSources::with_default_controlnet(
+        args.sd.clone(),
+        args.controlnet.clone(),
+        args.offline,
+    )
+    .map_err(word)?;
+    sources.hints = source_hints();
+    let models = sources
+        .load(
+            &device,
+            args.dtype,
+            AttentionSlicing::Full,
+            Some(progress::download_hook()),
+        )
+        .map_err(word)?;
     let sd = &models.sd;
-    let base_model = args.sd.as_deref().unwrap_or(DEFAULT_SD);
-    let info = stylize_bank::base_model_info(sd, base_model, models.unet_file.as_deref())?;
+    let unet = models.resolved.unet_file();
+    let info = base_model_info(sd, &models.resolved.base_model_id, unet.as_deref())
+        .map_err(|e| word(e.into()))?;
 
     let cache = run_dir.join("views");
     let mut trainer = if args.resume {
@@ -355,12 +354,15 @@ pub fn run(args: LearnArgs) -> Result<()> {
         // collect_images sorts by path and refuses an empty collection.
         None => images[0].clone(),
     };
-    let resolution = trainer.config().resolution as u32;
+    let resolution = u32::try_from(trainer.config().resolution)
+        .with_context(|| format!("resolution {} is too large", trainer.config().resolution))?;
     let (width, height) = target_size(
         validation_photo.width(),
         validation_photo.height(),
         resolution,
-    );
+    )
+    .map_err(word)
+    .context("--validation-photo")?;
     let validation_photo = resize_to(validation_photo, width, height);
     let validation_dir = run_dir.join("validation");
     let mut protected = paths.clone();
@@ -419,7 +421,7 @@ pub fn run(args: LearnArgs) -> Result<()> {
         created: now_rfc3339(),
     };
     let bytes = save_bank(trainer.bank(), &metadata)?;
-    write_atomic(&args.output, &bytes, &inputs)?;
+    easel_core::write_output(&args.output, &bytes, &inputs)?;
     eprintln!(
         "wrote {} ({} steps on {} artworks; checkpoint in {})",
         args.output.display(),

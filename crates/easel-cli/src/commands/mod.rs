@@ -3,14 +3,12 @@
 pub mod bank;
 pub mod bench;
 pub mod bench_fast;
-pub mod controlnet_registry;
 pub mod import_onnx;
 pub mod import_torch;
 pub mod learn;
 pub mod presets;
 pub mod stylize;
 pub mod stylize_adain;
-pub mod stylize_bank;
 pub mod stylize_diffusion;
 pub mod stylize_transformer;
 pub mod train_fast;

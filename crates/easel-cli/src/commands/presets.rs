@@ -103,7 +103,7 @@ fn paint_sheet(args: &PresetsArgs, sheet: &std::path::Path, photo: &std::path::P
     params.styles.push(format!("presets 0-{}", NUM_PRESETS - 1));
     params
         .models
-        .push(super::stylize::PRESET_MODEL_ID.to_string());
+        .push(easel_host::fast::PRESET_MODEL_ID.to_string());
     easel_core::save_image(&canvas, sheet, Some(&params), &[photo.to_path_buf()])?;
     eprintln!("wrote {}", sheet.display());
     Ok(())

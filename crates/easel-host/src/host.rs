@@ -1,0 +1,296 @@
+//! [`Host`]: paints photos with any style, keeping what it loaded for the next call: one
+//! [`FastPainter`] per fast style, and one Stable Diffusion (+ ControlNet) per set of model
+//! sources, dtype and attention slicing. Each [`Painting`] reports its load and paint times
+//! apart, and the peak memory of the call.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use easel_bank::conditioning::{base_model_info, prepare};
+use easel_core::Parameters;
+use easel_diffusion::attention::AttentionSlicing;
+use easel_pipeline::conditioning::{Conditioning, PromptConditioning};
+use easel_pipeline::models::StableDiffusion;
+use easel_pipeline::noise::SeededNoise;
+use image::RgbImage;
+
+use crate::diffusion::{self, DiffusionOptions};
+use crate::error::{HostError, Result};
+use crate::fast::{FastPainter, FastStyle};
+use crate::sources::{ModelSources, ResolvedModels};
+
+/// What to paint with, fully described.
+#[derive(Debug, Clone)]
+pub enum Style {
+    /// A fast method.
+    Fast(FastStyle),
+    /// Stable Diffusion + ControlNet guided by a prompt.
+    Prompt {
+        /// The prompt.
+        prompt: String,
+        /// Where the models come from.
+        sources: ModelSources,
+    },
+    /// Stable Diffusion + ControlNet conditioned on a prompt bank.
+    Bank {
+        /// The bank file.
+        path: PathBuf,
+        /// A template with `{bank}` (else the bank's own).
+        prompt: Option<String>,
+        /// Load a bank learned on another base model of the same width.
+        force: bool,
+        /// Where the models come from.
+        sources: ModelSources,
+    },
+}
+
+impl Style {
+    /// The method name recorded in outputs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Style::Fast(style) => style.method(),
+            Style::Prompt { .. } | Style::Bank { .. } => "diffusion",
+        }
+    }
+}
+
+/// How to paint, for any style.
+#[derive(Debug, Clone)]
+pub struct PaintRequest {
+    /// How much style: see [`FastPainter::paint`]; for diffusion the fraction of the schedule
+    /// (`None`: 1.0 fast, 0.7 diffusion).
+    pub strength: Option<f64>,
+    /// Fast methods: keep the photo's colours.
+    pub keep_colors: bool,
+    /// Fast methods: the photo's (and paintings') long side cap.
+    pub max_side: u32,
+    /// Diffusion: everything else (size, steps, seed, control, dtype, ...).
+    pub diffusion: DiffusionOptions,
+}
+
+impl Default for PaintRequest {
+    fn default() -> Self {
+        Self {
+            strength: None,
+            keep_colors: false,
+            max_side: 1024,
+            diffusion: DiffusionOptions::default(),
+        }
+    }
+}
+
+/// One photo painted.
+pub struct Painting {
+    /// The images (one unless a diffusion batch was asked for), `[1, 3, H, W]` each in [0, 1].
+    pub images: Vec<Tensor>,
+    /// What reproduces them.
+    pub parameters: Parameters,
+    /// Seconds spent resolving and loading models and styles in this call (0 when cached).
+    pub load_seconds: f64,
+    /// Seconds spent painting.
+    pub paint_seconds: f64,
+    /// The peak memory of the call in bytes, when it can be measured.
+    pub peak_memory_bytes: Option<u64>,
+    /// What the user should know about the result (e.g. a bank forced onto another model).
+    pub warnings: Vec<String>,
+}
+
+/// Cache key of a loaded Stable Diffusion.
+#[derive(Debug, Clone, PartialEq)]
+struct SdKey {
+    resolved: ResolvedModels,
+    dtype: DType,
+}
+
+/// The style host: paints with any [`Style`], keeping loaded models across calls.
+pub struct Host {
+    device: Device,
+    fast: Vec<(String, FastPainter)>,
+    sd: Option<(SdKey, StableDiffusion)>,
+}
+
+impl Host {
+    /// A host painting on `device`.
+    pub fn new(device: Device) -> Self {
+        Self {
+            device,
+            fast: Vec::new(),
+            sd: None,
+        }
+    }
+
+    /// The device it paints on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Paints `photo` with `style`.
+    pub fn paint(
+        &mut self,
+        style: &Style,
+        photo: &RgbImage,
+        request: &PaintRequest,
+    ) -> Result<Painting> {
+        // Memory is reported when it can be measured; painting does not depend on it.
+        let probe = easel_core::memory::MemoryProbe::start(&self.device).ok();
+        let mut painting = match style {
+            Style::Fast(fast) => self.paint_fast(fast, photo, request)?,
+            Style::Prompt { prompt, sources } => {
+                self.paint_diffusion(sources, photo, request, |sd, _, s| {
+                    let c = PromptConditioning::new(sd, prompt, &s.negative_prompt)
+                        .map_err(HostError::compute("encoding the prompt"))?;
+                    Ok(Conditioned {
+                        conditioning: Box::new(c),
+                        prompt: prompt.clone(),
+                        extra: Vec::new(),
+                        warning: None,
+                    })
+                })?
+            }
+            Style::Bank {
+                path,
+                prompt,
+                force,
+                sources,
+            } => self.paint_diffusion(sources, photo, request, |sd, resolved, s| {
+                let unet = resolved.unet_file();
+                let info = base_model_info(sd, &resolved.base_model_id, unet.as_deref())?;
+                let run = prepare(
+                    path,
+                    prompt.as_deref(),
+                    &s.negative_prompt,
+                    *force,
+                    sd,
+                    &info,
+                )?;
+                Ok(Conditioned {
+                    conditioning: Box::new(run.conditioning),
+                    prompt: run.prompt,
+                    extra: vec![
+                        ("Bank".to_string(), run.file_name),
+                        ("Bank sha256".to_string(), run.sha256),
+                    ],
+                    warning: run.warning,
+                })
+            })?,
+        };
+        painting.peak_memory_bytes = probe
+            .and_then(|p| p.finish().ok())
+            .and_then(|m| m.peak_bytes);
+        Ok(painting)
+    }
+
+    fn paint_fast(
+        &mut self,
+        style: &FastStyle,
+        photo: &RgbImage,
+        request: &PaintRequest,
+    ) -> Result<Painting> {
+        let started = Instant::now();
+        // Styles are plain data: their debug form identifies what was loaded.
+        let key = format!("{style:?}/{}", request.max_side);
+        let index = match self.fast.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let painter = FastPainter::build(style, &self.device, request.max_side)?;
+                self.fast.push((key, painter));
+                self.fast.len() - 1
+            }
+        };
+        let load_seconds = started.elapsed().as_secs_f64();
+        let painter = &self.fast[index].1;
+        let painting = Instant::now();
+        let strength = request.strength.unwrap_or(1.0);
+        let photo = easel_core::downscale_to_fit(photo.clone(), request.max_side);
+        let tensor = easel_core::rgb_to_tensor(&photo, &self.device)?;
+        let painted = painter.paint(&tensor, strength, request.keep_colors)?;
+        Ok(Painting {
+            images: vec![painted],
+            parameters: painter.parameters(strength, request.keep_colors, request.max_side),
+            load_seconds,
+            paint_seconds: painting.elapsed().as_secs_f64(),
+            peak_memory_bytes: None,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn paint_diffusion(
+        &mut self,
+        sources: &ModelSources,
+        photo: &RgbImage,
+        request: &PaintRequest,
+        condition: impl FnOnce(
+            &StableDiffusion,
+            &ResolvedModels,
+            &diffusion::DiffusionSettings,
+        ) -> Result<Conditioned>,
+    ) -> Result<Painting> {
+        let started = Instant::now();
+        let mut options = request.diffusion.clone();
+        options.strength = request.strength;
+        let mut settings = options.settings(String::new(), &self.device)?;
+        let mut sources = sources.clone();
+        sources.controlnet = settings.controlnet_source();
+        let prefer_fp16 = !self.device.is_cpu() && settings.dtype != DType::F32;
+        let resolved = sources.resolve(prefer_fp16, None)?;
+        let key = SdKey {
+            resolved: resolved.clone(),
+            dtype: settings.dtype,
+        };
+        // Taken out first, so that other models are freed before new ones load.
+        let sd: &StableDiffusion = match self.sd.take() {
+            Some((cached, sd)) if cached == key => &self.sd.insert((cached, sd)).1,
+            _ => {
+                let sd = resolved.load(&self.device, settings.dtype, AttentionSlicing::Full)?;
+                &self.sd.insert((key, sd)).1
+            }
+        };
+        let Conditioned {
+            mut conditioning,
+            prompt,
+            extra,
+            warning,
+        } = condition(sd, &resolved, &settings)?;
+        settings.prompt = prompt;
+        let load_seconds = started.elapsed().as_secs_f64();
+        let painting = Instant::now();
+        let seed = options.seed.unwrap_or(0);
+        let mut noise = SeededNoise::new(seed);
+        let painted = diffusion::paint_photo(
+            sd,
+            &settings,
+            conditioning.as_mut(),
+            photo.clone(),
+            seed,
+            &mut noise,
+            &mut |_, _| {},
+        )?;
+        let mut parameters =
+            settings.parameters(Some(seed), &resolved.ids, painted.width, painted.height);
+        parameters.extra.extend(extra);
+        let images = (0..settings.batch)
+            .map(|i| painted.images.narrow(0, i, 1))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(HostError::compute("splitting the batch"))?;
+        Ok(Painting {
+            images,
+            parameters,
+            load_seconds,
+            paint_seconds: painting.elapsed().as_secs_f64(),
+            peak_memory_bytes: None,
+            warnings: warning.into_iter().collect(),
+        })
+    }
+}
+
+/// A diffusion style's conditioning and what it records.
+struct Conditioned {
+    conditioning: Box<dyn Conditioning>,
+    /// The prompt as recorded.
+    prompt: String,
+    /// More parameters to record.
+    extra: Vec<(String, String)>,
+    /// Something the user should know (a forced bank).
+    warning: Option<String>,
+}
