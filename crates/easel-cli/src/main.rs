@@ -30,6 +30,7 @@ enum Command {
     Learn(commands::learn::LearnArgs),
     Bench(commands::bench::BenchArgs),
     TrainFast(commands::train_fast::TrainFastArgs),
+    Styles(commands::styles::StylesArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Learn(args) => commands::learn::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::TrainFast(args) => commands::train_fast::run(args),
+        Command::Styles(args) => commands::styles::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -478,3 +478,127 @@ fn stylize_checks_the_banks_base_model() {
         "{line}"
     );
 }
+
+/// `easel ARGS` with the tiny SD cache and its style store in `home`.
+fn easel_home(args: &[&str], cache: &Path, home: &Path) -> Output {
+    easel_command(args)
+        .env_remove("HF_HOME")
+        .env_remove("HF_ENDPOINT")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache)
+        .env("EASEL_HOME", home)
+        .output()
+        .expect("the easel binary runs")
+}
+
+#[test]
+fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let home = tmp.path().join("home");
+    let photo = photo(tmp.path());
+    let sd = tiny_sd();
+    let hash = tiny_hash(&sd);
+    let bank_file = tmp.path().join("vangogh.bank");
+    save(&direct(&lsast(&sd), None, 0.0), &hash, &bank_file);
+
+    let run = easel_home(
+        &[
+            "styles",
+            "install",
+            s(&bank_file),
+            "--sd",
+            "org/tiny-sd",
+            "--json",
+        ],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(entry["name"], "vangogh");
+    assert_eq!(entry["kind"], "bank");
+    assert_eq!(entry["base_model"], "org/tiny-sd");
+    let run = easel_home(
+        &["styles", "list", "--kind", "bank", "--json"],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let run = easel_home(&["styles", "show", "vangogh", "--json"], &cache, &home);
+    assert_success(&run);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(shown["metadata"]["format"], "easel-bank");
+    assert_eq!(shown["metadata"]["base_model_hash"], hash.as_str());
+
+    // --use NAME paints the bytes --bank FILE paints (same parameters but the file's name).
+    let paint = |style: &[&str], out: &Path| {
+        let mut args = vec![
+            "stylize",
+            s(&photo),
+            "--sd",
+            "org/tiny-sd",
+            "--no-control",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+            "--steps",
+            "4",
+            "--size",
+            "64",
+            "-o",
+            s(out),
+        ];
+        args.extend_from_slice(style);
+        assert_success(&easel_home(&args, &cache, &home));
+        image::open(out).unwrap().to_rgb8().into_raw()
+    };
+    let a = paint(&["--use", "vangogh"], &tmp.path().join("use.png"));
+    let b = paint(&["--bank", s(&bank_file)], &tmp.path().join("bank.png"));
+    assert!(a == b, "--use vangogh and --bank paint different pixels");
+    assert_success(&easel_home(&["styles", "verify", "vangogh"], &cache, &home));
+
+    // A bank of another embedding width: refused at install, naming both widths.
+    let base = lsast(&sd);
+    let v = base.vectors().unwrap().detach();
+    let wider = Tensor::cat(&[&v, &v.narrow(3, 0, 8).unwrap()], 3).unwrap();
+    let (stages, groups, tokens) = {
+        let l = base.layout();
+        (l.stages(), l.num_groups(), l.tokens_per_slot())
+    };
+    let d = wider.dim(3).unwrap();
+    let params = BankParams::from_tensors(
+        &ParamsSpec::Direct {},
+        base.layout(),
+        d,
+        HashMap::from([(
+            "bank.vectors".to_string(),
+            wider.reshape((stages * groups * tokens, d)).unwrap(),
+        )]),
+    )
+    .unwrap();
+    let other = Bank::new(
+        base.layout().clone(),
+        params,
+        base.prompt().clone(),
+        base.init_word().to_string(),
+    )
+    .unwrap();
+    let other_file = tmp.path().join("wide.bank");
+    save(&other, &hash, &other_file);
+    let run = easel_home(
+        &["styles", "install", s(&other_file), "--sd", "org/tiny-sd"],
+        &cache,
+        &home,
+    );
+    let line = error_line(&run);
+    let narrow = sd.text_encoder.config().hidden_size;
+    assert!(
+        line.contains(&format!("{}-d", narrow + 8)) && line.contains(&format!("has {narrow}-d")),
+        "{line}"
+    );
+    assert_success(&easel_home(&["styles", "remove", "vangogh"], &cache, &home));
+}

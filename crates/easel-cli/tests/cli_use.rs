@@ -68,7 +68,7 @@ fn bad_use_specs_are_refused_with_the_reason() {
     let cases = [
         ("preset:", "names no preset mix"),
         ("arbitrary@strenght=0.5", "@strenght"),
-        ("no-such-style", "--use no-such-style: no installed plugin"),
+        ("no-such-style", "--use no-such-style: no installed style"),
         ("preset:7@strength=much", "strength=much"),
     ];
     for (spec, expected) in cases {

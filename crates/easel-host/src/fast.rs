@@ -57,6 +57,11 @@ pub const STYTR_FILES: [&[&str]; 3] = [
     ],
 ];
 
+/// Prefixes of the AdaIN tensors in a plugin file, in [`ADAIN_FILES`] order.
+pub const ADAIN_PLUGIN_PREFIXES: [&str; 2] = ["encoder.", "decoder."];
+/// Prefixes of the StyTr² tensors in a plugin file, in [`STYTR_FILES`] order.
+pub const STYTR_PLUGIN_PREFIXES: [&str; 3] = ["transformer.", "embedding.", "decoder."];
+
 /// A painting with its mixing weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightedPath {
@@ -188,6 +193,74 @@ impl WeightFiles {
     }
 }
 
+impl WeightFiles {
+    /// The plugin file `source` names: one file holding every weight file's tensors under
+    /// its prefix (none when files are given one by one).
+    fn plugin_file(&self) -> Option<PathBuf> {
+        let path = Path::new(self.source.as_deref()?);
+        (self.files.iter().all(Option::is_none) && path.is_file()).then(|| path.to_path_buf())
+    }
+
+    /// Each weight file's tensors with a name for messages, in `names` order, and the files
+    /// read: from a plugin file (split by `prefixes`) or from the files [`Self::resolve`] finds.
+    fn tensors(
+        &self,
+        what: &'static str,
+        method: &'static str,
+        names: &[&[&str]],
+        prefixes: &[&str],
+        home: &str,
+    ) -> Result<(Vec<NamedMap>, Vec<PathBuf>)> {
+        let Some(plugin) = self.plugin_file() else {
+            let files = self.resolve(method, names, home)?;
+            let mut parts = Vec::with_capacity(files.len());
+            for file in &files {
+                parts.push((read_tensors(what, file)?, file.display().to_string()));
+            }
+            return Ok((parts, files));
+        };
+        let mut all = read_tensors(what, &plugin)?;
+        let mut parts = Vec::with_capacity(prefixes.len());
+        for prefix in prefixes {
+            let keys: Vec<String> = all
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                return Err(HostError::ReadWeights {
+                    what,
+                    path: plugin.clone(),
+                    reason: format!(
+                        "holds no {prefix}* tensors (a {method} plugin has {})",
+                        prefixes.join("*, ") + "*"
+                    ),
+                });
+            }
+            let mut part = TensorMap::new();
+            for key in keys {
+                // The key came from `all` just above.
+                if let Some(t) = all.remove(&key) {
+                    part.insert(key[prefix.len()..].to_string(), t);
+                }
+            }
+            parts.push((part, format!("{}[{prefix}*]", plugin.display())));
+        }
+        if let Some(extra) = all.keys().next() {
+            return Err(HostError::ReadWeights {
+                what,
+                path: plugin,
+                reason: format!("tensor {extra} is not under any of {}", prefixes.join(", ")),
+            });
+        }
+        Ok((parts, vec![plugin]))
+    }
+}
+
+type TensorMap = std::collections::HashMap<String, Tensor>;
+/// One weight file's tensors and its name for messages.
+type NamedMap = (TensorMap, String);
+
 /// What a fast method paints with.
 #[derive(Debug, Clone)]
 pub enum FastStyle {
@@ -195,6 +268,16 @@ pub enum FastStyle {
     Arbitrary {
         /// The paintings and their weights.
         paintings: Vec<WeightedPath>,
+    },
+    /// The embedded arbitrary-style network with a style code computed before (a painting's
+    /// code kept as a plugin).
+    StyleCode {
+        /// The code's values.
+        code: Vec<f32>,
+        /// Its shape (the predictor's output, `[1, 100, 1, 1]`).
+        shape: Vec<usize>,
+        /// What it was computed from, for the output's parameters.
+        name: String,
     },
     /// The embedded presets, mixed as `3:0.5,12:0.5` says.
     Preset {
@@ -225,7 +308,7 @@ impl FastStyle {
     /// The method's name, as recorded in outputs.
     pub fn method(&self) -> &'static str {
         match self {
-            FastStyle::Arbitrary { .. } => "arbitrary",
+            FastStyle::Arbitrary { .. } | FastStyle::StyleCode { .. } => "arbitrary",
             FastStyle::Preset { .. } => "preset",
             FastStyle::Adain { .. } => "adain",
             FastStyle::Transformer { .. } => "transformer",
@@ -324,6 +407,22 @@ impl FastPainter {
                 read.extend(paintings.iter().map(|p| p.path.clone()));
                 Loaded::Arbitrary { model, code }
             }
+            FastStyle::StyleCode { code, shape, name } => {
+                let model = Box::new(
+                    ArbitraryNet::embedded(device)
+                        .map_err(compute("loading the embedded arbitrary-style network"))?,
+                );
+                let code = Tensor::from_slice(code, shape.as_slice(), device).map_err(|e| {
+                    HostError::setting(
+                        Setting::Style,
+                        name,
+                        format!("has a style code of shape {shape:?} that does not fit: {e}"),
+                    )
+                })?;
+                params.styles.push(name.clone());
+                params.models.push(ARBITRARY_MODEL_ID.to_string());
+                Loaded::Arbitrary { model, code }
+            }
             FastStyle::Preset { spec } => {
                 let mix = cin26::parse_preset_mix(spec).map_err(|e| {
                     HostError::setting(Setting::Style, spec, format!("is not a preset mix: {e}"))
@@ -363,20 +462,27 @@ impl FastPainter {
                         "given: AdaIN needs at least one painting",
                     ));
                 }
-                let files = weights.resolve("AdaIN", &ADAIN_FILES, ADAIN_WEIGHTS_HOME)?;
-                let [vgg, decoder] = [&files[0], &files[1]];
-                let model = load_adain(
-                    read_tensors("AdaIN weights", vgg)?,
-                    &vgg.display().to_string(),
-                    read_tensors("AdaIN weights", decoder)?,
-                    &decoder.display().to_string(),
-                    device,
-                )
-                .map_err(|e| HostError::Load {
-                    what: "AdaIN",
-                    path: decoder.clone(),
-                    source: Box::new(e),
-                })?;
+                let (parts, files) = weights.tensors(
+                    "AdaIN weights",
+                    "AdaIN",
+                    &ADAIN_FILES,
+                    &ADAIN_PLUGIN_PREFIXES,
+                    ADAIN_WEIGHTS_HOME,
+                )?;
+                let [(vgg, vgg_name), (decoder, decoder_name)]: [NamedMap; 2] =
+                    parts.try_into().map_err(|_| {
+                        HostError::compute("reading the AdaIN weights".to_string())(
+                            candle_core::Error::Msg("not two weight files".into()),
+                        )
+                    })?;
+                let model =
+                    load_adain(vgg, &vgg_name, decoder, &decoder_name, device).map_err(|e| {
+                        HostError::Load {
+                            what: "AdaIN",
+                            path: files[files.len() - 1].clone(),
+                            source: Box::new(e),
+                        }
+                    })?;
                 let mut styles = Vec::with_capacity(paintings.len());
                 for source in paintings {
                     let painting = load_picture(&source.path, max_side, device)?;
@@ -389,7 +495,7 @@ impl FastPainter {
                 params.styles = weighted(paintings);
                 params
                     .models
-                    .push(format!("AdaIN ({}, {})", vgg.display(), decoder.display()));
+                    .push(format!("AdaIN ({vgg_name}, {decoder_name})"));
                 if let Some(path) = mask {
                     params
                         .extra
@@ -410,12 +516,24 @@ impl FastPainter {
                 painting,
             } => {
                 check_stytr_settings(settings)?;
-                let files = weights.resolve("StyTr²", &STYTR_FILES, STYTR_WEIGHTS_HOME)?;
-                let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                let (parts, files) = weights.tensors(
+                    "StyTr² weights",
+                    "StyTr²",
+                    &STYTR_FILES,
+                    &STYTR_PLUGIN_PREFIXES,
+                    STYTR_WEIGHTS_HOME,
+                )?;
+                let names: Vec<String> = parts.iter().map(|(_, name)| name.clone()).collect();
+                let [transformer, embedding, decoder]: [NamedMap; 3] =
+                    parts.try_into().map_err(|_| {
+                        HostError::compute("reading the StyTr² weights".to_string())(
+                            candle_core::Error::Msg("not three weight files".into()),
+                        )
+                    })?;
                 let model = load_stytr(
-                    (read_tensors("StyTr² weights", &files[0])?, &names[0]),
-                    (read_tensors("StyTr² weights", &files[1])?, &names[1]),
-                    (read_tensors("StyTr² weights", &files[2])?, &names[2]),
+                    (transformer.0, &transformer.1),
+                    (embedding.0, &embedding.1),
+                    (decoder.0, &decoder.1),
                     settings,
                     device,
                 )

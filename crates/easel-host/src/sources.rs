@@ -574,6 +574,23 @@ pub struct LoadedModels {
 }
 
 impl ModelSources {
+    /// The Stable Diffusion model as a bank sees it (id, text-encoder width, base-model
+    /// hash), loaded on the CPU in f32 without its ControlNet: what a bank must fit.
+    pub fn base_model(&self) -> Result<easel_bank::file::BaseModelInfo> {
+        let mut sources = self.clone();
+        sources.controlnet = None;
+        let resolved = sources.resolve(false, None)?;
+        let sd = resolved.load(&Device::Cpu, DType::F32, AttentionSlicing::Full)?;
+        let unet = resolved.unet_file();
+        Ok(easel_bank::conditioning::base_model_info(
+            &sd,
+            &resolved.base_model_id,
+            unet.as_deref(),
+        )?)
+    }
+}
+
+impl ModelSources {
     /// Stable Diffusion `sd` with the registry's default ControlNet (its weights replaced by
     /// `controlnet` when given): the models `learn` trains through and `bench` times.
     pub fn with_default_controlnet(

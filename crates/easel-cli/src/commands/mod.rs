@@ -7,6 +7,7 @@ pub mod import_onnx;
 pub mod import_torch;
 pub mod learn;
 pub mod presets;
+pub mod styles;
 pub mod stylize;
 pub mod stylize_adain;
 pub mod stylize_diffusion;

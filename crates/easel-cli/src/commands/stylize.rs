@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use easel_core::DeviceChoice;
 use easel_host::fast::{FastPainter, FastStyle, WeightedPath};
 use easel_host::spec::{StyleSpec, UseSpec, DIFFUSION_KEYS, FAST_KEYS};
+use easel_styles::{PluginError, PluginUse, Store};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -112,6 +113,10 @@ pub struct StylizeArgs {
 
     #[command(flatten)]
     pub(super) diffusion: DiffusionArgs,
+
+    /// A style-code plugin named by `--use` (set by `apply_use`, not a flag).
+    #[arg(skip)]
+    plugin_style: Option<FastStyle>,
 }
 
 /// The fast methods of `--method`.
@@ -144,7 +149,7 @@ impl MethodKind {
             if args.preset.is_some() {
                 bail!("--preset applies to --method preset only, not {name}");
             }
-            if args.styles.is_empty() {
+            if args.styles.is_empty() && args.plugin_style.is_none() {
                 bail!("--method {name} needs at least one --style IMG[:WEIGHT]");
             }
         }
@@ -327,15 +332,6 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
         return Ok(());
     };
     let spec = UseSpec::parse(&text).map_err(word)?;
-    let fast = matches!(
-        spec.style,
-        StyleSpec::Arbitrary
-            | StyleSpec::Preset(_)
-            | StyleSpec::Adain(_)
-            | StyleSpec::Transformer(_)
-    );
-    let keys = if fast { FAST_KEYS } else { DIFFUSION_KEYS };
-    spec.check_keys(keys).map_err(word)?;
     match &spec.style {
         StyleSpec::Arbitrary => args.method = Some(MethodKind::Arbitrary),
         StyleSpec::Preset(mix) => {
@@ -355,11 +351,11 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
         }
         StyleSpec::Prompt(prompt) => args.diffusion.prompt = Some(prompt.clone()),
         StyleSpec::Bank(path) => args.diffusion.bank = Some(path.clone()),
-        StyleSpec::Plugin(name) => bail!(
-            "--use {name}: no installed plugin or plugin file of that name (built-in methods: \
-             arbitrary, preset:MIX, adain:DIR, transformer:DIR, prompt:TEXT, bank:FILE)"
-        ),
+        StyleSpec::Plugin(name) => apply_plugin(args, name)?,
     }
+    let fast = args.diffusion.prompt.is_none() && args.diffusion.bank.is_none();
+    let keys = if fast { FAST_KEYS } else { DIFFUSION_KEYS };
+    spec.check_keys(keys).map_err(word)?;
     let setting = |key| spec.setting::<String>(key).map_err(word);
     if let Some(v) = spec.setting::<f64>("strength").map_err(word)? {
         args.strength = Some(v);
@@ -398,6 +394,54 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Turns `--use NAME` (an installed plugin, or a plugin file) into the flags it stands for.
+fn apply_plugin(args: &mut StylizeArgs, name: &str) -> Result<()> {
+    let store = Store::from_env()?;
+    let path = store.resolve(name).map_err(|e| match e {
+        PluginError::NotInstalled { .. } => anyhow::anyhow!(
+            "--use {name}: {e}; nor is it a plugin file (built-in methods: arbitrary, \
+             preset:MIX, adain:DIR, transformer:DIR, prompt:TEXT, bank:FILE)"
+        ),
+        other => other.into(),
+    })?;
+    let wants_painting = || -> Result<()> {
+        if args.styles.is_empty() {
+            bail!("--use {name} is a fast model that paints with a painting: add --style IMG");
+        }
+        Ok(())
+    };
+    match PluginUse::of(&path).with_context(|| format!("--use {name}"))? {
+        PluginUse::Bank(_) | PluginUse::Preset(_) | PluginUse::StyleCode { .. }
+            if !args.styles.is_empty() =>
+        {
+            bail!("--use {name} is a complete style; --style belongs to AdaIN and StyTr² plugins")
+        }
+        PluginUse::Bank(path) => args.diffusion.bank = Some(path),
+        PluginUse::Preset(mix) => {
+            args.method = Some(MethodKind::Preset);
+            args.preset = Some(mix);
+        }
+        PluginUse::Adain(path) => {
+            wants_painting()?;
+            args.method = Some(MethodKind::Adain);
+            args.weights = Some(path.display().to_string());
+        }
+        PluginUse::Stytr { path, settings } => {
+            wants_painting()?;
+            args.method = Some(MethodKind::Transformer);
+            args.weights = Some(path.display().to_string());
+            args.transformer.stytr_heads = Some(settings.nhead);
+            args.transformer.stytr_cape_grid = Some(settings.cape_grid);
+            args.transformer.stytr_windows = Some(settings.pyramid_windows);
+        }
+        PluginUse::StyleCode { code, shape, name } => {
+            args.method = Some(MethodKind::Arbitrary);
+            args.plugin_style = Some(FastStyle::StyleCode { code, shape, name });
+        }
+    }
+    Ok(())
+}
+
 /// The style the flags describe for the fast method `kind`.
 fn fast_style(args: &StylizeArgs, kind: MethodKind) -> Result<FastStyle> {
     let paintings = || -> Result<Vec<WeightedPath>> {
@@ -414,6 +458,9 @@ fn fast_style(args: &StylizeArgs, kind: MethodKind) -> Result<FastStyle> {
                 .clone()
                 .context("--method preset needs --preset N[:W],...")?,
         },
+        MethodKind::Arbitrary if args.plugin_style.is_some() => {
+            args.plugin_style.clone().context("checked just above")?
+        }
         MethodKind::Arbitrary => FastStyle::Arbitrary {
             paintings: paintings()?,
         },

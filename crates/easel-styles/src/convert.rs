@@ -1,0 +1,567 @@
+//! Making plugins: from a bank file, an AdaIN or StyTr² weights folder, a preset mix or a
+//! painting (its style code for the embedded arbitrary network); and what a plugin paints as.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use candle_core::{DType, Device, Tensor};
+use easel_bank::file::BaseModelInfo;
+use easel_fast::arbitrary::{ArbitraryNet, StyleCode};
+use easel_fast::cin26;
+use easel_fast::import::adain::{load_adain, read_weights};
+use easel_fast::import::stytr::{load_stytr, Settings as StytrSettings};
+use easel_host::fast::{
+    FastStyle, WeightFiles, WeightedPath, ADAIN_FILES, ADAIN_PLUGIN_PREFIXES, STYTR_FILES,
+    STYTR_PLUGIN_PREFIXES,
+};
+use easel_host::host::Style;
+use easel_host::sources::ModelSources;
+use image::RgbImage;
+
+use crate::error::{PluginError, Result};
+use crate::plugin::{file_name, keys, Kind, PluginFile, PluginHeader, RawTensor};
+
+/// The largest weights file read to make a plugin (StyTr²'s transformer is ~140 MB).
+pub const MAX_SOURCE_BYTES: u64 = 2 << 30;
+/// The long side of thumbnails.
+pub const THUMBNAIL_SIDE: u32 = 256;
+
+/// What a plugin is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSource {
+    /// A plugin file (installed as it is).
+    Plugin(PathBuf),
+    /// An easel bank file (`.bank`, `easel learn`'s output).
+    BankFile(PathBuf),
+    /// A folder with `vgg_normalised` and `decoder` weights.
+    AdainDir(PathBuf),
+    /// A folder with StyTr²'s three weight files.
+    StytrDir(PathBuf),
+    /// A preset mix (`3:0.5,12:0.5`).
+    PresetMix(String),
+    /// A painting, kept as its style code for the embedded arbitrary network.
+    Painting(PathBuf),
+}
+
+/// Descriptive metadata given by the user; unset fields get defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PluginInfo {
+    /// `modelspec.title` (default: the source's file name).
+    pub title: Option<String>,
+    /// `modelspec.description`.
+    pub description: Option<String>,
+    /// `modelspec.author`.
+    pub author: Option<String>,
+    /// `modelspec.license`.
+    pub license: Option<String>,
+    /// A picture for `modelspec.thumbnail` (default: the painting, for style codes).
+    pub thumbnail: Option<RgbImage>,
+    /// StyTr²'s settings, which its weight files do not hold (default: the published ones).
+    pub stytr: Option<StytrSettings>,
+}
+
+impl PluginSource {
+    /// Reads what `text` names: `preset:MIX`, `painting:IMAGE`, a weights folder (AdaIN or
+    /// StyTr², told apart by their files), a plugin file or a bank file.
+    pub fn detect(text: &str) -> Result<Self> {
+        if let Some(mix) = text.strip_prefix("preset:") {
+            return Ok(PluginSource::PresetMix(mix.to_string()));
+        }
+        if let Some(painting) = text.strip_prefix("painting:") {
+            return Ok(PluginSource::Painting(PathBuf::from(painting)));
+        }
+        let path = PathBuf::from(text);
+        let source_error = |problem: String| PluginError::Source {
+            source_name: text.to_string(),
+            problem,
+        };
+        if path.is_dir() {
+            let has = |names: &[&[&str]]| {
+                names
+                    .iter()
+                    .all(|alts| alts.iter().any(|n| path.join(n).is_file()))
+            };
+            if has(&STYTR_FILES) {
+                return Ok(PluginSource::StytrDir(path));
+            }
+            if has(&ADAIN_FILES) {
+                return Ok(PluginSource::AdainDir(path));
+            }
+            return Err(source_error(format!(
+                "the folder holds neither AdaIN weights ({}) nor StyTr² weights ({})",
+                first_names(&ADAIN_FILES),
+                first_names(&STYTR_FILES)
+            )));
+        }
+        let bytes = crate::plugin::read_file(&path, MAX_SOURCE_BYTES)?;
+        match crate::plugin::read_header(&bytes, text) {
+            Ok(_) => Ok(PluginSource::Plugin(path)),
+            // A plugin of an unknown kind is refused as such, not read as something else.
+            Err(e @ PluginError::UnknownKind { .. }) => Err(e),
+            Err(_) => {
+                let meta = safetensors::SafeTensors::read_metadata(&bytes)
+                    .ok()
+                    .and_then(|(_, m)| m.metadata().clone());
+                match meta
+                    .as_ref()
+                    .and_then(|m| m.get("format"))
+                    .map(String::as_str)
+                {
+                    Some(easel_bank::file::FORMAT) => Ok(PluginSource::BankFile(path)),
+                    _ => Err(source_error(
+                        "is neither an easel plugin nor a bank file (a textual-inversion \
+                         embedding? import it as a bank first)"
+                            .to_string(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn first_names(names: &[&[&str]]) -> String {
+    names.iter().map(|n| n[0]).collect::<Vec<_>>().join(", ")
+}
+
+fn compute(what: impl Into<String>) -> impl FnOnce(candle_core::Error) -> PluginError {
+    let what = what.into();
+    move |source| PluginError::Compute { what, source }
+}
+
+/// An f32 tensor's raw little-endian form.
+fn raw_f32(t: &Tensor) -> candle_core::Result<RawTensor> {
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(RawTensor {
+        dtype: "F32".into(),
+        shape: t.dims().to_vec(),
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
+}
+
+/// `data:image/png;base64,...` of `img` fitted into [`THUMBNAIL_SIDE`].
+pub fn thumbnail_uri(img: &RgbImage) -> Result<String> {
+    let small = easel_core::image_io::downscale_to_fit(img.clone(), THUMBNAIL_SIDE);
+    let png = easel_core::encode_png(&small, None)?;
+    Ok(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    ))
+}
+
+/// Decodes a `data:image/png;base64,` thumbnail.
+pub fn thumbnail_png(uri: &str) -> Option<Vec<u8>> {
+    let encoded = uri.strip_prefix("data:image/png;base64,")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+}
+
+fn weights_file(dir: &Path, alternatives: &[&str]) -> Result<PathBuf> {
+    alternatives
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| PluginError::Source {
+            source_name: dir.display().to_string(),
+            problem: format!("has no {}", alternatives.join(" or ")),
+        })
+}
+
+fn read_weights_file(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+    read_weights(&bytes, &path.display().to_string()).map_err(|e| PluginError::Source {
+        source_name: path.display().to_string(),
+        problem: e.to_string(),
+    })
+}
+
+fn put_prefixed(
+    tensors: &mut BTreeMap<String, RawTensor>,
+    prefix: &str,
+    part: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for (key, t) in part {
+        let raw = raw_f32(t).map_err(compute(format!("reading tensor {key}")))?;
+        tensors.insert(format!("{prefix}{key}"), raw);
+    }
+    Ok(())
+}
+
+/// Makes the plugin for `source`.
+pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFile> {
+    let mut metadata = BTreeMap::new();
+    let mut tensors = BTreeMap::new();
+    let mut thumbnail = info.thumbnail.clone();
+    let (kind, default_title) = match source {
+        PluginSource::Plugin(path) => {
+            let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+            let mut plugin = PluginFile::read(&bytes, &file_name(path))?;
+            apply_info(&mut plugin.metadata, info, None)?;
+            return Ok(plugin);
+        }
+        PluginSource::BankFile(path) => {
+            let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+            let name = file_name(path);
+            // Checks that it is a readable bank; the bytes are kept as they are.
+            let (bank, _) = easel_bank::file::read_bank(&bytes, &Device::Cpu).map_err(|e| {
+                PluginError::Source {
+                    source_name: name.clone(),
+                    problem: e.to_string(),
+                }
+            })?;
+            let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+                PluginError::Malformed {
+                    name: name.clone(),
+                    problem: e.to_string(),
+                }
+            })?;
+            if let Ok((_, m)) = safetensors::SafeTensors::read_metadata(&bytes) {
+                metadata.extend(m.metadata().clone().unwrap_or_default());
+            }
+            for (key, view) in st.tensors() {
+                tensors.insert(
+                    key,
+                    RawTensor {
+                        dtype: format!("{:?}", view.dtype()),
+                        shape: view.shape().to_vec(),
+                        data: view.data().to_vec(),
+                    },
+                );
+            }
+            metadata.insert(keys::TRIGGER.into(), bank.prompt().placeholder.clone());
+            metadata.insert(
+                keys::USAGE.into(),
+                "a prompt bank for Stable Diffusion 1.x: paints photos through ControlNet".into(),
+            );
+            (Kind::Bank, stem(path))
+        }
+        PluginSource::AdainDir(dir) => {
+            let vgg_path = weights_file(dir, ADAIN_FILES[0])?;
+            let decoder_path = weights_file(dir, ADAIN_FILES[1])?;
+            let vgg = read_weights_file(&vgg_path)?;
+            let decoder = read_weights_file(&decoder_path)?;
+            // Checks every key and shape now, so that a plugin that installs also loads.
+            load_adain(
+                vgg.clone(),
+                &vgg_path.display().to_string(),
+                decoder.clone(),
+                &decoder_path.display().to_string(),
+                &Device::Cpu,
+            )
+            .map_err(|e| PluginError::Source {
+                source_name: dir.display().to_string(),
+                problem: e.to_string(),
+            })?;
+            put_prefixed(&mut tensors, ADAIN_PLUGIN_PREFIXES[0], &vgg)?;
+            put_prefixed(&mut tensors, ADAIN_PLUGIN_PREFIXES[1], &decoder)?;
+            metadata.insert(keys::ENCODER.into(), "vgg_normalised".into());
+            metadata.insert(
+                keys::USAGE.into(),
+                "AdaIN: paints photos in the style of the paintings given with it".into(),
+            );
+            (Kind::Adain, stem(dir))
+        }
+        PluginSource::StytrDir(dir) => {
+            let mut parts = Vec::new();
+            for alternatives in STYTR_FILES {
+                let path = weights_file(dir, alternatives)?;
+                parts.push((read_weights_file(&path)?, path.display().to_string()));
+            }
+            let settings = info.stytr.clone().unwrap_or_else(StytrSettings::published);
+            load_stytr(
+                (parts[0].0.clone(), &parts[0].1),
+                (parts[1].0.clone(), &parts[1].1),
+                (parts[2].0.clone(), &parts[2].1),
+                &settings,
+                &Device::Cpu,
+            )
+            .map_err(|e| PluginError::Source {
+                source_name: dir.display().to_string(),
+                problem: e.to_string(),
+            })?;
+            for ((part, _), prefix) in parts.iter().zip(STYTR_PLUGIN_PREFIXES) {
+                put_prefixed(&mut tensors, prefix, part)?;
+            }
+            metadata.insert(keys::STYTR_HEADS.into(), settings.nhead.to_string());
+            metadata.insert(keys::STYTR_CAPE_GRID.into(), settings.cape_grid.to_string());
+            metadata.insert(keys::STYTR_WINDOWS.into(), join(&settings.pyramid_windows));
+            metadata.insert(
+                keys::USAGE.into(),
+                "StyTr²: paints photos in the style of the painting given with it".into(),
+            );
+            (Kind::Stytr, stem(dir))
+        }
+        PluginSource::PresetMix(mix) => {
+            let bad = |e: candle_core::Error| PluginError::Source {
+                source_name: format!("preset:{mix}"),
+                problem: format!("is not a preset mix: {e}"),
+            };
+            let weights = cin26::parse_preset_mix(mix)
+                .and_then(|m| cin26::preset_weights(&m))
+                .map_err(bad)?;
+            tensors.insert(
+                "preset.weights".into(),
+                RawTensor {
+                    dtype: "F32".into(),
+                    shape: vec![weights.len()],
+                    data: weights.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                },
+            );
+            metadata.insert(keys::PRESET_MIX.into(), mix.clone());
+            metadata.insert(
+                keys::USAGE.into(),
+                "a mix of easel's 26 embedded presets".into(),
+            );
+            (Kind::PresetMix, format!("preset {mix}"))
+        }
+        PluginSource::Painting(path) => {
+            let img = easel_core::load_rgb(path, &easel_core::LoadOptions::with_max_side(1024))?;
+            let code = painting_code(path, &img)?;
+            tensors.insert(
+                "style.code".into(),
+                raw_f32(&code).map_err(compute("reading the style code"))?,
+            );
+            let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+            metadata.insert(
+                keys::SOURCE.into(),
+                format!(
+                    "{} (sha256 {})",
+                    file_name(path),
+                    easel_core::hash::sha256_hex(&bytes)
+                ),
+            );
+            metadata.insert(
+                keys::USAGE.into(),
+                "a painting's style for easel's embedded arbitrary network".into(),
+            );
+            thumbnail.get_or_insert(img);
+            (Kind::StyleCode, stem(path))
+        }
+    };
+    metadata.insert(keys::TITLE.into(), default_title);
+    metadata.insert(keys::DATE.into(), easel_core::time::now_rfc3339());
+    apply_info(&mut metadata, info, thumbnail.as_ref())?;
+    Ok(PluginFile {
+        kind,
+        metadata,
+        tensors,
+    })
+}
+
+/// The painting's style code exactly as `stylize --style PAINTING` computes it (read at
+/// most 1024 px, one style of weight 1 mixed).
+fn painting_code(path: &Path, img: &RgbImage) -> Result<Tensor> {
+    let what = format!("the style of {}", path.display());
+    let device = Device::Cpu;
+    let model =
+        ArbitraryNet::embedded(&device).map_err(compute("loading the arbitrary network"))?;
+    let painting = easel_core::rgb_to_tensor(img, &device)?;
+    let code = model.style_code(&painting).map_err(compute(what.clone()))?;
+    StyleCode::mix(&[(&code, 1.0)]).map_err(compute(what))
+}
+
+fn apply_info(
+    metadata: &mut BTreeMap<String, String>,
+    info: &PluginInfo,
+    thumbnail: Option<&RgbImage>,
+) -> Result<()> {
+    let fields = [
+        (keys::TITLE, &info.title),
+        (keys::DESCRIPTION, &info.description),
+        (keys::AUTHOR, &info.author),
+        (keys::LICENSE, &info.license),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            metadata.insert(key.into(), value.clone());
+        }
+    }
+    if let Some(img) = info.thumbnail.as_ref().or(thumbnail) {
+        metadata.insert(keys::THUMBNAIL.into(), thumbnail_uri(img)?);
+    }
+    Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn join(values: &[usize]) -> String {
+    values
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Why a bank plugin does not fit `base`: a different embedding width is an error (naming
+/// both); a different base-model hash is a warning.
+pub fn check_fit(
+    header: &PluginHeader,
+    name: &str,
+    base: &BaseModelInfo,
+) -> Result<Option<String>> {
+    if header.kind != Kind::Bank {
+        return Ok(None);
+    }
+    let width = header.get("embedding_dim");
+    if width != base.embedding_dim.to_string() {
+        return Err(PluginError::DoesNotFit {
+            name: name.to_string(),
+            problem: format!(
+                "its embeddings are {width}-d (learned on {}) but {} has {}-d embeddings",
+                header.get("base_model"),
+                base.id,
+                base.embedding_dim
+            ),
+        });
+    }
+    let hash = header.get("base_model_hash");
+    Ok((hash != base.hash).then(|| {
+        format!(
+            "{name} was learned on {} (hash {}), not on {} (hash {}); its embeddings may not transfer",
+            header.get("base_model"),
+            hash.get(..12).unwrap_or(hash),
+            base.id,
+            base.hash.get(..12).unwrap_or(&base.hash)
+        )
+    }))
+}
+
+/// What painting with a plugin means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginUse {
+    /// Stable Diffusion conditioned on the bank in this file.
+    Bank(PathBuf),
+    /// The embedded presets with this mix.
+    Preset(String),
+    /// AdaIN with the weights in this plugin file.
+    Adain(PathBuf),
+    /// StyTr² with the weights in this plugin file and these settings.
+    Stytr {
+        /// The plugin file.
+        path: PathBuf,
+        /// Heads, CAPE grid and windows recorded in it.
+        settings: StytrSettings,
+    },
+    /// The embedded arbitrary network with this style code.
+    StyleCode {
+        /// The code's values.
+        code: Vec<f32>,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The plugin's name.
+        name: String,
+    },
+}
+
+impl PluginUse {
+    /// Reads what the plugin at `path` paints as (the hash is checked).
+    pub fn of(path: &Path) -> Result<Self> {
+        let name = file_name(path);
+        let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+        let plugin = PluginFile::read(&bytes, &name)?;
+        let number = |key: &str| -> Result<usize> {
+            plugin
+                .metadata
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| PluginError::Malformed {
+                    name: name.clone(),
+                    problem: format!("metadata {key} is not a number"),
+                })
+        };
+        Ok(match plugin.kind {
+            Kind::Bank => PluginUse::Bank(path.to_path_buf()),
+            Kind::Adain => PluginUse::Adain(path.to_path_buf()),
+            Kind::PresetMix => {
+                PluginUse::Preset(plugin.metadata.get(keys::PRESET_MIX).cloned().ok_or_else(
+                    || PluginError::Malformed {
+                        name: name.clone(),
+                        problem: format!("a preset-mix plugin needs {}", keys::PRESET_MIX),
+                    },
+                )?)
+            }
+            Kind::Stytr => {
+                let windows = plugin
+                    .metadata
+                    .get(keys::STYTR_WINDOWS)
+                    .map(|w| {
+                        w.split(',')
+                            .map(str::parse)
+                            .collect::<std::result::Result<Vec<usize>, _>>()
+                    })
+                    .and_then(|w| w.ok())
+                    .ok_or_else(|| PluginError::Malformed {
+                        name: name.clone(),
+                        problem: format!(
+                            "metadata {} is not a list of numbers",
+                            keys::STYTR_WINDOWS
+                        ),
+                    })?;
+                PluginUse::Stytr {
+                    path: path.to_path_buf(),
+                    settings: StytrSettings {
+                        nhead: number(keys::STYTR_HEADS)?,
+                        cape_grid: number(keys::STYTR_CAPE_GRID)?,
+                        pyramid_windows: windows,
+                    },
+                }
+            }
+            Kind::StyleCode => {
+                let (code, shape) = plugin.f32_values("style.code", &name)?;
+                PluginUse::StyleCode { code, shape, name }
+            }
+        })
+    }
+
+    /// The host style: `paintings` for the kinds that paint with paintings, `sources` for banks.
+    pub fn style(&self, paintings: &[WeightedPath], sources: &ModelSources) -> Result<Style> {
+        let weights = |path: &Path| WeightFiles {
+            source: Some(path.display().to_string()),
+            files: Vec::new(),
+            offline: true,
+        };
+        Ok(match self {
+            PluginUse::Bank(path) => Style::Bank {
+                path: path.clone(),
+                prompt: None,
+                force: false,
+                sources: sources.clone(),
+            },
+            PluginUse::Preset(spec) => Style::Fast(FastStyle::Preset { spec: spec.clone() }),
+            PluginUse::Adain(path) => Style::Fast(FastStyle::Adain {
+                weights: weights(path),
+                paintings: paintings.to_vec(),
+                mask: None,
+            }),
+            PluginUse::Stytr { path, settings } => {
+                let painting = match paintings {
+                    [one] => one.path.clone(),
+                    _ => {
+                        return Err(PluginError::Source {
+                            source_name: file_name(path),
+                            problem: format!(
+                                "StyTr² paints with one painting, {} given",
+                                paintings.len()
+                            ),
+                        })
+                    }
+                };
+                Style::Fast(FastStyle::Transformer {
+                    weights: weights(path),
+                    settings: settings.clone(),
+                    painting,
+                })
+            }
+            PluginUse::StyleCode { code, shape, name } => Style::Fast(FastStyle::StyleCode {
+                code: code.clone(),
+                shape: shape.clone(),
+                name: name.clone(),
+            }),
+        })
+    }
+}
