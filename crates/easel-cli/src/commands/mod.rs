@@ -10,5 +10,6 @@ pub mod presets;
 pub mod stylize;
 pub mod stylize_adain;
 pub mod stylize_diffusion;
+pub mod stylize_gatys;
 pub mod stylize_transformer;
 pub mod train_fast;
