@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use easel_core::{LoadOptions, Parameters};
 use easel_fast::efficientnet::EfficientNet;
+use easel_fast::gatys::{regions_from_grey, stylize};
 pub use easel_fast::gatys::{
     ColorControl, Event, Init, LayerSet, Losses, OptimizerKind, Progress, Settings,
 };
-use easel_fast::gatys::{regions_from_grey, stylize};
 use image::RgbImage;
 
 use crate::error::{HostError, Result, Setting};
@@ -141,8 +141,9 @@ impl GatysPainter {
             }
             _ => {}
         }
-        let net = EfficientNet::lite0_embedded(device)
-            .map_err(HostError::compute("loading the embedded EfficientNet-Lite0"))?;
+        let net = EfficientNet::lite0_embedded(device).map_err(HostError::compute(
+            "loading the embedded EfficientNet-Lite0",
+        ))?;
         let paintings = style
             .paintings
             .iter()

@@ -71,7 +71,7 @@ pub struct StylizeArgs {
     styles: Vec<String>,
 
     /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
-    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank", "use_spec"])]
+    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank", "use_spec", "method"])]
     preset: Option<String>,
 
     /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
@@ -171,7 +171,11 @@ impl MethodKind {
                 !(kind == MethodKind::Gatys && *f == "--mask")
             });
             if let Some(flag) = refused {
-                let methods = if flag == "--mask" { "adain or gatys" } else { "adain" };
+                let methods = if flag == "--mask" {
+                    "adain or gatys"
+                } else {
+                    "adain"
+                };
                 bail!("{flag} applies to --method {methods} only, not {name}");
             }
         }
@@ -658,9 +662,9 @@ fn run_gatys(args: &StylizeArgs) -> Result<()> {
                 Ok(())
             }
             easel_host::gatys::Event::Preview(_, picture) => {
-                let img = picture
-                    .clamp(0f32, 1f32)
-                    .and_then(|t| easel_core::tensor_to_rgb(&t).map_err(candle_core::Error::wrap))?;
+                let img = picture.clamp(0f32, 1f32).and_then(|t| {
+                    easel_core::tensor_to_rgb(&t).map_err(candle_core::Error::wrap)
+                })?;
                 save_output(&img, &preview, Some(&params), &protected)
                     .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
             }

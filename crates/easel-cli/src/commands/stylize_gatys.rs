@@ -5,7 +5,9 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use easel_host::gatys::{ColorControl, GatysOutput, Init, Losses, OptimizerKind, Progress, Settings};
+use easel_host::gatys::{
+    ColorControl, GatysOutput, Init, Losses, OptimizerKind, Progress, Settings,
+};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -155,9 +157,9 @@ impl GatysArgs {
                 .map_err(|_| anyhow::anyhow!("--use gatys@{key}={value}: {what} must be a number"))
         };
         let count = || -> Result<usize> {
-            value.parse().map_err(|_| {
-                anyhow::anyhow!("--use gatys@{key}={value}: must be a whole number")
-            })
+            value
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--use gatys@{key}={value}: must be a whole number"))
         };
         let choice = |names: &str| anyhow::anyhow!("--use gatys@{key}={value}: expected {names}");
         match key {
@@ -172,9 +174,8 @@ impl GatysArgs {
                     Some(InitArg::from_str(value, true).map_err(|_| choice("photo or noise"))?)
             }
             "color-transfer" => {
-                self.color_transfer = Some(
-                    ColorTransferArg::from_str(value, true).map_err(|_| choice("histogram"))?,
-                )
+                self.color_transfer =
+                    Some(ColorTransferArg::from_str(value, true).map_err(|_| choice("histogram"))?)
             }
             "content-weight" => self.content_weight = Some(number("the weight")?),
             "style-weight" => self.style_weight = Some(number("the weight")?),
