@@ -60,6 +60,14 @@ fn setting_flag(setting: Setting) -> &'static str {
         Setting::Heads => "--stytr-heads",
         Setting::CapeGrid => "--stytr-cape-grid",
         Setting::Windows => "--stytr-windows",
+        Setting::Iterations => "--iterations",
+        Setting::Octaves => "--octaves",
+        Setting::StyleScale => "--style-scale",
+        Setting::ContentWeight => "--content-weight",
+        Setting::StyleWeight => "--style-weight",
+        Setting::TvWeight => "--tv-weight",
+        Setting::Mask => "--mask",
+        Setting::Color => "--keep-colors/--color-transfer",
     }
 }
 

@@ -213,7 +213,10 @@ fn adain_mask_splits_two_styles() {
         "-o",
         s(&dir.path().join("x.png")),
     ]);
-    fails_with(&run, "--mask applies to --method adain only, not arbitrary");
+    fails_with(
+        &run,
+        "--mask applies to --method adain or gatys only, not arbitrary",
+    );
 }
 
 #[test]

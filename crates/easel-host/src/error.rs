@@ -50,6 +50,22 @@ pub enum Setting {
     CapeGrid,
     /// The pyramidal encoding's windows.
     Windows,
+    /// Gatys: optimiser iterations per octave.
+    Iterations,
+    /// Gatys: coarse-to-fine passes.
+    Octaves,
+    /// Gatys: the painting's size relative to the photo's.
+    StyleScale,
+    /// Gatys: the weight of the content loss.
+    ContentWeight,
+    /// Gatys: the weight of the style loss.
+    StyleWeight,
+    /// Gatys: the weight of the total-variation loss.
+    TvWeight,
+    /// A mask splitting the photo between paintings.
+    Mask,
+    /// Gatys: the colour controls (luminance only, histogram matching).
+    Color,
 }
 
 impl Setting {
@@ -71,6 +87,14 @@ impl Setting {
             Setting::Heads => "attention heads",
             Setting::CapeGrid => "CAPE grid",
             Setting::Windows => "pyramid windows",
+            Setting::Iterations => "iterations",
+            Setting::Octaves => "octaves",
+            Setting::StyleScale => "style scale",
+            Setting::ContentWeight => "content weight",
+            Setting::StyleWeight => "style weight",
+            Setting::TvWeight => "TV weight",
+            Setting::Mask => "mask",
+            Setting::Color => "colour control",
         }
     }
 }

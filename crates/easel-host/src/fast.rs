@@ -667,7 +667,7 @@ fn check_stytr_settings(settings: &StytrSettings) -> Result<()> {
 }
 
 /// The mask at the photo's size (`[H, W]`, in [0, 1], the mean of R, G, B).
-fn mask_tensor(mask: &RgbImage, photo: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn mask_tensor(mask: &RgbImage, photo: &Tensor) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = photo.dims4()?;
     let (h32, w32) = (
         u32::try_from(h).map_err(candle_core::Error::wrap)?,

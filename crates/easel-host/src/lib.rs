@@ -8,6 +8,8 @@
 //! - [`controlnet_registry`]: the ControlNets known by default (`controlnet/*.toml`).
 //! - [`fast`]: the fast methods (arbitrary, presets, AdaIN, StyTr²): their weight files,
 //!   loading once, painting photos.
+//! - [`gatys`]: optimisation-based style transfer (Gatys et al.) on the embedded
+//!   EfficientNet-Lite0: settings checked, paintings and mask loaded, one photo optimised.
 //! - [`spec`]: the style-reference grammar of `--use` (`preset:7`, `adain:DIR@strength=0.6`).
 //! - [`diffusion`]: the diffusion request's settings, checked; the canvas of a photo; one photo
 //!   painted with its parameters.
@@ -22,6 +24,7 @@ pub mod controlnet_registry;
 pub mod diffusion;
 pub mod error;
 pub mod fast;
+pub mod gatys;
 pub mod host;
 pub mod sources;
 pub mod spec;

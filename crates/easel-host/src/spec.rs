@@ -6,6 +6,7 @@
 //!           | "preset:" MIX               e.g. preset:7, preset:3:0.5,12:0.5
 //!           | "adain:" DIR                AdaIN weights folder (or hub repo), the run's paintings
 //!           | "transformer:" DIR          StyTr² weights folder (or hub repo), one painting
+//!           | "gatys"                     optimisation (Gatys et al.), the run's paintings
 //!           | "prompt:" TEXT              Stable Diffusion + ControlNet with this prompt
 //!           | "bank:" FILE                a prompt bank file
 //!           | PLUGIN                      an installed plugin's name, or a plugin file's path
@@ -33,6 +34,8 @@ pub enum StyleSpec {
     Adain(String),
     /// StyTr² with the weights in this folder or hub repository.
     Transformer(String),
+    /// Optimisation-based style transfer (Gatys et al.) with the run's paintings.
+    Gatys,
     /// Stable Diffusion with this prompt.
     Prompt(String),
     /// A prompt bank file.
@@ -92,6 +95,12 @@ impl UseSpec {
                     "gives arbitrary an argument; its paintings are the run's styles",
                 ))
             }
+            "gatys" if argument.is_none() => StyleSpec::Gatys,
+            "gatys" => {
+                return Err(bad(
+                    "gives gatys an argument; its paintings are the run's styles",
+                ))
+            }
             "preset" => StyleSpec::Preset(need("preset mix")?),
             "adain" => StyleSpec::Adain(need("weights folder")?),
             "transformer" => StyleSpec::Transformer(need("weights folder")?),
@@ -149,6 +158,7 @@ impl UseSpec {
             StyleSpec::Preset(mix) => format!("preset {mix}"),
             StyleSpec::Adain(_) => "adain".to_string(),
             StyleSpec::Transformer(_) => "transformer".to_string(),
+            StyleSpec::Gatys => "gatys".to_string(),
             StyleSpec::Prompt(_) => "prompt".to_string(),
             StyleSpec::Bank(path) => format!(
                 "bank {}",
@@ -173,6 +183,20 @@ impl UseSpec {
 
 /// The settings a fast style takes.
 pub const FAST_KEYS: &[&str] = &["strength", "keep-colors", "max-size"];
+/// The settings a Gatys style takes (each as its flag: `@iterations=50@optimizer=adam`).
+pub const GATYS_KEYS: &[&str] = &[
+    "iterations",
+    "optimizer",
+    "content-weight",
+    "style-weight",
+    "tv-weight",
+    "init",
+    "octaves",
+    "style-scale",
+    "keep-colors",
+    "color-transfer",
+    "max-size",
+];
 /// The settings a diffusion style takes.
 pub const DIFFUSION_KEYS: &[&str] = &[
     "strength",
@@ -245,6 +269,14 @@ impl UseSpec {
                 return Err(bad(format!(
                     "names plugin {name}, which the caller resolves"
                 )))
+            }
+            // An optimisation run per photo, with its own settings and progress; the caller
+            // paints it with crate::gatys.
+            StyleSpec::Gatys => {
+                return Err(bad(
+                    "is an optimisation run, which the caller paints with easel_host::gatys"
+                        .to_string(),
+                ))
             }
         };
         let fast = matches!(style, Style::Fast(_));
@@ -322,6 +354,11 @@ mod tests {
                 &[("steps", "20"), ("seed", "7")],
             ),
             ("bank:v.bank", StyleSpec::Bank("v.bank".into()), &[]),
+            (
+                "gatys@iterations=50@optimizer=adam",
+                StyleSpec::Gatys,
+                &[("iterations", "50"), ("optimizer", "adam")],
+            ),
             ("vangogh", StyleSpec::Plugin("vangogh".into()), &[]),
             (
                 "c:/styles/x.safetensors",
@@ -350,6 +387,7 @@ mod tests {
             ("preset:", "names no preset mix"),
             ("adain", "names no weights folder"),
             ("arbitrary:x.jpg", "gives arbitrary an argument"),
+            ("gatys:x.jpg", "gives gatys an argument"),
         ];
         for (text, expected) in cases {
             let err = UseSpec::parse(text).unwrap_err().to_string();

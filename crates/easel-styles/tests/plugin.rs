@@ -34,9 +34,15 @@ fn plugins_round_trip_with_modelspec_keys_and_a_data_hash() {
     assert_eq!(back.tensors, sample().tensors);
     assert_eq!(back.metadata[keys::SPEC], "1.0.0");
     assert_eq!(back.metadata[keys::KIND], "preset-mix");
-    assert_eq!(back.metadata[keys::ARCHITECTURE], "easel-fast/cin26-preset-mix");
+    assert_eq!(
+        back.metadata[keys::ARCHITECTURE],
+        "easel-fast/cin26-preset-mix"
+    );
     // sha256 of the 8 tensor bytes, nothing else.
-    let data: Vec<u8> = [0.25f32, 0.75].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let data: Vec<u8> = [0.25f32, 0.75]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     assert_eq!(back.metadata[keys::HASH], plugin::hash_of(&data));
     assert_eq!(
         plugin::hash_of(b"abc"),
@@ -86,11 +92,19 @@ fn damaged_and_crafted_files_are_refused_with_the_reason() {
         (&huge, "over the 16777216-byte limit"),
         (&past, "runs past the end"),
         (&not_json, "header is not JSON"),
-        (&no_kind, "not an easel plugin: its metadata has no easel.kind"),
+        (
+            &no_kind,
+            "not an easel plugin: its metadata has no easel.kind",
+        ),
     ];
     for (bytes, expected) in cases {
-        let err = read_header(bytes, "bad.safetensors").unwrap_err().to_string();
-        assert!(err.starts_with("bad.safetensors: ") && err.contains(expected), "{err}");
+        let err = read_header(bytes, "bad.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.safetensors: ") && err.contains(expected),
+            "{err}"
+        );
     }
 }
 

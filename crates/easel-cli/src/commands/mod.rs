@@ -11,5 +11,6 @@ pub mod styles;
 pub mod stylize;
 pub mod stylize_adain;
 pub mod stylize_diffusion;
+pub mod stylize_gatys;
 pub mod stylize_transformer;
 pub mod train_fast;

@@ -1,7 +1,7 @@
 //! `easel stylize`: paint photos in a style with the fast networks (`--method arbitrary`,
 //! `preset`, `adain` (in `stylize_adain.rs`), `transformer` (StyTr², in
-//! `stylize_transformer.rs`)), or with Stable Diffusion + ControlNet (`--prompt`, in
-//! `stylize_diffusion.rs`).
+//! `stylize_transformer.rs`)), by optimisation (`--method gatys`, in `stylize_gatys.rs`), or
+//! with Stable Diffusion + ControlNet (`--prompt`, in `stylize_diffusion.rs`).
 
 use crate::args::word;
 use crate::progress;
@@ -9,20 +9,24 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use easel_core::DeviceChoice;
 use easel_host::fast::{FastPainter, FastStyle, WeightedPath};
-use easel_host::spec::{StyleSpec, UseSpec, DIFFUSION_KEYS, FAST_KEYS};
+use easel_host::gatys::{GatysPainter, GatysStyle};
+use easel_host::spec::{StyleSpec, UseSpec, DIFFUSION_KEYS, FAST_KEYS, GATYS_KEYS};
 use easel_styles::{PluginError, PluginUse, Store};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::stylize_adain::AdainArgs;
 use super::stylize_diffusion::{self, DiffusionArgs};
+use super::stylize_gatys::{self, GatysArgs, GatysRecord};
 use super::stylize_transformer::TransformerArgs;
 
 #[derive(Args)]
 #[command(
     about = "Paint photos in the style of a painting (--style; the arbitrary network, or \
-             --method adain or transformer), of a built-in preset (--preset), or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
+             --method adain or transformer, or optimised with --method gatys), of a built-in preset (--preset), or as a text prompt or a learned prompt bank describes with Stable Diffusion + ControlNet \
              (--prompt, --bank)",
     after_help = "Examples:\n  easel stylize photo.jpg --style starry_night.jpg -o out.png\n  \
                   easel stylize photos/ --style a.jpg:0.7 --style b.jpg:0.3 -o painted/\n  \
@@ -30,6 +34,8 @@ use super::stylize_transformer::TransformerArgs;
                   easel stylize photo.jpg --method adain --weights adain/ --style a.jpg --strength 0.8 -o out.png\n  \
                   easel stylize photo.jpg --method adain --style a.jpg --style b.jpg --mask mask.png -o out.png\n  \
                   easel stylize photo.jpg --method transformer --weights stytr/ --style a.jpg -o out.png\n  \
+                  easel stylize photo.jpg --method gatys --style a.jpg --iterations 200 --max-size 512 -o out.png\n  \
+                  easel stylize photo.jpg --method gatys --style a.jpg --style b.jpg --mask mask.png --keep-colors -o out.png\n  \
                   easel stylize photo.jpg --prompt \"an oil painting, van gogh style\" --seed 7 -o out.png\n  \
                   easel stylize photo.jpg --bank style.bank --prompt \"a city at dusk in the style of {bank}\" -o out.png"
 )]
@@ -40,10 +46,13 @@ pub struct StylizeArgs {
 
     /// Paint with this style: an installed plugin's name, a plugin file, or a built-in method
     /// with its settings: `arbitrary` (with --style), `preset:7`, `preset:3:0.5,12:0.5`,
-    /// `adain:DIR`, `transformer:DIR` (with --style), `prompt:TEXT`, `bank:FILE`; settings
-    /// follow as `@key=value` (`arbitrary@strength=0.6`, `prompt:a watercolor@steps=20@seed=7`;
-    /// keys: strength, keep-colors, max-size for the fast methods; strength, size, steps,
-    /// guidance, seed, scheduler, eta, negative-prompt, control-scale for prompts and banks).
+    /// `adain:DIR`, `transformer:DIR` (with --style), `gatys` (with --style), `prompt:TEXT`,
+    /// `bank:FILE`; settings follow as `@key=value` (`arbitrary@strength=0.6`,
+    /// `gatys@iterations=100@optimizer=adam`, `prompt:a watercolor@steps=20@seed=7`; keys:
+    /// strength, keep-colors, max-size for the fast methods; iterations, optimizer,
+    /// content-weight, style-weight, tv-weight, init, octaves, style-scale, keep-colors,
+    /// color-transfer, max-size for gatys; strength, size, steps, guidance, seed, scheduler,
+    /// eta, negative-prompt, control-scale for prompts and banks).
     /// The same as the method's own flags.
     #[arg(long = "use", value_name = "SPEC", conflicts_with_all = ["method", "preset", "prompt", "bank"])]
     use_spec: Option<String>,
@@ -51,7 +60,9 @@ pub struct StylizeArgs {
     /// The fast method: `arbitrary` (embedded network, --style), `preset` (embedded presets,
     /// --preset), `adain` (AdaIN with the pytorch-AdaIN weights, --style; see --weights) or
     /// `transformer` (StyTr² with the StyTR-2 weights, one --style; see --weights and the
-    /// --stytr-* flags). Default: arbitrary with --style, preset with --preset.
+    /// --stytr-* flags) or `gatys` (optimises the picture itself on the embedded
+    /// EfficientNet-Lite0: one --style, or one per --mask region; slow; see the Gatys flags).
+    /// Default: arbitrary with --style, preset with --preset.
     #[arg(long, value_enum, value_name = "METHOD", conflicts_with_all = ["prompt", "bank"])]
     method: Option<MethodKind>,
 
@@ -61,7 +72,7 @@ pub struct StylizeArgs {
     styles: Vec<String>,
 
     /// A built-in preset style (0-25, see `easel presets`) or a mix such as `3:0.5,12:0.5`.
-    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank", "use_spec"])]
+    #[arg(long, value_name = "N[:W],...", required_unless_present_any = ["styles", "prompt", "bank", "use_spec", "method"])]
     preset: Option<String>,
 
     /// Output file (one photo; `.png` or `.jpg`) or directory (created if missing; one PNG per
@@ -79,7 +90,8 @@ pub struct StylizeArgs {
     #[arg(long, value_name = "0..1")]
     pub(super) strength: Option<f64>,
 
-    /// Keep the photo's colours: transfer only the painting's luminance (brush strokes, texture).
+    /// Keep the photo's colours: transfer only the painting's luminance (brush strokes, texture);
+    /// with gatys the result's luminance is recombined with the photo's chroma.
     #[arg(long)]
     keep_colors: bool,
 
@@ -112,6 +124,9 @@ pub struct StylizeArgs {
     transformer: TransformerArgs,
 
     #[command(flatten)]
+    gatys: GatysArgs,
+
+    #[command(flatten)]
     pub(super) diffusion: DiffusionArgs,
 
     /// A style-code plugin named by `--use` (set by `apply_use`, not a flag).
@@ -130,6 +145,8 @@ enum MethodKind {
     Arbitrary,
     /// The embedded 26 presets.
     Preset,
+    /// Optimisation-based style transfer (Gatys et al. 2016) on the embedded EfficientNet-Lite0.
+    Gatys,
 }
 
 impl MethodKind {
@@ -154,9 +171,29 @@ impl MethodKind {
             }
         }
         if kind != MethodKind::Adain {
-            if let [flag, ..] = args.adain.given_flags().as_slice() {
-                bail!("{flag} applies to --method adain only, not {name}");
+            let refused = args.adain.given_flags().into_iter().find(|f| {
+                // Both methods split the photo between paintings with a mask.
+                !(kind == MethodKind::Gatys && *f == "--mask")
+            });
+            if let Some(flag) = refused {
+                let methods = if flag == "--mask" {
+                    "adain or gatys"
+                } else {
+                    "adain"
+                };
+                bail!("{flag} applies to --method {methods} only, not {name}");
             }
+        }
+        if kind != MethodKind::Gatys {
+            if let [flag, ..] = args.gatys.given_flags().as_slice() {
+                bail!("{flag} applies to --method gatys only, not {name}");
+            }
+        }
+        if kind == MethodKind::Gatys && args.strength.is_some() {
+            bail!(
+                "--strength does not apply to --method gatys; lower --style-weight (or raise \
+                 --content-weight) for less style"
+            );
         }
         if kind != MethodKind::Transformer {
             if let [flag, ..] = args.transformer.given_flags().as_slice() {
@@ -334,6 +371,15 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
     let spec = UseSpec::parse(&text).map_err(word)?;
     match &spec.style {
         StyleSpec::Arbitrary => args.method = Some(MethodKind::Arbitrary),
+        StyleSpec::Gatys => {
+            spec.check_keys(GATYS_KEYS).map_err(word)?;
+            args.method = Some(MethodKind::Gatys);
+            for (key, value) in &spec.settings {
+                if !matches!(key.as_str(), "keep-colors" | "max-size") {
+                    args.gatys.apply_setting(key, value)?;
+                }
+            }
+        }
         StyleSpec::Preset(mix) => {
             args.method = Some(MethodKind::Preset);
             args.preset = Some(mix.clone());
@@ -354,7 +400,11 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
         StyleSpec::Plugin(name) => apply_plugin(args, name)?,
     }
     let fast = args.diffusion.prompt.is_none() && args.diffusion.bank.is_none();
-    let keys = if fast { FAST_KEYS } else { DIFFUSION_KEYS };
+    let keys = match args.method {
+        Some(MethodKind::Gatys) => GATYS_KEYS,
+        _ if fast => FAST_KEYS,
+        _ => DIFFUSION_KEYS,
+    };
     spec.check_keys(keys).map_err(word)?;
     let setting = |key| spec.setting::<String>(key).map_err(word);
     if let Some(v) = spec.setting::<f64>("strength").map_err(word)? {
@@ -400,7 +450,7 @@ fn apply_plugin(args: &mut StylizeArgs, name: &str) -> Result<()> {
     let path = store.resolve(name).map_err(|e| match e {
         PluginError::NotInstalled { .. } => anyhow::anyhow!(
             "--use {name}: {e}; nor is it a plugin file (built-in methods: arbitrary, \
-             preset:MIX, adain:DIR, transformer:DIR, prompt:TEXT, bank:FILE)"
+             preset:MIX, adain:DIR, transformer:DIR, gatys, prompt:TEXT, bank:FILE)"
         ),
         other => other.into(),
     })?;
@@ -474,6 +524,7 @@ fn fast_style(args: &StylizeArgs, kind: MethodKind) -> Result<FastStyle> {
             paintings: paintings()?,
             mask: args.adain.mask.clone(),
         },
+        MethodKind::Gatys => bail!("--method gatys optimises each photo; it has no fast network"),
         MethodKind::Transformer => {
             let painting = match paintings()?.as_slice() {
                 [one] if one.weight == 1.0 => one.path.clone(),
@@ -538,6 +589,9 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
     if let [flag, ..] = refused.as_slice() {
         bail!("{flag} applies to the diffusion method only: add --prompt TEXT or --bank FILE (and drop --style/--preset)");
     }
+    if kind == MethodKind::Gatys {
+        return run_gatys(&args);
+    }
     let strength = args.strength.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&strength) {
         bail!("--strength {strength} is outside 0..1");
@@ -599,6 +653,92 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--method gatys`: each photo optimised in turn with a progress bar of the losses; Ctrl-C
+/// keeps the best picture so far (and paints no further photos).
+fn run_gatys(args: &StylizeArgs) -> Result<()> {
+    if args.max_size < 16 {
+        bail!("--max-size {} is too small; use at least 16", args.max_size);
+    }
+    let paintings = args
+        .styles
+        .iter()
+        .map(|s| match WeightedPath::parse(s).map_err(word)? {
+            p if p.weight == 1.0 => Ok(p.path),
+            _ => bail!(
+                "--style {s}: --method gatys does not mix styles by weight; give one --style, \
+                 or one per --mask region"
+            ),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let photos = photo_inputs(&args.inputs)?;
+    let inputs: Vec<PathBuf> = photos.iter().map(PhotoInput::path).collect();
+    let outputs = output_paths(&inputs, &args.output)?;
+    if args.json && args.output == Path::new(STDIO) {
+        bail!("--json prints on standard output, where -o - writes the image; use one of them");
+    }
+    if args.gatys.preview_every.is_some() && args.output == Path::new(STDIO) {
+        bail!("--preview-every writes next to the output file; -o - has none, give a file");
+    }
+    let device = easel_core::select_device(args.device)?;
+    let style = GatysStyle {
+        paintings,
+        mask: args.adain.mask.clone(),
+    };
+    let settings = args.gatys.settings(args.keep_colors);
+    let painter = GatysPainter::build(&style, settings, &device).map_err(word)?;
+    let params = painter.parameters(args.max_size);
+    create_output_dirs(&args.output)?;
+    let mut protected: Vec<PathBuf> = inputs.clone();
+    protected.extend(painter.read_paths().iter().cloned());
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        if let Err(e) = ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst)) {
+            eprintln!("warning: Ctrl-C will stop without keeping the picture: {e}");
+        }
+    }
+    let s = painter.settings();
+    let mut records = Vec::with_capacity(inputs.len());
+    for ((photo, input), output) in photos.iter().zip(&inputs).zip(&outputs) {
+        let started = Instant::now();
+        let photo = photo.load(&easel_core::LoadOptions::with_max_side(args.max_size))?;
+        let photo = easel_core::rgb_to_tensor(&photo, &device)?;
+        let bar = progress::bar((s.iterations * s.octaves) as u64, "optimising");
+        let preview = stylize_gatys::preview_path(output);
+        let result = painter.paint(&photo, &cancel, &mut |event| match event {
+            easel_host::gatys::Event::Progress(p) => {
+                stylize_gatys::show_progress(&bar, &p);
+                Ok(())
+            }
+            easel_host::gatys::Event::Preview(_, picture) => {
+                let img = picture.clamp(0f32, 1f32).and_then(|t| {
+                    easel_core::tensor_to_rgb(&t).map_err(candle_core::Error::wrap)
+                })?;
+                save_output(&img, &preview, Some(&params), &protected)
+                    .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
+            }
+        });
+        bar.finish_and_clear();
+        let out = result
+            .map_err(word)
+            .with_context(|| format!("painting {}", input.display()))?;
+        let img = easel_core::tensor_to_rgb(&out.image)?;
+        save_output(&img, output, Some(&params), &protected)?;
+        records.push(GatysRecord::new(
+            input,
+            output,
+            img.dimensions(),
+            started.elapsed().as_secs_f64(),
+            &out,
+        ));
+        if out.cancelled {
+            break;
+        }
+    }
+    stylize_gatys::print_summary(&records, format!("{device:?}"), args.json)
 }
 
 #[cfg(test)]

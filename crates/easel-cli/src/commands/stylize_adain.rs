@@ -10,8 +10,10 @@ use std::path::PathBuf;
 /// The flags of the AdaIN method.
 #[derive(Args, Debug, Clone, Default)]
 pub struct AdainArgs {
-    /// AdaIN spatial control: a mask image at the photo's framing (resized to it); where it is
-    /// light (≥ 50 %) the first --style paints, elsewhere the second. Needs exactly two styles.
+    /// Spatial control: a mask image at the photo's framing (resized to it). With adain: where
+    /// it is light (≥ 50 %) the first --style paints, elsewhere the second (exactly two
+    /// styles). With gatys: its grey range is split into one equal band per --style, lightest
+    /// for the first (two styles: as adain), each band needing some pixels.
     #[arg(long, value_name = "IMG")]
     pub mask: Option<PathBuf>,
 

@@ -1,0 +1,225 @@
+//! `easel stylize --method gatys` on the shared photos at a tiny size: the PNG's size, the loss
+//! going down, a mask with two styles, `--use gatys`, previews, and bad inputs refused with
+//! nothing written.
+
+mod common;
+
+use common::{assert_success, easel_command, s, stderr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn images() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images")
+}
+
+fn photo() -> String {
+    images()
+        .join("content/chelsea_cat.png")
+        .display()
+        .to_string()
+}
+
+fn painting(name: &str) -> String {
+    images().join("style").join(name).display().to_string()
+}
+
+/// `stylize PHOTO --method gatys` at 48 px, 4 iterations, CPU, JSON summary, with `extra`.
+fn gatys(out: &Path, extra: &[&str]) -> Output {
+    let photo = photo();
+    let mut args = vec![
+        "stylize",
+        &photo,
+        "--max-size",
+        "48",
+        "--device",
+        "cpu",
+        "--json",
+        "-o",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    easel_command(&args).output().unwrap()
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert_success(out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fails_with(out: &Output, expected: &str, dir: &Path) {
+    assert!(!out.status.success(), "expected failure");
+    let err = stderr(out);
+    assert!(err.contains(expected), "{err}");
+    let written: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+    assert!(written.is_empty(), "wrote {written:?}");
+}
+
+#[test]
+fn paints_a_png_of_the_photos_size_and_lowers_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cat.png");
+    let starry = painting("vangogh_starry_night.jpg");
+    let run = gatys(
+        &out,
+        &[
+            "--method",
+            "gatys",
+            "--style",
+            &starry,
+            "--iterations",
+            "4",
+            "--preview-every",
+            "2",
+        ],
+    );
+    let json = summary(&run);
+    let record = &json["outputs"][0];
+    // chelsea_cat is 451x300: capped at 48 px on the long side.
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (48, 32));
+    assert_eq!(
+        (record["width"].as_u64(), record["height"].as_u64()),
+        (Some(48), Some(32))
+    );
+    assert_eq!(record["iterations"].as_u64(), Some(4));
+    assert_eq!(record["cancelled"].as_bool(), Some(false));
+    let first = record["initial_loss"]["total"].as_f64().unwrap();
+    let last = record["final_loss"]["total"].as_f64().unwrap();
+    assert!(first > 0.0 && last < 0.95 * first, "loss {first} -> {last}");
+    // From the photo: no content loss at the start.
+    assert_eq!(record["initial_loss"]["content"].as_f64(), Some(0.0));
+    let preview = image::open(dir.path().join("cat.preview.png")).unwrap();
+    assert_eq!((preview.width(), preview.height()), (48, 32));
+
+    // --use gatys with settings paints the same bytes as the flags.
+    let out_use = dir.path().join("use.png");
+    let run = gatys(
+        &out_use,
+        &["--use", "gatys@iterations=4", "--style", &starry],
+    );
+    summary(&run);
+    let a = image::open(&out).unwrap().to_rgb8();
+    let b = image::open(&out_use).unwrap().to_rgb8();
+    assert_eq!(
+        a.as_raw(),
+        b.as_raw(),
+        "--use gatys differs from --method gatys"
+    );
+}
+
+#[test]
+fn a_mask_splits_the_photo_between_two_paintings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = image::RgbImage::from_fn(48, 32, |x, _| {
+        if x < 24 {
+            image::Rgb([255, 255, 255])
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    });
+    let mask_path = dir.path().join("mask.png");
+    mask.save(&mask_path).unwrap();
+    let out = dir.path().join("masked.png");
+    let (starry, wave) = (
+        painting("vangogh_starry_night.jpg"),
+        painting("hokusai_great_wave_large.jpg"),
+    );
+    let run = gatys(
+        &out,
+        &[
+            "--method",
+            "gatys",
+            "--style",
+            &starry,
+            "--style",
+            &wave,
+            "--mask",
+            s(&mask_path),
+            "--optimizer",
+            "adam",
+            "--iterations",
+            "3",
+            "--keep-colors",
+        ],
+    );
+    let json = summary(&run);
+    let record = &json["outputs"][0];
+    assert_eq!(record["iterations"].as_u64(), Some(3));
+    let first = record["initial_loss"]["total"].as_f64().unwrap();
+    let last = record["final_loss"]["total"].as_f64().unwrap();
+    assert!(last < first, "loss {first} -> {last}");
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (48, 32));
+}
+
+#[test]
+fn bad_inputs_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let starry = painting("vangogh_starry_night.jpg");
+    let wave = painting("hokusai_great_wave_large.jpg");
+    let grey = image::RgbImage::from_pixel(8, 8, image::Rgb([255, 255, 255]));
+    let one_level = work.path().join("white.png");
+    grey.save(&one_level).unwrap();
+    let gatys_args = ["--method", "gatys"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--style", &starry, "--iterations", "0"],
+            "--iterations 0 is outside 1..=100000",
+        ),
+        (vec![], "--method gatys needs at least one --style"),
+        (
+            vec!["--style", &starry, "--style", &wave],
+            "need a mask to say where each paints",
+        ),
+        (
+            vec!["--style", &starry, "--mask", s(&one_level)],
+            "splits the photo between several paintings, but one was given",
+        ),
+        (
+            vec![
+                "--style",
+                &starry,
+                "--style",
+                &wave,
+                "--mask",
+                s(&one_level),
+            ],
+            "has no pixels in grey band 2 of 2",
+        ),
+        (
+            vec!["--style", "/nonexistent/painting.jpg"],
+            "/nonexistent/painting.jpg",
+        ),
+        (
+            vec!["--style", &starry, "--style-scale", "0"],
+            "--style-scale 0 is outside 0.05..=8",
+        ),
+        (
+            vec!["--style", &starry, "--style-weight=-1"],
+            "--style-weight -1 must be a finite number >= 0",
+        ),
+        (
+            vec!["--style", &starry, "--strength", "0.5"],
+            "--strength does not apply to --method gatys",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args: Vec<&str> = gatys_args.to_vec();
+        args.extend(extra);
+        fails_with(&gatys(&out, &args), expected, dir.path());
+    }
+    // Gatys flags belong to gatys.
+    let run = gatys(&out, &["--style", &starry, "--iterations", "3"]);
+    fails_with(
+        &run,
+        "--iterations applies to --method gatys only, not arbitrary",
+        dir.path(),
+    );
+    let run = gatys(
+        &out,
+        &["--use", "gatys@iterations=many", "--style", &starry],
+    );
+    fails_with(&run, "gatys@iterations=many", dir.path());
+}
