@@ -289,26 +289,40 @@ fn refusals_name_the_reason_and_keep_the_index() {
         "is neither an easel plugin nor a bank file",
     );
 
-    // A read-only store: the install fails and the index is as it was.
+    // A store that cannot be written: the install fails and the index is as it was. Root
+    // ignores directory permissions, so there the plugin's own path is made a directory,
+    // which no rename can replace.
+    let dir = home.join("styles");
+    let index_before = std::fs::read(dir.join("index.json")).unwrap();
+    #[cfg(unix)]
+    let root = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let writable = std::fs::write(dir.join("probe"), b"x").is_ok();
+        if writable {
+            std::fs::remove_file(dir.join("probe")).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        writable
+    };
+    #[cfg(not(unix))]
+    let root = true;
+    if root {
+        let elsewhere = tmp.path().join("elsewhere");
+        let run = easel(&elsewhere, &["styles", "install", "preset:5", "--json"]);
+        assert_success(&run);
+        let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+        let blocked = dir.join(format!("{}.safetensors", entry["id"].as_str().unwrap()));
+        std::fs::create_dir_all(blocked.join("occupied")).unwrap();
+    }
+    let run = easel(&home, &["styles", "install", "preset:5", "--name", "five"]);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let dir = home.join("styles");
-        let index_before = std::fs::read(dir.join("index.json")).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-        // Root ignores directory permissions; the check only means something for others.
-        let writable = std::fs::write(dir.join("probe"), b"x").is_ok();
-        let run = easel(&home, &["styles", "install", "preset:5", "--name", "five"]);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        if !writable {
-            fails_with(&run, "styles");
-            assert_eq!(std::fs::read(dir.join("index.json")).unwrap(), index_before);
-        } else {
-            let _ = std::fs::remove_file(dir.join("probe"));
-            assert_success(&run);
-            assert_success(&easel(&home, &["styles", "remove", "five"]));
-        }
     }
+    fails_with(&run, "styles");
+    assert_eq!(std::fs::read(dir.join("index.json")).unwrap(), index_before);
     let names: Vec<_> = list(&home).iter().map(|e| e["name"].clone()).collect();
     assert_eq!(names, ["seven"]);
 }
