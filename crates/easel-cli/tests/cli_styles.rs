@@ -8,21 +8,7 @@ use std::process::Output;
 
 mod common;
 
-use common::{assert_success, easel_command, s, stderr};
-
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn fast_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../easel-fast/tests/fixtures")
-        .join(name)
-}
+use common::{assert_success, easel_command, example, fast_fixture, s, stderr};
 
 /// `easel ARGS` with its store in `home`.
 fn easel(home: &Path, args: &[&str]) -> Output {

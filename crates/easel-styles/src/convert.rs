@@ -219,16 +219,7 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
             if let Ok((_, m)) = safetensors::SafeTensors::read_metadata(&bytes) {
                 metadata.extend(m.metadata().clone().unwrap_or_default());
             }
-            for (key, view) in st.tensors() {
-                tensors.insert(
-                    key,
-                    RawTensor {
-                        dtype: format!("{:?}", view.dtype()),
-                        shape: view.shape().to_vec(),
-                        data: view.data().to_vec(),
-                    },
-                );
-            }
+            tensors = crate::plugin::raw_tensors(&st);
             metadata.insert(keys::TRIGGER.into(), bank.prompt().placeholder.clone());
             metadata.insert(
                 keys::USAGE.into(),

@@ -166,6 +166,21 @@ impl PluginHeader {
     }
 }
 
+/// Every tensor of a safetensors file as stored.
+pub(crate) fn raw_tensors(st: &safetensors::SafeTensors) -> BTreeMap<String, RawTensor> {
+    st.tensors()
+        .into_iter()
+        .map(|(key, view)| {
+            let raw = RawTensor {
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
+            (key, raw)
+        })
+        .collect()
+}
+
 /// `0x` + sha256 of `data`.
 pub fn hash_of(data: &[u8]) -> String {
     format!("0x{}", easel_core::hash::hex(&Sha256::digest(data)))
@@ -303,21 +318,10 @@ impl PluginFile {
                 problem: e.to_string(),
             })?;
         let header = read_header(bytes, name)?;
-        let mut tensors = BTreeMap::new();
-        for (key, view) in st.tensors() {
-            tensors.insert(
-                key,
-                RawTensor {
-                    dtype: format!("{:?}", view.dtype()),
-                    shape: view.shape().to_vec(),
-                    data: view.data().to_vec(),
-                },
-            );
-        }
         Ok(Self {
             kind: header.kind,
             metadata: header.metadata,
-            tensors,
+            tensors: raw_tensors(&st),
         })
     }
 

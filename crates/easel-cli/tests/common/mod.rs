@@ -86,3 +86,19 @@ pub fn tiny_cache(root: &Path) -> PathBuf {
     );
     cache
 }
+
+/// An example picture of the repository's `examples/`.
+pub fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// easel-fast's `tests/fixtures/<name>` (tiny AdaIN and StyTr² checkpoints among them).
+pub fn fast_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../easel-fast/tests/fixtures")
+        .join(name)
+}
