@@ -532,6 +532,15 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     let shown: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
     assert_eq!(shown["metadata"]["format"], "easel-bank");
     assert_eq!(shown["metadata"]["base_model_hash"], hash.as_str());
+    assert_eq!(shown["fit"], serde_json::Value::Null);
+    let run = easel_home(
+        &["styles", "show", "vangogh", "--sd", "org/tiny-sd", "--json"],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(shown["fit"], "fits org/tiny-sd");
 
     // --use NAME paints the bytes --bank FILE paints (same parameters but the file's name).
     let paint = |style: &[&str], out: &Path| {

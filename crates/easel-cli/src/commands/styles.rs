@@ -106,6 +106,10 @@ struct ShowArgs {
     /// Write its thumbnail (PNG) here.
     #[arg(long, value_name = "FILE")]
     preview: Option<PathBuf>,
+    /// Say whether a bank fits this Stable Diffusion model (hub id, diffusers folder or
+    /// checkpoint; local only).
+    #[arg(long, value_name = "MODEL")]
+    sd: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -143,6 +147,19 @@ struct Verified {
     id: String,
     ok: bool,
     problem: Option<String>,
+}
+
+/// The base model a bank must fit: `sd` (hub id, folder or checkpoint), local files only.
+fn base_model(sd: &str) -> Result<easel_bank::file::BaseModelInfo> {
+    easel_host::sources::ModelSources {
+        sd: Some(sd.to_string()),
+        sd_config: None,
+        controlnet: None,
+        offline: true,
+        hints: crate::args::source_hints(),
+    }
+    .base_model()
+    .map_err(crate::args::word)
 }
 
 /// The published StyTr² settings with the given ones in their place.
@@ -197,20 +214,7 @@ pub fn run(args: StylesArgs) -> Result<()> {
                     a.stytr_windows,
                 )),
             };
-            let fit = match &a.sd {
-                Some(sd) => Some(
-                    easel_host::sources::ModelSources {
-                        sd: Some(sd.clone()),
-                        sd_config: None,
-                        controlnet: None,
-                        offline: true,
-                        hints: crate::args::source_hints(),
-                    }
-                    .base_model()
-                    .map_err(crate::args::word)?,
-                ),
-                None => None,
-            };
+            let fit = a.sd.as_deref().map(base_model).transpose()?;
             let (entry, warning) = store
                 .install(&source, &info, a.name.as_deref(), a.force, fit.as_ref())
                 .map_err(|e| match e {
@@ -273,6 +277,16 @@ pub fn run(args: StylesArgs) -> Result<()> {
                     .with_context(|| format!("{} has no thumbnail", entry.name))?;
                 easel_core::write_output(preview, &png, &[])?;
             }
+            let fit = match &a.sd {
+                Some(sd) => Some(
+                    match easel_styles::convert::check_fit(&header, &entry.name, &base_model(sd)?) {
+                        Ok(None) => format!("fits {sd}"),
+                        Ok(Some(warning)) => warning,
+                        Err(e) => e.to_string(),
+                    },
+                ),
+                None => None,
+            };
             // The thumbnail is long; --preview writes it out.
             let mut metadata = header.metadata.clone();
             if let Some(t) = metadata.get_mut(keys::THUMBNAIL) {
@@ -284,6 +298,7 @@ pub fn run(args: StylesArgs) -> Result<()> {
                     "file": store.path_of(&entry),
                     "metadata": metadata,
                     "tensors": header.shapes,
+                    "fit": fit,
                 });
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
@@ -293,6 +308,9 @@ pub fn run(args: StylesArgs) -> Result<()> {
                     println!("{k}: {v}");
                 }
                 println!("tensors: {}", header.shapes.len());
+                if let Some(fit) = &fit {
+                    println!("fit: {fit}");
+                }
             }
         }
         StylesCommand::Remove(a) => {
