@@ -365,3 +365,22 @@ fn import_with_sidecar(
         format: EmbeddingFormat::DiffusersWithSidecar,
     })
 }
+
+/// The bank-file metadata of an embedding imported from the file `file_name`: no base model
+/// is known (hash `unknown`), so loading it needs `force`.
+pub fn imported_metadata(
+    file_name: &str,
+    imported: &ImportedEmbedding,
+) -> crate::file::BankMetadata {
+    crate::file::BankMetadata {
+        base_model: "unknown (imported embedding)".to_string(),
+        base_model_hash: "unknown".to_string(),
+        training: serde_json::json!({
+            "imported_from": file_name,
+            "format": format!("{:?}", imported.format),
+            "name": imported.name,
+        }),
+        collection_hash: String::new(),
+        created: easel_core::time::now_rfc3339(),
+    }
+}

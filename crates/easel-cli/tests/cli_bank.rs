@@ -610,4 +610,16 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
         "{line}"
     );
     assert_success(&easel_home(&["styles", "remove", "vangogh"], &cache, &home));
+
+    // A diffusers textual-inversion embedding installs through the importer, as a bank of no
+    // known base model.
+    let ti = tmp.path().join("ink.safetensors");
+    let rows = Tensor::ones((2, narrow), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("<ink>".to_string(), rows)]), &ti).unwrap();
+    let run = easel_home(&["styles", "install", s(&ti), "--json"], &cache, &home);
+    assert_success(&run);
+    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(entry["kind"], "bank");
+    assert_eq!(entry["name"], "ink");
+    assert_eq!(entry["base_model"], "unknown (imported embedding)");
 }

@@ -272,7 +272,7 @@ fn refusals_name_the_reason_and_keep_the_index() {
     // Neither plugin nor bank.
     fails_with(
         &easel(&home, &["styles", "install", &cat]),
-        "is neither an easel plugin nor a bank file",
+        "is neither an easel plugin, a bank file nor a textual-inversion embedding",
     );
 
     // A store that cannot be written: the install fails and the index is as it was. Root

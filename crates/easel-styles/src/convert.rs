@@ -34,6 +34,9 @@ pub enum PluginSource {
     Plugin(PathBuf),
     /// An easel bank file (`.bank`, `easel learn`'s output).
     BankFile(PathBuf),
+    /// A textual-inversion embedding (diffusers or A1111 `.safetensors`), imported as a bank
+    /// with no known base model.
+    Embedding(PathBuf),
     /// A folder with `vgg_normalised` and `decoder` weights.
     AdainDir(PathBuf),
     /// A folder with StyTr²'s three weight files.
@@ -109,9 +112,14 @@ impl PluginSource {
                     .map(String::as_str)
                 {
                     Some(easel_bank::file::FORMAT) => Ok(PluginSource::BankFile(path)),
+                    _ if easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
+                        .is_ok() =>
+                    {
+                        Ok(PluginSource::Embedding(path))
+                    }
                     _ => Err(source_error(
-                        "is neither an easel plugin nor a bank file (a textual-inversion \
-                         embedding? import it as a bank first)"
+                        "is neither an easel plugin, a bank file nor a textual-inversion \
+                         embedding"
                             .to_string(),
                     )),
                 }
@@ -200,9 +208,19 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
             apply_info(&mut plugin.metadata, info, None)?;
             return Ok(plugin);
         }
-        PluginSource::BankFile(path) => {
-            let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
+        PluginSource::BankFile(path) | PluginSource::Embedding(path) => {
+            let mut bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
             let name = file_name(path);
+            if matches!(source, PluginSource::Embedding(_)) {
+                let imported = easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
+                    .map_err(|e| PluginError::Source {
+                        source_name: name.clone(),
+                        problem: e.to_string(),
+                    })?;
+                let meta = easel_bank::interop::imported_metadata(&name, &imported);
+                bytes = easel_bank::file::save_bank(&imported.bank, &meta)
+                    .map_err(compute(format!("converting {name} to a bank")))?;
+            }
             // Checks that it is a readable bank; the bytes are kept as they are.
             let (bank, _) = easel_bank::file::read_bank(&bytes, &Device::Cpu).map_err(|e| {
                 PluginError::Source {

@@ -10,12 +10,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use easel_bank::file::{read_bank, save_bank, BankMetadata};
-use easel_bank::interop::{export_a1111, export_diffusers, import_embedding, A1111Info};
+use easel_bank::interop::{
+    export_a1111, export_diffusers, import_embedding, imported_metadata, A1111Info,
+};
 use easel_bank::layout::Slot;
 use easel_bank::show::BankSummary;
 
 use easel_core::hash::sha256_hex;
-use easel_core::time::now_rfc3339;
 
 /// Inspect, export and import prompt banks (.bank files).
 #[derive(Args)]
@@ -211,17 +212,7 @@ fn import(a: &ImportArgs) -> Result<()> {
         .transpose()?;
     let imported = import_embedding(&bytes, sidecar.as_deref(), &Device::Cpu)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file_name(&a.embedding)))?;
-    let metadata = BankMetadata {
-        base_model: "unknown (imported embedding)".to_string(),
-        base_model_hash: "unknown".to_string(),
-        training: serde_json::json!({
-            "imported_from": file_name(&a.embedding),
-            "format": format!("{:?}", imported.format),
-            "name": imported.name,
-        }),
-        collection_hash: String::new(),
-        created: now_rfc3339(),
-    };
+    let metadata = imported_metadata(&file_name(&a.embedding), &imported);
     let out = save_bank(&imported.bank, &metadata)?;
     let mut inputs = vec![a.embedding.as_path()];
     inputs.extend(a.sidecar.as_deref());

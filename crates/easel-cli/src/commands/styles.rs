@@ -24,8 +24,9 @@ pub struct StylesArgs {
 
 #[derive(Subcommand)]
 enum StylesCommand {
-    /// Install a plugin file, a bank file, an AdaIN or StyTr² weights folder, `preset:MIX`
-    /// or `painting:IMAGE` (that painting's style for the arbitrary network).
+    /// Install a plugin file, a bank file, a textual-inversion embedding (diffusers or A1111),
+    /// an AdaIN or StyTr² weights folder, `preset:MIX` or `painting:IMAGE` (that painting's
+    /// style for the arbitrary network).
     Install(InstallArgs),
     /// List installed plugins.
     List(ListArgs),
