@@ -42,7 +42,8 @@ enum StylesCommand {
 
 #[derive(Args)]
 struct InstallArgs {
-    /// What to install (see `easel styles install --help`).
+    /// A plugin, bank or embedding file, an AdaIN or StyTr² weights folder, preset:MIX or
+    /// painting:IMAGE.
     #[arg(value_name = "FILE|DIR|preset:MIX|painting:IMAGE")]
     source: String,
     /// Name to use it by (default: its title).
