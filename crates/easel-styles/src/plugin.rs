@@ -408,6 +408,39 @@ pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(io)
 }
 
+/// Reads only the header of the plugin at `path` (not its tensors, which may be 100s of MB).
+pub fn read_header_file(path: &Path) -> Result<PluginHeader> {
+    use std::io::Read;
+    let io = |source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = file_name(path);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| PluginError::Malformed {
+            name: name.clone(),
+            problem: format!("{size} bytes is too short for a safetensors file"),
+        })?;
+    let len = u64::from_le_bytes(prefix);
+    if len > MAX_HEADER_BYTES || len.saturating_add(8) > size {
+        return Err(PluginError::Malformed {
+            name,
+            problem: format!(
+                "header of {len} bytes does not fit the {size}-byte file (limit \
+                 {MAX_HEADER_BYTES})"
+            ),
+        });
+    }
+    let mut bytes = prefix.to_vec();
+    // len <= MAX_HEADER_BYTES (checked above).
+    bytes.resize(8 + len as usize, 0);
+    file.read_exact(&mut bytes[8..]).map_err(io)?;
+    read_header(&bytes, &name)
+}
+
 /// The display name of `path` for messages.
 pub fn file_name(path: &Path) -> String {
     path.file_name()

@@ -207,7 +207,7 @@ impl Store {
             let path = self.dir.join(format!("{}.safetensors", entry.id));
             if let Ok((size, mtime)) = stamp(&path) {
                 if (size, mtime) != (entry.size, entry.mtime_ns) {
-                    if let Ok(header) = read_header_of(&path) {
+                    if let Ok(header) = plugin::read_header_file(&path) {
                         fill(entry, &header, size, mtime);
                     }
                 }
@@ -360,7 +360,7 @@ impl Store {
     /// The installed plugin `name` and its header.
     pub fn show(&self, name: &str) -> Result<(Entry, PluginHeader)> {
         let entry = self.get(name)?;
-        let header = read_header_of(&self.path_of(&entry))?;
+        let header = plugin::read_header_file(&self.path_of(&entry))?;
         Ok((entry, header))
     }
 
@@ -380,11 +380,6 @@ impl Store {
             })
             .collect())
     }
-}
-
-fn read_header_of(path: &Path) -> Result<PluginHeader> {
-    let bytes = plugin::read_file(path, MAX_SOURCE_BYTES)?;
-    plugin::read_header(&bytes, &plugin::file_name(path))
 }
 
 fn fill(entry: &mut Entry, header: &PluginHeader, size: u64, mtime: u64) {
