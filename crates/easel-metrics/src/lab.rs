@@ -1,0 +1,1 @@
+//! (metrics helper fills this in)

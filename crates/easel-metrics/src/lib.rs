@@ -1,0 +1,24 @@
+//! easel-metrics: numbers that say how much of the photo a stylized image keeps and how close
+//! it comes to its style, as the evaluations of StyleID (Chung et al., CVPR 2024) and ArtFID
+//! (Wright & Ommer, 2022) measure them.
+//!
+//! - [`ssim`]: structural similarity of output and photo (grey; scikit-image's Gaussian
+//!   definition).
+//! - [`edges`]: F1 of the Canny edges of photo and output, with a 1-pixel tolerance.
+//! - [`histogram`]: HistoGAN RGB-uv histograms and their Hellinger distance (colour to style).
+//! - [`lab`]: CIELAB mean and standard-deviation gaps.
+//! - [`perceptual`]: content and Gram style distances on the embedded EfficientNet-Lite0.
+//! - [`set`]: KID and FID between two sets of features.
+//! - [`pair`]: every per-pair metric of one output at once, with its name and direction.
+
+pub mod edges;
+pub mod error;
+pub mod histogram;
+pub mod lab;
+pub mod pair;
+pub mod perceptual;
+pub mod set;
+pub mod ssim;
+
+pub use error::{MetricError, Result};
+pub use pair::{Better, Metric, PairMeter, Value};
