@@ -31,6 +31,7 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     TrainFast(commands::train_fast::TrainFastArgs),
     Styles(commands::styles::StylesArgs),
+    Compare(commands::compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::TrainFast(args) => commands::train_fast::run(args),
         Command::Styles(args) => commands::styles::run(args),
+        Command::Compare(args) => commands::compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,15 +8,14 @@ use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use easel_bank::bank::Bank;
-use easel_bank::file::{base_model_hash, read_bank, save_bank, BankMetadata};
-use easel_bank::inject::init_embedding;
+use easel_bank::file::read_bank;
 use easel_bank::layout::Slot;
 use easel_bank::params::{BankParams, ParamsSpec};
 use easel_bank::preset::Preset;
-use easel_pipeline::models::{LoadOptions, StableDiffusion};
 
 mod common;
 
+use common::banks::{lsast, save, tiny_hash, tiny_sd};
 use common::{assert_success, easel_command, fixtures, s, stderr};
 
 const SNAPSHOT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -70,47 +69,6 @@ fn tiny_cache(root: &Path) -> PathBuf {
     cache
 }
 
-fn tiny_sd() -> StableDiffusion {
-    let opts = LoadOptions::new(Device::Cpu, DType::F32).unwrap();
-    StableDiffusion::from_diffusers_dir(&fixtures().join("tiny-sd"), &opts).unwrap()
-}
-
-/// The base-model hash of the tiny SD, computed with the library from its files.
-fn tiny_hash(sd: &StableDiffusion) -> String {
-    let vocab = sd.text_encoder.config().vocab_size as u32;
-    let ids = Tensor::arange(0u32, vocab, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let table = sd
-        .text_encoder
-        .token_embeddings(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let unet = candle_core::safetensors::load(
-        fixtures().join("tiny-sd/unet/diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    base_model_hash(&table, unet.iter().map(|(k, v)| (k.as_str(), v))).unwrap()
-}
-
-/// The LSAST preset's bank (10 stages × down/mid/up) for the tiny SD.
-fn lsast(sd: &StableDiffusion) -> Bank {
-    let init = init_embedding(&sd.text_encoder, &sd.tokenizer, "painting").unwrap();
-    let layout = sd.unet.cross_attention_layout();
-    Bank::from_preset(
-        &Preset::builtin("lsast").unwrap(),
-        &layout,
-        "painting",
-        &init,
-        0,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
-
 /// `bank`'s vectors as a direct bank, with `shift` added to the vectors of `slot`.
 fn direct(bank: &Bank, slot: Option<Slot>, shift: f64) -> Bank {
     let l = bank.layout();
@@ -139,20 +97,6 @@ fn direct(bank: &Bank, slot: Option<Slot>, shift: f64) -> Bank {
         bank.init_word().to_string(),
     )
     .unwrap()
-}
-
-fn metadata(hash: &str) -> BankMetadata {
-    BankMetadata {
-        base_model: "org/tiny-sd".to_string(),
-        base_model_hash: hash.to_string(),
-        training: serde_json::json!({"steps": 120}),
-        collection_hash: "c0ffee".to_string(),
-        created: "2024-05-01T12:00:00Z".to_string(),
-    }
-}
-
-fn save(bank: &Bank, hash: &str, path: &Path) {
-    std::fs::write(path, save_bank(bank, &metadata(hash)).unwrap()).unwrap();
 }
 
 fn vector_bits(bank: &Bank) -> Vec<u32> {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use crate::error::{HostError, Result, Setting};
 use crate::fast::{FastStyle, WeightFiles, WeightedPath};
+use crate::gatys::{ColorControl, Init, OptimizerKind, Settings};
 use crate::host::{PaintRequest, Style};
 use crate::sources::ModelSources;
 
@@ -279,7 +280,16 @@ impl UseSpec {
                 ))
             }
         };
-        let fast = matches!(style, Style::Fast(_));
+        let request = self.request(matches!(style, Style::Fast(_)), base)?;
+        Ok((style, request))
+    }
+
+    /// The request for this SPEC's settings on top of `base`, for a fast style (`fast`) or a
+    /// diffusion one (each takes its own keys: [`FAST_KEYS`], [`DIFFUSION_KEYS`]).
+    pub fn request(&self, fast: bool, base: &PaintRequest) -> Result<PaintRequest> {
+        let bad = |problem: String| {
+            HostError::setting(Setting::Style, format!("{:?}", self.text), problem)
+        };
         self.check_keys(if fast { FAST_KEYS } else { DIFFUSION_KEYS })?;
         let mut request = base.clone();
         if let Some(v) = self.setting("strength")? {
@@ -318,7 +328,64 @@ impl UseSpec {
                 control.scale = Some(v);
             }
         }
-        Ok((style, request))
+        Ok(request)
+    }
+}
+
+impl UseSpec {
+    /// The Gatys settings of a `gatys@key=value...` SPEC on top of the defaults
+    /// ([`GATYS_KEYS`]; `max-size` is the caller's, like the fast methods' photo cap).
+    pub fn gatys_settings(&self) -> Result<Settings> {
+        self.check_keys(GATYS_KEYS)?;
+        let mut s = Settings::new();
+        if let Some(v) = self.setting("iterations")? {
+            s.iterations = v;
+        }
+        if let Some(v) = self.setting("octaves")? {
+            s.octaves = v;
+        }
+        if let Some(v) = self.setting("content-weight")? {
+            s.content_weight = v;
+        }
+        if let Some(v) = self.setting("style-weight")? {
+            s.style_weight = v;
+        }
+        if let Some(v) = self.setting("tv-weight")? {
+            s.tv_weight = v;
+        }
+        if let Some(v) = self.setting("style-scale")? {
+            s.style_scale = v;
+        }
+        let choice = |key: &str, value: &str, names: &str| {
+            HostError::setting(
+                Setting::Style,
+                format!("{key}={value}"),
+                format!("in {:?}: expected {names}", self.text),
+            )
+        };
+        if let Some(v) = self.setting::<String>("optimizer")? {
+            s.optimizer = match v.as_str() {
+                "lbfgs" => OptimizerKind::Lbfgs,
+                "adam" => OptimizerKind::Adam,
+                _ => return Err(choice("optimizer", &v, "lbfgs or adam")),
+            };
+        }
+        if let Some(v) = self.setting::<String>("init")? {
+            s.init = match v.as_str() {
+                "photo" => Init::Photo,
+                "noise" => Init::Noise(0),
+                _ => return Err(choice("init", &v, "photo or noise")),
+            };
+        }
+        let keep_colors = self.setting::<bool>("keep-colors")?.unwrap_or(false);
+        s.color = match self.setting::<String>("color-transfer")? {
+            Some(v) if v == "histogram" => ColorControl::Histogram,
+            Some(v) => return Err(choice("color-transfer", &v, "histogram")),
+            None if keep_colors => ColorControl::KeepColors,
+            None => ColorControl::None,
+        };
+        crate::gatys::check_settings(&s)?;
+        Ok(s)
     }
 }
 

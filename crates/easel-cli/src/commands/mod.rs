@@ -3,6 +3,7 @@
 pub mod bank;
 pub mod bench;
 pub mod bench_fast;
+pub mod compare;
 pub mod import_onnx;
 pub mod import_torch;
 pub mod learn;

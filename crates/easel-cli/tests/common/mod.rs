@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod banks;
+
 /// The `easel` binary with `args`, without the backtrace variables: candle appends a backtrace
 /// to its errors when these are set; users who set them want that, but the one-line error
 /// contract is about the default environment.
