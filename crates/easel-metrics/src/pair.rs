@@ -1,11 +1,16 @@
 //! Every per-pair metric of one output, named, with its direction, so that reports can
 //! label columns (↑/↓), pick the best per photo and never mix networks in one column.
 
+use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::edges::edge_f1;
 use crate::error::Result;
+use crate::histogram::histogan_distance;
+use crate::lab::lab_gap;
 use crate::perceptual::Perceptual;
+use crate::ssim::ssim;
 
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,10 +56,47 @@ impl PairMeter {
     }
 
     /// The metrics [`PairMeter::measure`] reports, in order, for an output with (or without) a
-    /// style image.
+    /// style image: `ssim`, `edge_f1`, `lab_mean_photo`, `lab_std_photo`; with a style
+    /// `histogan`, `lab_mean_style`, `lab_std_style`; with the perceptual network `content`
+    /// and, with a style, `style`.
     pub fn metrics(&self, with_style: bool) -> Vec<Metric> {
-        let _ = (with_style, &self.perceptual);
-        todo!("metrics helper")
+        let plain = |key, label, better| Metric {
+            key,
+            label,
+            better,
+            network: None,
+        };
+        let mut m = vec![
+            plain("ssim", "SSIM to photo", Better::Higher),
+            plain("edge_f1", "edge F1 to photo", Better::Higher),
+            plain("lab_mean_photo", "Lab mean gap to photo", Better::Lower),
+            plain("lab_std_photo", "Lab std gap to photo", Better::Lower),
+        ];
+        if with_style {
+            m.extend([
+                plain("histogan", "HistoGAN distance to style", Better::Lower),
+                plain("lab_mean_style", "Lab mean gap to style", Better::Lower),
+                plain("lab_std_style", "Lab std gap to style", Better::Lower),
+            ]);
+        }
+        if let Some(p) = &self.perceptual {
+            let network = Some(p.network());
+            m.push(Metric {
+                key: "content",
+                label: "content distance to photo",
+                better: Better::Lower,
+                network: network.clone(),
+            });
+            if with_style {
+                m.push(Metric {
+                    key: "style",
+                    label: "Gram style distance to style",
+                    better: Better::Lower,
+                    network,
+                });
+            }
+        }
+        m
     }
 
     /// Measures `output` against `photo` (resized to the output's size with Lanczos3 when the
@@ -66,7 +108,44 @@ impl PairMeter {
         output: &RgbImage,
         style: Option<&RgbImage>,
     ) -> Result<Vec<Value>> {
-        let _ = (photo, output, style);
-        todo!("metrics helper")
+        let resized;
+        let photo = if photo.dimensions() == output.dimensions() {
+            photo
+        } else {
+            resized = image::imageops::resize(
+                photo,
+                output.width(),
+                output.height(),
+                FilterType::Lanczos3,
+            );
+            &resized
+        };
+        let photo_gap = lab_gap(output, photo);
+        let mut values = vec![
+            ssim(output, photo)?,
+            edge_f1(photo, output)?,
+            photo_gap.mean,
+            photo_gap.std,
+        ];
+        if let Some(style) = style {
+            let style_gap = lab_gap(output, style);
+            values.extend([
+                histogan_distance(output, style)?,
+                style_gap.mean,
+                style_gap.std,
+            ]);
+        }
+        if let Some(p) = &self.perceptual {
+            values.push(p.content_distance(output, photo)?);
+            if let Some(style) = style {
+                values.push(p.style_distance(output, style)?);
+            }
+        }
+        Ok(self
+            .metrics(style.is_some())
+            .into_iter()
+            .zip(values)
+            .map(|(metric, value)| Value { metric, value })
+            .collect())
     }
 }
