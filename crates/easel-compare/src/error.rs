@@ -9,9 +9,9 @@ pub enum CompareError {
     /// A style could not be resolved or painted.
     #[error(transparent)]
     Host(#[from] easel_host::HostError),
-    /// A plugin could not be found or read.
+    /// A plugin could not be found or read (boxed: plugin errors are large).
     #[error(transparent)]
-    Plugin(#[from] easel_styles::PluginError),
+    Plugin(Box<easel_styles::PluginError>),
     /// A metric could not be computed.
     #[error(transparent)]
     Metric(#[from] easel_metrics::MetricError),
@@ -62,6 +62,12 @@ pub enum CompareError {
         /// Why.
         reason: String,
     },
+}
+
+impl From<easel_styles::PluginError> for CompareError {
+    fn from(err: easel_styles::PluginError) -> Self {
+        CompareError::Plugin(Box::new(err))
+    }
 }
 
 /// Result alias of easel-compare.

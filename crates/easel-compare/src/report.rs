@@ -94,8 +94,9 @@ table { border-collapse: collapse; }
 .failed { color: #b00020; max-width: 256px; }
 .pick button { margin-right: 4px; }
 button[aria-pressed="true"] { background: #234; color: #fff; }
-#pane { position: relative; display: inline-block; border: 1px solid #ccc; }
-#pane img { display: block; max-width: 90vw; max-height: 70vh; }
+#viewer { width: min(640px, 90vw); }
+#pane { position: relative; border: 1px solid #ccc; }
+#pane img { display: block; width: 100%; height: auto; }
 #side-b { position: absolute; left: 0; top: 0; }
 #slider { width: 100%; }
 .metrics td, .metrics th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
@@ -175,7 +176,7 @@ pub fn html(comparison: &Comparison) -> String {
     h.push_str(STYLE);
     h.push_str("</style>\n</head>\n<body>\n<h1>easel compare</h1>\n");
     h.push_str(&format!(
-        "<p>{} photos × {} styles on {}. Times are warm and exclude loading (per style: {}).</p>\n",
+        "<p>{} photo(s) × {} style(s) on {}. Times are warm and exclude loading (per style: {}).</p>\n",
         comparison.photos.len(),
         comparison.methods.len(),
         escape(&comparison.device),
@@ -201,9 +202,9 @@ pub fn html(comparison: &Comparison) -> String {
     };
     h.push_str(&format!(
         "<p>A: <span id=\"label-a\">photo</span> · B: <span id=\"label-b\">{}</span></p>\n\
-         <div id=\"pane\"><img id=\"side-a\" alt=\"side A\" src=\"{first}\"><img id=\"side-b\" alt=\"side B\" src=\"{b_src}\"></div>\n\
+         <div id=\"viewer\"><div id=\"pane\"><img id=\"side-a\" alt=\"side A\" src=\"{first}\"><img id=\"side-b\" alt=\"side B\" src=\"{b_src}\"></div>\n\
          <p><input id=\"slider\" type=\"range\" min=\"0\" max=\"100\" value=\"50\" aria-label=\"Before/after split\"> \
-         <button id=\"toggle\" type=\"button\">Toggle B</button></p>\n",
+         <button id=\"toggle\" type=\"button\">Toggle B</button></p></div>\n",
         escape(&b_label)
     ));
 
