@@ -5,7 +5,9 @@
 #[non_exhaustive]
 pub enum MetricError {
     /// Two images that must be the same size are not.
-    #[error("{what}: images are {a_width}x{a_height} and {b_width}x{b_height}, which must be equal")]
+    #[error(
+        "{what}: images are {a_width}x{a_height} and {b_width}x{b_height}, which must be equal"
+    )]
     SizeMismatch {
         /// Which metric.
         what: &'static str,

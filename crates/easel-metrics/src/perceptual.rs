@@ -76,7 +76,8 @@ fn mse(a: &Tensor, b: &Tensor, what: &'static str) -> Result<f64> {
 impl Perceptual {
     /// The embedded network on `device`.
     pub fn embedded(device: &Device) -> Result<Self> {
-        let net = EfficientNet::lite0_embedded(device).map_err(compute("loading EfficientNet-Lite0"))?;
+        let net =
+            EfficientNet::lite0_embedded(device).map_err(compute("loading EfficientNet-Lite0"))?;
         Ok(Self {
             net,
             layers: LayerSet::efficientnet_lite0(),

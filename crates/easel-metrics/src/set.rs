@@ -46,7 +46,10 @@ impl Features {
     pub fn new(rows: &[Vec<f64>]) -> Result<Self> {
         let dim = rows.first().map_or(0, Vec::len);
         if dim == 0 {
-            return Err(feature_error("features", "no rows, or rows of width 0".into()));
+            return Err(feature_error(
+                "features",
+                "no rows, or rows of width 0".into(),
+            ));
         }
         let mut data = Vec::with_capacity(rows.len() * dim);
         for (i, r) in rows.iter().enumerate() {
@@ -63,7 +66,7 @@ impl Features {
 
     /// Features from `n · dim` row-major values.
     pub fn from_flat(data: Vec<f64>, dim: usize) -> Result<Self> {
-        if dim == 0 || data.is_empty() || data.len() % dim != 0 {
+        if dim == 0 || data.is_empty() || !data.len().is_multiple_of(dim) {
             return Err(feature_error(
                 "features",
                 format!("{} values do not make rows of width {dim}", data.len()),
@@ -160,7 +163,15 @@ fn kernel_matrix(x: &Features, y: &Features) -> Vec<f64> {
 }
 
 /// Unbiased MMD² of the rows `ia` of `a` and `ib` of `b` from the kernel matrices.
-fn mmd2(kaa: &[f64], kbb: &[f64], kab: &[f64], na: usize, nb: usize, ia: &[usize], ib: &[usize]) -> f64 {
+fn mmd2(
+    kaa: &[f64],
+    kbb: &[f64],
+    kab: &[f64],
+    na: usize,
+    nb: usize,
+    ia: &[usize],
+    ib: &[usize],
+) -> f64 {
     let off_diag = |k: &[f64], n: usize, idx: &[usize]| {
         let mut s = 0.0;
         for &i in idx {
@@ -279,7 +290,9 @@ fn check_gaussian(what: &'static str, mu: &[f64], sigma: &[f64], d: usize) -> Re
             if (x - y).abs() > 1e-9 * scale {
                 return Err(feature_error(
                     "Fréchet distance",
-                    format!("{what}: covariance is not symmetric ([{p}][{q}] = {x}, [{q}][{p}] = {y})"),
+                    format!(
+                        "{what}: covariance is not symmetric ([{p}][{q}] = {x}, [{q}][{p}] = {y})"
+                    ),
                 ));
             }
         }
@@ -541,7 +554,10 @@ mod tests {
         let (vals, vecs) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2, true).unwrap();
         let mut sorted = vals.clone();
         sorted.sort_by(f64::total_cmp);
-        assert!((sorted[0] - 1.0).abs() < 1e-14 && (sorted[1] - 3.0).abs() < 1e-14, "{vals:?}");
+        assert!(
+            (sorted[0] - 1.0).abs() < 1e-14 && (sorted[1] - 3.0).abs() < 1e-14,
+            "{vals:?}"
+        );
         for (k, lambda) in vals.iter().enumerate() {
             let v = &vecs[2 * k..2 * k + 2];
             let av = [2.0 * v[0] + v[1], v[0] + 2.0 * v[1]];
@@ -566,8 +582,14 @@ mod tests {
         let (vals, vecs) = symmetric_eigen(&a, n, true).unwrap();
         for i in 0..n {
             for j in 0..n {
-                let r: f64 = (0..n).map(|k| vals[k] * vecs[k * n + i] * vecs[k * n + j]).sum();
-                assert!((r - a[i * n + j]).abs() < 1e-13, "[{i}][{j}] {r} vs {}", a[i * n + j]);
+                let r: f64 = (0..n)
+                    .map(|k| vals[k] * vecs[k * n + i] * vecs[k * n + j])
+                    .sum();
+                assert!(
+                    (r - a[i * n + j]).abs() < 1e-13,
+                    "[{i}][{j}] {r} vs {}",
+                    a[i * n + j]
+                );
             }
         }
     }

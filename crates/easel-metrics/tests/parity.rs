@@ -78,12 +78,19 @@ fn edge_f1_matches_opencv() {
         };
         let s = edge_score(&a, &b).unwrap();
         for (what, got, want) in [
-            ("precision", s.precision, c["edge_precision"].as_f64().unwrap()),
+            (
+                "precision",
+                s.precision,
+                c["edge_precision"].as_f64().unwrap(),
+            ),
             ("recall", s.recall, c["edge_recall"].as_f64().unwrap()),
             ("f1", s.f1, want),
         ] {
             // Same counts, same divisions: only JSON decimal rounding can differ.
-            assert!((got - want).abs() <= 1e-15, "{name} {what}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-15,
+                "{name} {what}: {got} vs {want}"
+            );
         }
         assert_eq!(edge_f1(&a, &b).unwrap(), s.f1);
         checked += 1;
@@ -107,19 +114,41 @@ fn lab_stats_match_scikit_image() {
             let s = lab_stats(img);
             let (mean, std) = (f64s(&c[key]["mean"]), f64s(&c[key]["std"]));
             for ch in 0..3 {
-                assert!((s.mean[ch] - mean[ch]).abs() <= 1e-9, "{name} {key} mean[{ch}]: {} vs {}", s.mean[ch], mean[ch]);
-                assert!((s.std[ch] - std[ch]).abs() <= 1e-9, "{name} {key} std[{ch}]: {} vs {}", s.std[ch], std[ch]);
+                assert!(
+                    (s.mean[ch] - mean[ch]).abs() <= 1e-9,
+                    "{name} {key} mean[{ch}]: {} vs {}",
+                    s.mean[ch],
+                    mean[ch]
+                );
+                assert!(
+                    (s.std[ch] - std[ch]).abs() <= 1e-9,
+                    "{name} {key} std[{ch}]: {} vs {}",
+                    s.std[ch],
+                    std[ch]
+                );
             }
         }
         // The gap is the norm of the reference statistics' differences.
         let gap = lab_gap(&a, &b);
         let norm = |x: Vec<f64>, y: Vec<f64>| {
-            x.iter().zip(&y).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt()
+            x.iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).powi(2))
+                .sum::<f64>()
+                .sqrt()
         };
         let want_mean = norm(f64s(&c["lab_a"]["mean"]), f64s(&c["lab_b"]["mean"]));
         let want_std = norm(f64s(&c["lab_a"]["std"]), f64s(&c["lab_b"]["std"]));
-        assert!((gap.mean - want_mean).abs() <= 1e-9, "{name}: {} vs {want_mean}", gap.mean);
-        assert!((gap.std - want_std).abs() <= 1e-9, "{name}: {} vs {want_std}", gap.std);
+        assert!(
+            (gap.mean - want_mean).abs() <= 1e-9,
+            "{name}: {} vs {want_mean}",
+            gap.mean
+        );
+        assert!(
+            (gap.std - want_std).abs() <= 1e-9,
+            "{name}: {} vs {want_std}",
+            gap.std
+        );
     }
 }
 
@@ -135,12 +164,18 @@ fn kid_and_frechet_distance_match_numpy_scipy() {
     assert_eq!((a.rows(), b.rows(), a.dim()), (40, 32, 16));
     let want_kid = r["sets"]["kid"].as_f64().unwrap();
     let got_kid = kid(&a, &b).unwrap();
-    assert!((got_kid - want_kid).abs() <= 1e-12, "KID {got_kid} vs {want_kid}");
+    assert!(
+        (got_kid - want_kid).abs() <= 1e-12,
+        "KID {got_kid} vs {want_kid}"
+    );
     let (m1, s1) = mean_and_covariance(&a).unwrap();
     let (m2, s2) = mean_and_covariance(&b).unwrap();
     let want_fid = r["sets"]["fid"].as_f64().unwrap();
     let got_fid = frechet_distance(&m1, &s1, &m2, &s2).unwrap();
-    assert!((got_fid - want_fid).abs() <= 1e-9, "FID {got_fid} vs {want_fid}");
+    assert!(
+        (got_fid - want_fid).abs() <= 1e-9,
+        "FID {got_fid} vs {want_fid}"
+    );
     // Symmetric in its arguments.
     let back = frechet_distance(&m2, &s2, &m1, &s1).unwrap();
     assert!((back - got_fid).abs() <= 1e-9, "{back} vs {got_fid}");
@@ -191,7 +226,10 @@ fn size_mismatch_names_both_sizes() {
 fn ssim_refuses_images_under_the_window() {
     let a = RgbImage::new(10, 40);
     let err = ssim(&a, &a).unwrap_err();
-    assert!(matches!(err, MetricError::TooSmall { min: 11, .. }), "{err:?}");
+    assert!(
+        matches!(err, MetricError::TooSmall { min: 11, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("10x40"), "{err}");
     let ok = RgbImage::new(11, 11);
     assert_eq!(ssim(&ok, &ok).unwrap(), 1.0);
@@ -203,7 +241,10 @@ fn fid_refuses_small_sets_with_the_count() {
     let f = Features::new(&rows).unwrap();
     let err = fid(&f, &f).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("100 rows") && text.contains(&FID_MIN_IMAGES.to_string()), "{text}");
+    assert!(
+        text.contains("100 rows") && text.contains(&FID_MIN_IMAGES.to_string()),
+        "{text}"
+    );
 }
 
 #[test]
@@ -216,7 +257,10 @@ fn features_are_checked() {
     assert!(kid(&one, &one).is_err());
     let wide = Features::new(&[vec![1.0; 3], vec![2.0; 3]]).unwrap();
     let narrow = Features::new(&[vec![1.0; 2], vec![2.0; 2]]).unwrap();
-    assert!(kid(&wide, &narrow).unwrap_err().to_string().contains("width 3 and 2"));
+    assert!(kid(&wide, &narrow)
+        .unwrap_err()
+        .to_string()
+        .contains("width 3 and 2"));
 }
 
 #[test]
@@ -226,10 +270,14 @@ fn kid_uses_subsets_on_large_sets() {
     let gen = |seed: u64, shift: f64| {
         let mut s = seed;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
         };
-        let rows: Vec<Vec<f64>> = (0..1200).map(|_| (0..4).map(|_| next() + shift).collect()).collect();
+        let rows: Vec<Vec<f64>> = (0..1200)
+            .map(|_| (0..4).map(|_| next() + shift).collect())
+            .collect();
         Features::new(&rows).unwrap()
     };
     let (a, b, c) = (gen(1, 0.0), gen(2, 0.0), gen(3, 0.5));
@@ -248,9 +296,20 @@ fn pair_meter_reports_each_metric_in_order() {
     let keys: Vec<&str> = values.iter().map(|v| v.metric.key).collect();
     assert_eq!(
         keys,
-        ["ssim", "edge_f1", "lab_mean_photo", "lab_std_photo", "histogan", "lab_mean_style", "lab_std_style"]
+        [
+            "ssim",
+            "edge_f1",
+            "lab_mean_photo",
+            "lab_std_photo",
+            "histogan",
+            "lab_mean_style",
+            "lab_std_style"
+        ]
     );
-    assert_eq!(meter.metrics(true), values.iter().map(|v| v.metric.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        meter.metrics(true),
+        values.iter().map(|v| v.metric.clone()).collect::<Vec<_>>()
+    );
     let photo_gap = lab_gap(&output, &photo);
     let style_gap = lab_gap(&output, &style);
     let want = [
@@ -277,10 +336,20 @@ fn pair_meter_reports_each_metric_in_order() {
 #[test]
 fn pair_meter_resizes_the_photo_to_the_output() {
     let (_, photo, output, _) = pairs().remove(0);
-    let big = image::imageops::resize(&photo, photo.width() * 2, photo.height() * 2, image::imageops::FilterType::Lanczos3);
+    let big = image::imageops::resize(
+        &photo,
+        photo.width() * 2,
+        photo.height() * 2,
+        image::imageops::FilterType::Lanczos3,
+    );
     let meter = PairMeter::new(None);
     let values = meter.measure(&big, &output, None).unwrap();
-    let back = image::imageops::resize(&big, output.width(), output.height(), image::imageops::FilterType::Lanczos3);
+    let back = image::imageops::resize(
+        &big,
+        output.width(),
+        output.height(),
+        image::imageops::FilterType::Lanczos3,
+    );
     assert_eq!(values[0].value, ssim(&output, &back).unwrap());
     assert_eq!(values[1].value, edge_f1(&back, &output).unwrap());
 }

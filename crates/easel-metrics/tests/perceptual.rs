@@ -9,7 +9,9 @@ use easel_metrics::PairMeter;
 use image::RgbImage;
 
 fn load(name: &str) -> RgbImage {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     image::open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .to_rgb8()
@@ -19,7 +21,10 @@ fn load(name: &str) -> RgbImage {
 fn network_names_the_weights() {
     let p = Perceptual::embedded(&Device::Cpu).unwrap();
     // `sha256sum crates/easel-fast/weights/efficientnet-lite0.safetensors | cut -c1-12`.
-    assert_eq!(p.network(), "EfficientNet-Lite0 (ImageNet) sha256:4352a74f6a82");
+    assert_eq!(
+        p.network(),
+        "EfficientNet-Lite0 (ImageNet) sha256:4352a74f6a82"
+    );
 }
 
 #[test]
@@ -35,7 +40,10 @@ fn distances_are_zero_to_itself_and_grow_with_change() {
     // A painting of another size is further in style from the photo than its blur is.
     let style_near = p.style_distance(&blurred, &photo).unwrap();
     let style_far = p.style_distance(&painting, &photo).unwrap();
-    assert!(0.0 < style_near && style_near < style_far, "{style_near} {style_far}");
+    assert!(
+        0.0 < style_near && style_near < style_far,
+        "{style_near} {style_far}"
+    );
     // The photo is resized to the output: the same value as resizing it by hand.
     let big = image::imageops::resize(&photo, 192, 128, image::imageops::FilterType::Lanczos3);
     let back = image::imageops::resize(&big, 96, 64, image::imageops::FilterType::Lanczos3);
@@ -66,5 +74,14 @@ fn pair_meter_adds_network_metrics() {
         assert_eq!(v.metric.network.as_deref(), Some(network.as_str()));
     }
     let keys: Vec<&str> = meter.metrics(false).iter().map(|m| m.key).collect();
-    assert_eq!(keys, ["ssim", "edge_f1", "lab_mean_photo", "lab_std_photo", "content"]);
+    assert_eq!(
+        keys,
+        [
+            "ssim",
+            "edge_f1",
+            "lab_mean_photo",
+            "lab_std_photo",
+            "content"
+        ]
+    );
 }
