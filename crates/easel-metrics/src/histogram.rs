@@ -59,7 +59,7 @@ fn bilinear_axis(n_in: usize, n_out: usize) -> Vec<(usize, usize, f64, f64)> {
 }
 
 /// The image's RGB values in [0, 1], resized as the reference does (step 1 of the module
-/// doc): `(pixels, [r, g, b] per pixel)`.
+/// doc): one `[r, g, b]` per pixel, row-major.
 pub fn histogram_input(img: &RgbImage) -> Vec<[f64; 3]> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let px = |x: usize, y: usize| {
