@@ -7,6 +7,7 @@ use std::process::Output;
 
 use candle_core::Device;
 use easel_metrics::perceptual::Perceptual;
+use easel_metrics::vgg::VggLosses;
 use easel_metrics::PairMeter;
 
 mod common;
@@ -114,6 +115,8 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
             "--device",
             "cpu",
             "--offline",
+            "--vgg",
+            s(&fast_fixture("adain_vgg_tiny.pth")),
             "--json",
             "-o",
             s(&out),
@@ -165,7 +168,11 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
             "lab_mean_style",
             "lab_std_style",
             "content",
-            "style"
+            "style",
+            "adain_content",
+            "stytr_content",
+            "adain_style",
+            "stytr_style"
         ]
     );
     let network = json["metrics"][7]["network"].as_str().unwrap();
@@ -185,7 +192,8 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
         .contains("Bank: starry.bank"));
 
     // The numbers are the library's, measured on the files written.
-    let meter = PairMeter::new(Some(Perceptual::embedded(&Device::Cpu).unwrap()));
+    let meter = PairMeter::new(Some(Perceptual::embedded(&Device::Cpu).unwrap()))
+        .with_vgg(VggLosses::from_file(&fast_fixture("adain_vgg_tiny.pth"), &Device::Cpu).unwrap());
     let style_img = easel_core::load_rgb(
         Path::new(&style),
         &easel_core::LoadOptions::with_max_side(1024),

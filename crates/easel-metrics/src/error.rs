@@ -40,6 +40,14 @@ pub enum MetricError {
         /// What is wrong, with the numbers.
         problem: String,
     },
+    /// A weights file could not be read or is not what it should be.
+    #[error("weights {file}: {problem}")]
+    Weights {
+        /// The file as given.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A network or tensor computation failed.
     #[error("{what}: {source}")]
     Compute {

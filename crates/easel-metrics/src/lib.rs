@@ -8,6 +8,7 @@
 //! - [`histogram`]: HistoGAN RGB-uv histograms and their Hellinger distance (colour to style).
 //! - [`lab`]: CIELAB mean and standard-deviation gaps.
 //! - [`perceptual`]: content and Gram style distances on the embedded EfficientNet-Lite0.
+//! - [`vgg`]: AdaIN's and StyTr²'s content and style losses on a given VGG-19.
 //! - [`set`]: KID and FID between two sets of features.
 //! - [`pair`]: every per-pair metric of one output at once, with its name and direction.
 
@@ -19,6 +20,7 @@ pub mod pair;
 pub mod perceptual;
 pub mod set;
 pub mod ssim;
+pub mod vgg;
 
 pub use error::{MetricError, Result};
 pub use pair::{Better, Metric, PairMeter, Value};

@@ -11,6 +11,7 @@ use crate::histogram::histogan_distance;
 use crate::lab::lab_gap;
 use crate::perceptual::Perceptual;
 use crate::ssim::ssim;
+use crate::vgg::VggLosses;
 
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,18 +48,29 @@ pub struct Value {
 /// Measures outputs against their photo and style.
 pub struct PairMeter {
     perceptual: Option<Perceptual>,
+    vgg: Option<VggLosses>,
 }
 
 impl PairMeter {
     /// A meter; with `perceptual`, content and style distances on its network too.
     pub fn new(perceptual: Option<Perceptual>) -> Self {
-        Self { perceptual }
+        Self {
+            perceptual,
+            vgg: None,
+        }
+    }
+
+    /// This meter with AdaIN's and StyTr²'s losses on `vgg` too.
+    pub fn with_vgg(mut self, vgg: VggLosses) -> Self {
+        self.vgg = Some(vgg);
+        self
     }
 
     /// The metrics [`PairMeter::measure`] reports, in order, for an output with (or without) a
     /// style image: `ssim`, `edge_f1`, `lab_mean_photo`, `lab_std_photo`; with a style
     /// `histogan`, `lab_mean_style`, `lab_std_style`; with the perceptual network `content`
-    /// and, with a style, `style`.
+    /// and, with a style, `style`; with a VGG-19 `adain_content`, `stytr_content` and, with a
+    /// style, `adain_style`, `stytr_style`.
     pub fn metrics(&self, with_style: bool) -> Vec<Metric> {
         let plain = |key, label, better| Metric {
             key,
@@ -94,6 +106,20 @@ impl PairMeter {
                     better: Better::Lower,
                     network,
                 });
+            }
+        }
+        if let Some(vgg) = &self.vgg {
+            let on_vgg = |key, label| Metric {
+                key,
+                label,
+                better: Better::Lower,
+                network: Some(vgg.network().to_string()),
+            };
+            m.push(on_vgg("adain_content", "AdaIN content loss to photo"));
+            m.push(on_vgg("stytr_content", "StyTr² content loss to photo"));
+            if with_style {
+                m.push(on_vgg("adain_style", "AdaIN style loss to style"));
+                m.push(on_vgg("stytr_style", "StyTr² style loss to style"));
             }
         }
         m
@@ -140,6 +166,12 @@ impl PairMeter {
             if let Some(style) = style {
                 values.push(p.style_distance(output, style)?);
             }
+        }
+        if let Some(vgg) = &self.vgg {
+            let v = vgg.measure(output, photo, style)?;
+            values.extend([v.adain_content, v.stytr_content]);
+            values.extend(v.adain_style);
+            values.extend(v.stytr_style);
         }
         Ok(self
             .metrics(style.is_some())

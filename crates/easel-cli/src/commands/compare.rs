@@ -15,6 +15,7 @@ use easel_host::sources::ModelSources;
 use easel_host::spec::UseSpec;
 use easel_host::{Host, PaintRequest};
 use easel_metrics::perceptual::Perceptual;
+use easel_metrics::vgg::VggLosses;
 use easel_metrics::PairMeter;
 use easel_styles::Store;
 
@@ -117,6 +118,11 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_perceptual: bool,
 
+    /// A VGG-19 (pytorch-AdaIN's vgg_normalised.pth, or its safetensors) to also measure
+    /// AdaIN's and StyTr²'s content and style losses on.
+    #[arg(long, value_name = "FILE")]
+    pub vgg: Option<PathBuf>,
+
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -182,7 +188,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     } else {
         Some(Perceptual::embedded(&device)?)
     };
-    let meter = PairMeter::new(perceptual);
+    let mut meter = PairMeter::new(perceptual);
+    if let Some(path) = &args.vgg {
+        let vgg = VggLosses::from_file(path, &device)
+            .with_context(|| format!("--vgg {}", path.display()))?;
+        meter = meter.with_vgg(vgg);
+    }
     let plan = Plan {
         photos,
         style: paintings.first().map(|p| p.path.clone()),
