@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use candle_core::Device;
+use easel_metrics::lpips::Lpips;
 use easel_metrics::perceptual::Perceptual;
 use easel_metrics::vgg::VggLosses;
 use easel_metrics::PairMeter;
@@ -82,6 +83,9 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
     let bank = tmp.path().join("starry.bank");
     save(&lsast(&sd), &tiny_hash(&sd), &bank);
     let adain = adain_dir(tmp.path());
+    // easel-metrics' tiny AlexNet and linear layers (tools/ref/lpips_ref.py), in one file.
+    let lpips = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../easel-metrics/tests/fixtures/lpips_tiny.safetensors");
     let out = tmp.path().join("cmp");
     let style = example("vangogh_starry_night.jpg");
     let (cat, cup) = (
@@ -117,6 +121,10 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
             "--offline",
             "--vgg",
             s(&fast_fixture("adain_vgg_tiny.pth")),
+            "--lpips",
+            s(&lpips),
+            "--lpips-lin",
+            s(&lpips),
             "--json",
             "-o",
             s(&out),
@@ -172,7 +180,8 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
             "adain_content",
             "stytr_content",
             "adain_style",
-            "stytr_style"
+            "stytr_style",
+            "lpips"
         ]
     );
     let network = json["metrics"][7]["network"].as_str().unwrap();
@@ -193,7 +202,8 @@ fn compare_writes_cells_grid_report_and_tables_with_the_librarys_numbers() {
 
     // The numbers are the library's, measured on the files written.
     let meter = PairMeter::new(Some(Perceptual::embedded(&Device::Cpu).unwrap()))
-        .with_vgg(VggLosses::from_file(&fast_fixture("adain_vgg_tiny.pth"), &Device::Cpu).unwrap());
+        .with_vgg(VggLosses::from_file(&fast_fixture("adain_vgg_tiny.pth"), &Device::Cpu).unwrap())
+        .with_lpips(Lpips::from_files(&lpips, &lpips, &Device::Cpu).unwrap());
     let style_img = easel_core::load_rgb(
         Path::new(&style),
         &easel_core::LoadOptions::with_max_side(1024),

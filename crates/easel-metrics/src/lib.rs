@@ -9,6 +9,7 @@
 //! - [`lab`]: CIELAB mean and standard-deviation gaps.
 //! - [`perceptual`]: content and Gram style distances on the embedded EfficientNet-Lite0.
 //! - [`vgg`]: AdaIN's and StyTr²'s content and style losses on a given VGG-19.
+//! - [`lpips`]: LPIPS v0.1 on a given AlexNet and the lpips wheel's linear layers.
 //! - [`set`]: KID and FID between two sets of features.
 //! - [`pair`]: every per-pair metric of one output at once, with its name and direction.
 
@@ -16,6 +17,7 @@ pub mod edges;
 pub mod error;
 pub mod histogram;
 pub mod lab;
+pub mod lpips;
 pub mod pair;
 pub mod perceptual;
 pub mod set;

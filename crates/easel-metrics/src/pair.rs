@@ -9,6 +9,7 @@ use crate::edges::edge_f1;
 use crate::error::Result;
 use crate::histogram::histogan_distance;
 use crate::lab::lab_gap;
+use crate::lpips::Lpips;
 use crate::perceptual::Perceptual;
 use crate::ssim::ssim;
 use crate::vgg::VggLosses;
@@ -49,6 +50,7 @@ pub struct Value {
 pub struct PairMeter {
     perceptual: Option<Perceptual>,
     vgg: Option<VggLosses>,
+    lpips: Option<Lpips>,
 }
 
 impl PairMeter {
@@ -57,7 +59,14 @@ impl PairMeter {
         Self {
             perceptual,
             vgg: None,
+            lpips: None,
         }
+    }
+
+    /// This meter with the LPIPS distance to the photo too.
+    pub fn with_lpips(mut self, lpips: Lpips) -> Self {
+        self.lpips = Some(lpips);
+        self
     }
 
     /// This meter with AdaIN's and StyTr²'s losses on `vgg` too.
@@ -70,7 +79,7 @@ impl PairMeter {
     /// style image: `ssim`, `edge_f1`, `lab_mean_photo`, `lab_std_photo`; with a style
     /// `histogan`, `lab_mean_style`, `lab_std_style`; with the perceptual network `content`
     /// and, with a style, `style`; with a VGG-19 `adain_content`, `stytr_content` and, with a
-    /// style, `adain_style`, `stytr_style`.
+    /// style, `adain_style`, `stytr_style`; with LPIPS `lpips` (to the photo).
     pub fn metrics(&self, with_style: bool) -> Vec<Metric> {
         let plain = |key, label, better| Metric {
             key,
@@ -122,6 +131,14 @@ impl PairMeter {
                 m.push(on_vgg("stytr_style", "StyTr² style loss to style"));
             }
         }
+        if let Some(lpips) = &self.lpips {
+            m.push(Metric {
+                key: "lpips",
+                label: "LPIPS to photo",
+                better: Better::Lower,
+                network: Some(lpips.network().to_string()),
+            });
+        }
         m
     }
 
@@ -172,6 +189,9 @@ impl PairMeter {
             values.extend([v.adain_content, v.stytr_content]);
             values.extend(v.adain_style);
             values.extend(v.stytr_style);
+        }
+        if let Some(lpips) = &self.lpips {
+            values.push(lpips.distance(output, photo)?);
         }
         Ok(self
             .metrics(style.is_some())

@@ -14,6 +14,7 @@ use easel_host::fast::WeightedPath;
 use easel_host::sources::ModelSources;
 use easel_host::spec::UseSpec;
 use easel_host::{Host, PaintRequest};
+use easel_metrics::lpips::Lpips;
 use easel_metrics::perceptual::Perceptual;
 use easel_metrics::vgg::VggLosses;
 use easel_metrics::PairMeter;
@@ -123,6 +124,16 @@ pub struct CompareArgs {
     #[arg(long, value_name = "FILE")]
     pub vgg: Option<PathBuf>,
 
+    /// A torchvision AlexNet state dict (.pth or .safetensors) to measure LPIPS to the photo
+    /// with, together with --lpips-lin.
+    #[arg(long, value_name = "FILE", requires = "lpips_lin")]
+    pub lpips: Option<PathBuf>,
+
+    /// LPIPS' linear layers: lpips/weights/v0.1/alex.pth from the PyPI wheel lpips 0.1.4
+    /// (`pip download --no-deps lpips==0.1.4`, then unzip it).
+    #[arg(long, value_name = "FILE", requires = "lpips")]
+    pub lpips_lin: Option<PathBuf>,
+
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -193,6 +204,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let vgg = VggLosses::from_file(path, &device)
             .with_context(|| format!("--vgg {}", path.display()))?;
         meter = meter.with_vgg(vgg);
+    }
+    if let (Some(backbone), Some(lins)) = (&args.lpips, &args.lpips_lin) {
+        let lpips = Lpips::from_files(backbone, lins, &device).context("--lpips")?;
+        meter = meter.with_lpips(lpips);
     }
     let plan = Plan {
         photos,
