@@ -54,6 +54,14 @@ pub enum CompareError {
         /// What went wrong.
         problem: String,
     },
+    /// Set metrics need at least two pictures on each side.
+    #[error("set metrics need at least 2 pictures per set; got {results} result(s) and {references} reference(s)")]
+    SetTooSmall {
+        /// Result pictures given.
+        results: usize,
+        /// Reference pictures given.
+        references: usize,
+    },
     /// A file of the comparison could not be written.
     #[error("cannot write {}: {reason}", path.display())]
     Write {

@@ -9,13 +9,15 @@
 //! - `metrics.json`, `metrics.csv`: one row per photo × method.
 //!
 //! [`method`] turns `--use` SPECs into paintable methods (built-ins, plugins, Gatys);
-//! [`run`] paints and measures; [`grid`], [`report`] and [`table`] lay the results out.
+//! [`run`] paints and measures; [`set`] gives KID/FID of a folder of results against a folder of
+//! references; [`grid`], [`report`] and [`table`] lay the results out.
 
 pub mod error;
 pub mod grid;
 pub mod method;
 pub mod report;
 pub mod run;
+pub mod set;
 pub mod table;
 
 pub use error::{CompareError, Result};
