@@ -104,7 +104,8 @@ fn draw_lines(canvas: &mut RgbImage, x: u32, y: u32, lines: &[String], color: Rg
     }
 }
 
-/// `img` fitted into the box (aspect kept, centred) at (`x`, `y`).
+/// `img` fitted into the box (aspect kept, centred across, on the box's bottom edge so that the
+/// caption sits right under it) at (`x`, `y`).
 fn draw_fitted(canvas: &mut RgbImage, x: u32, y: u32, img: &RgbImage) {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
@@ -120,7 +121,7 @@ fn draw_fitted(canvas: &mut RgbImage, x: u32, y: u32, img: &RgbImage) {
         canvas,
         &fitted,
         i64::from(x + (BOX - fw) / 2),
-        i64::from(y + (BOX - fh) / 2),
+        i64::from(y + (BOX - fh)),
     );
 }
 

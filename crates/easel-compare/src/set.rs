@@ -165,8 +165,8 @@ mod tests {
             .map(|i| write(&format!("s{i}.png"), 100 + i))
             .collect();
         let mut seen = Vec::new();
-        let report = measure_sets(&results, &refs, &MeanColour, &mut |d, t| seen.push((d, t)))
-            .unwrap();
+        let report =
+            measure_sets(&results, &refs, &MeanColour, &mut |d, t| seen.push((d, t))).unwrap();
         // Batches of 16: results in one, references in two.
         assert_eq!(seen, [(5, 25), (21, 25), (25, 25)]);
         let load = |p: &PathBuf| image::open(p).unwrap().to_rgb8();

@@ -59,5 +59,16 @@ pub enum MetricError {
     },
 }
 
+/// Wraps a computation error as [`MetricError::Compute`] of `what`.
+pub(crate) fn compute<E>(what: &'static str) -> impl Fn(E) -> MetricError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| MetricError::Compute {
+        what,
+        source: Box::new(e),
+    }
+}
+
 /// Result alias of easel-metrics.
 pub type Result<T> = std::result::Result<T, MetricError>;

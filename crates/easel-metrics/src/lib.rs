@@ -23,6 +23,7 @@ pub mod perceptual;
 pub mod set;
 pub mod ssim;
 pub mod vgg;
+mod weights;
 
 pub use error::{MetricError, Result};
 pub use pair::{Better, Metric, PairMeter, Value};

@@ -14,17 +14,14 @@
 //! weighted by the linear layer (a 1×1 conv to one channel), averaged over space, summed over the
 //! five layers. Lower is closer; 0 for identical pictures.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use easel_core::hash::sha256_hex;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use image::imageops::FilterType;
 use image::RgbImage;
 
-use crate::error::{MetricError, Result};
+use crate::error::{compute, MetricError, Result};
 
 /// The channels of the five convolutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +53,6 @@ const SCALE: [f32; 3] = [0.458, 0.448, 0.450];
 pub const MIN_SIDE: u32 = 31;
 /// Longest side the network sees; larger pictures are shrunk first.
 pub const MAX_SIDE: u32 = 512;
-/// Largest weights file read (the AlexNet state dict is 233 MB with its classifier).
-const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// LPIPS with its backbone and linear layers loaded.
 pub struct Lpips {
@@ -65,46 +60,6 @@ pub struct Lpips {
     lins: Vec<Tensor>,
     network: String,
     device: Device,
-}
-
-fn compute<E>(what: &'static str) -> impl Fn(E) -> MetricError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| MetricError::Compute {
-        what,
-        source: Box::new(e),
-    }
-}
-
-/// The tensors of `path` (safetensors by extension, else a PyTorch checkpoint) and its hash.
-fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
-    let weights_error = |problem: String| MetricError::Weights {
-        file: path.display().to_string(),
-        problem,
-    };
-    let size = std::fs::metadata(path)
-        .map_err(|e| weights_error(e.to_string()))?
-        .len();
-    if size > MAX_FILE_BYTES {
-        return Err(weights_error(format!(
-            "is {size} bytes, more than the {MAX_FILE_BYTES} read"
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| weights_error(e.to_string()))?;
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let tensors = if is_safetensors {
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| weights_error(e.to_string()))?
-    } else {
-        read_torch_checkpoint(&bytes, &path.display().to_string())
-            .map_err(|e| weights_error(e.to_string()))?
-            .into_iter()
-            .collect()
-    };
-    Ok((tensors, sha256_hex(&bytes)))
 }
 
 impl Lpips {
@@ -149,8 +104,8 @@ impl Lpips {
     /// Loads the AlexNet `backbone` file and the linear-layer file `lins` on `device`; the
     /// widths are read from the backbone (so test-sized networks load too).
     pub fn from_files(backbone: &Path, lins: &Path, device: &Device) -> Result<Self> {
-        let (net, net_hash) = read_tensors(backbone)?;
-        let (lin, lin_hash) = read_tensors(lins)?;
+        let (net, net_hash) = crate::weights::read_tensors(backbone)?;
+        let (lin, lin_hash) = crate::weights::read_tensors(lins)?;
         let mut widths = [0; 5];
         for (w, &(index, ..)) in widths.iter_mut().zip(&CONVS) {
             let key = format!("features.{index}.weight");

@@ -25,7 +25,7 @@ use easel_fast::gatys::{gram, LayerSet};
 use image::imageops::FilterType;
 use image::RgbImage;
 
-use crate::error::{MetricError, Result};
+use crate::error::{compute, MetricError, Result};
 
 /// Longest side the network sees; larger images are shrunk to it.
 pub const MAX_SIDE: u32 = 512;
@@ -35,16 +35,6 @@ pub struct Perceptual {
     net: EfficientNet,
     layers: LayerSet,
     device: Device,
-}
-
-fn compute<E>(what: &'static str) -> impl Fn(E) -> MetricError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| MetricError::Compute {
-        what,
-        source: Box::new(e),
-    }
 }
 
 /// Mean squared difference of two tensors of the same shape, in f64.

@@ -22,20 +22,16 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use easel_core::hash::sha256_hex;
 use easel_core::image_io::downscale_to_fit;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use easel_fast::losses::{mse, normalized_content_loss, style_loss};
 use easel_fast::vgg::{Config, Layer, VggEncoder};
 use image::imageops::FilterType;
 use image::RgbImage;
 
-use crate::error::{MetricError, Result};
+use crate::error::{compute, MetricError, Result};
 
 /// Longest side the network sees.
 pub const MAX_SIDE: u32 = 512;
-/// Largest weights file read (the public vgg_normalised.pth is 80 MB).
-const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// The four losses of one output.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,16 +53,6 @@ pub struct VggLosses {
     device: Device,
 }
 
-fn compute<E>(what: &'static str) -> impl Fn(E) -> MetricError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| MetricError::Compute {
-        what,
-        source: Box::new(e),
-    }
-}
-
 fn scalar(t: candle_core::Result<Tensor>, what: &'static str) -> Result<f64> {
     t.and_then(|t| t.to_dtype(DType::F64))
         .and_then(|t| t.to_scalar::<f64>())
@@ -82,33 +68,7 @@ impl VggLosses {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let size = std::fs::metadata(path)
-            .map_err(|e| MetricError::Weights {
-                file: path.display().to_string(),
-                problem: e.to_string(),
-            })?
-            .len();
-        if size > MAX_FILE_BYTES {
-            return Err(MetricError::Weights {
-                file: path.display().to_string(),
-                problem: format!("is {size} bytes, more than the {MAX_FILE_BYTES} read"),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|e| MetricError::Weights {
-            file: path.display().to_string(),
-            problem: e.to_string(),
-        })?;
-        let is_safetensors = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        let tensors: std::collections::HashMap<String, Tensor> = if is_safetensors {
-            candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(compute(WHAT))?
-        } else {
-            read_torch_checkpoint(&bytes, &name)
-                .map_err(compute(WHAT))?
-                .into_iter()
-                .collect()
-        };
+        let (tensors, hash) = crate::weights::read_tensors(path)?;
         let widths = easel_fast::train::vgg_widths(&tensors).map_err(compute(WHAT))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let encoder = VggEncoder::new(
@@ -119,7 +79,6 @@ impl VggLosses {
             },
         )
         .map_err(compute(WHAT))?;
-        let hash = sha256_hex(&bytes);
         Ok(Self {
             encoder,
             network: format!("VGG-19 {name} sha256:{}", &hash[..12]),
