@@ -344,6 +344,8 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             "arbitrary",
             "--use",
             &bank_spec,
+            "--use",
+            "gatys@iterations=2@octaves=1",
             "--sd",
             "org/tiny-sd",
             "--no-control",
@@ -380,13 +382,19 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         [
             ("chelsea_cat", "arbitrary", "painted"),
             ("chelsea_cat", bank_spec.as_str(), "painted"),
+            ("chelsea_cat", "gatys@iterations=2@octaves=1", "painted"),
             ("small", "arbitrary", "painted"),
             ("small", bank_spec.as_str(), "failed"),
+            ("small", "gatys@iterations=2@octaves=1", "painted"),
         ]
     );
-    let error = json["rows"][3]["error"].as_str().unwrap();
+    let error = json["rows"][4]["error"].as_str().unwrap();
     assert!(error.contains("40") && !error.contains('\n'), "{error}");
     assert!(stderr(&run).contains(&format!("failed: small × bank starry.bank: {error}")));
     assert!(!out.join("cells/small__2-bank-starry.png").exists());
     assert!(out.join("cells/small__1-arbitrary.png").exists());
+    let gatys = easel_core::read_png_parameters(&out.join("cells/small__3-gatys.png"))
+        .unwrap()
+        .unwrap();
+    assert!(gatys.contains("Iterations: 2"), "{gatys}");
 }
