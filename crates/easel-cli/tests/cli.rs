@@ -273,9 +273,22 @@ fn preset_contact_sheet_has_all_presets() {
     ]);
     assert_success(&run);
     let img = image::open(&sheet).unwrap().to_rgb8();
-    // 48x32 tiles (451x300 scaled), six columns, five rows.
-    assert_eq!(img.dimensions(), (48 * 6, 32 * 5));
+    // 48x32 tiles (451x300 scaled) under 20-pixel label strips, six columns, five rows.
+    assert_eq!(img.dimensions(), (48 * 6, (20 + 32) * 5));
     // Presets 0 and 1 are different styles, so their tiles differ.
-    let tile = |col: u32| image::imageops::crop_imm(&img, col * 48, 0, 48, 32).to_image();
+    let tile = |col: u32| image::imageops::crop_imm(&img, col * 48, 20, 48, 32).to_image();
     assert_ne!(tile(0), tile(1));
+    // Every tile is labelled with its number: the strips hold dark text, each its own.
+    let strip =
+        |i: u32| image::imageops::crop_imm(&img, (i % 6) * 48, (i / 6) * 52, 48, 20).to_image();
+    let strips: Vec<_> = (0..26).map(strip).collect();
+    for (i, s) in strips.iter().enumerate() {
+        assert!(s.pixels().any(|p| p.0[0] < 100), "tile {i} has no label");
+        assert!(
+            strips[..i].iter().all(|t| t != s),
+            "tile {i}'s label repeats"
+        );
+    }
+    // The strip of the empty cells after preset 25 stays blank.
+    assert!(strip(26).pixels().all(|p| p.0 == [255, 255, 255]));
 }

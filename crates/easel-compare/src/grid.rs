@@ -1,9 +1,8 @@
 //! `grid.png`: a row per photo; columns photo | style reference | one per method. Every image
 //! is fitted into a square box; column labels (`method: key settings`) sit above the first
-//! row and every cell is captioned with its time (or `failed`). Text is an 8×8 bitmap font drawn
-//! at twice its size, so that it reads at 100 %.
+//! row and every cell is captioned with its time (or `failed`), in [`easel_core::label`]'s font.
 
-use font8x8::UnicodeFonts;
+use easel_core::label::{draw_lines, wrap, CHAR_WIDTH, LINE_HEIGHT as LINE};
 use image::{Rgb, RgbImage};
 
 use crate::run::{Comparison, Outcome};
@@ -12,10 +11,6 @@ use crate::run::{Comparison, Outcome};
 const BOX: u32 = 320;
 /// Space around boxes.
 const PAD: u32 = 8;
-/// Glyph scale: 8×8 glyphs drawn as 16×16.
-const SCALE: u32 = 2;
-/// Height of one text line (glyph plus leading).
-const LINE: u32 = 8 * SCALE + 4;
 /// Lines of a column label.
 const LABEL_LINES: u32 = 3;
 /// Lines of a cell caption.
@@ -25,84 +20,6 @@ const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
 const TEXT: Rgb<u8> = Rgb([32, 32, 32]);
 const FAILED: Rgb<u8> = Rgb([176, 0, 32]);
 const EMPTY: Rgb<u8> = Rgb([236, 236, 236]);
-
-/// Characters per line of a box-wide text.
-fn columns_of_text() -> usize {
-    (BOX / (8 * SCALE)) as usize
-}
-
-/// `text` broken into at most `lines` lines of `width` characters, at spaces where possible;
-/// what does not fit ends in `...`. Characters the font lacks become `?`.
-pub fn wrap(text: &str, width: usize, lines: usize) -> Vec<String> {
-    let chars: Vec<char> = text
-        .chars()
-        .map(|c| if glyph(c).is_some() { c } else { '?' })
-        .collect();
-    let mut out: Vec<String> = Vec::new();
-    let mut start = 0;
-    while start < chars.len() && out.len() < lines {
-        while start < chars.len() && chars[start] == ' ' {
-            start += 1;
-        }
-        let end = (start + width).min(chars.len());
-        let cut = if end < chars.len() {
-            // Break after the last space in the line, if any.
-            match chars[start..end].iter().rposition(|&c| c == ' ') {
-                Some(i) if i > 0 => start + i,
-                _ => end,
-            }
-        } else {
-            end
-        };
-        out.push(chars[start..cut].iter().collect());
-        start = cut;
-    }
-    if chars[start.min(chars.len())..].iter().any(|&c| c != ' ') {
-        if let Some(last) = out.last_mut() {
-            let keep = width.saturating_sub(3).min(last.chars().count());
-            *last = last.chars().take(keep).collect::<String>() + "...";
-        }
-    }
-    out
-}
-
-fn glyph(c: char) -> Option<[u8; 8]> {
-    font8x8::BASIC_FONTS
-        .get(c)
-        .or_else(|| font8x8::LATIN_FONTS.get(c))
-}
-
-/// Draws `text` with its top-left corner at (`x`, `y`), clipped to the canvas.
-pub fn draw_text(canvas: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>) {
-    for (i, c) in text.chars().enumerate() {
-        let Some(rows) = glyph(c).or_else(|| glyph('?')) else {
-            continue;
-        };
-        let left = x + i as u32 * 8 * SCALE;
-        for (row, bits) in rows.iter().enumerate() {
-            for col in 0..8u32 {
-                // font8x8: bit 0 is the leftmost pixel.
-                if bits & (1 << col) == 0 {
-                    continue;
-                }
-                for dy in 0..SCALE {
-                    for dx in 0..SCALE {
-                        let (px, py) = (left + col * SCALE + dx, y + row as u32 * SCALE + dy);
-                        if px < canvas.width() && py < canvas.height() {
-                            canvas.put_pixel(px, py, color);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn draw_lines(canvas: &mut RgbImage, x: u32, y: u32, lines: &[String], color: Rgb<u8>) {
-    for (i, line) in lines.iter().enumerate() {
-        draw_text(canvas, x, y + i as u32 * LINE, line, color);
-    }
-}
 
 /// `img` fitted into the box (aspect kept, centred across, on the box's bottom edge so that the
 /// caption sits right under it) at (`x`, `y`).
@@ -141,7 +58,7 @@ pub fn render(comparison: &Comparison) -> RgbImage {
     let width = PAD + columns * (BOX + PAD);
     let height = PAD + header + comparison.photos.len() as u32 * row_height;
     let mut canvas = RgbImage::from_pixel(width, height, BACKGROUND);
-    let text_width = columns_of_text();
+    let text_width = (BOX / CHAR_WIDTH) as usize;
     let column_x = |c: u32| PAD + c * (BOX + PAD);
 
     let mut labels = vec![
@@ -194,31 +111,4 @@ pub fn render(comparison: &Comparison) -> RgbImage {
         }
     }
     canvas
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_wrap_at_spaces_and_end_in_dots_when_cut() {
-        assert_eq!(wrap("arbitrary", 20, 3), vec!["arbitrary"]);
-        assert_eq!(
-            wrap("preset 7: strength=0.6 keep-colors=true", 12, 3),
-            vec!["preset 7:", "strength=0.6", "keep-colo..."]
-        );
-        assert_eq!(wrap("日本 x", 10, 1), vec!["?? x"]);
-    }
-
-    #[test]
-    fn text_is_drawn_as_doubled_glyph_pixels() {
-        let mut canvas = RgbImage::from_pixel(32, 16, BACKGROUND);
-        draw_text(&mut canvas, 0, 0, "I", TEXT);
-        let dark = canvas.pixels().filter(|p| **p == TEXT).count();
-        let bits: u32 = glyph('I').unwrap().iter().map(|b| b.count_ones()).sum();
-        assert!(bits > 0);
-        assert_eq!(dark as u32, bits * SCALE * SCALE);
-        // A glyph drawn past the edge is clipped, not a panic.
-        draw_text(&mut canvas, 30, 14, "W", TEXT);
-    }
 }

@@ -8,6 +8,7 @@
 //! * [`rgb_to_tensor`] / [`tensor_to_rgb`]: images ↔ `[1, 3, H, W]` tensors.
 //! * [`keep_colors`]: luminance-only style transfer (keep the photo's colours).
 //! * [`select_device`]: CPU / CUDA selection.
+//! * [`label`]: text on images (grid and contact-sheet labels).
 //! * [`training`]: the Adam/AdamW update and checkpoint files shared by the trainers.
 //! * [`HubResolver`] / [`WeightSource`]: model weights from the Hugging Face
 //!   cache, the hub, or local folders, with one clear error for missing files.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod hash;
 pub mod hub;
 pub mod image_io;
+pub mod label;
 pub mod memory;
 pub mod parameters;
 pub mod tensor;

@@ -4,6 +4,7 @@ use crate::progress;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
+use easel_core::label::{self, LINE_HEIGHT};
 use easel_core::{DeviceChoice, LoadOptions, Parameters};
 use easel_fast::cin26::{self, PresetNet, NUM_PRESETS};
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ const SHEET_COLUMNS: usize = 6;
     long_about = "List the built-in preset styles usable with `easel stylize --preset N`.\n\n\
                   The 26 presets come without names upstream, so they are numbered 0-25. To see \
                   them, paint a contact sheet: `easel presets --sheet sheet.png --photo \
-                  photo.jpg` draws preset 0 at the top left, then left to right, six a row."
+                  photo.jpg` draws preset 0 at the top left, then left to right, six a row, each \
+                  tile under its number."
 )]
 pub struct PresetsArgs {
     /// Write a contact sheet of the photo painted in every preset to this PNG or JPEG file.
@@ -76,9 +78,11 @@ fn paint_sheet(args: &PresetsArgs, sheet: &std::path::Path, photo: &std::path::P
     let net = PresetNet::embedded(&device).context("loading the embedded preset network")?;
     let (tile_w, tile_h) = (img.width(), img.height());
     let rows = NUM_PRESETS.div_ceil(SHEET_COLUMNS) as u32;
+    // Each tile sits under a strip with its preset number.
+    let cell_h = tile_h + LINE_HEIGHT;
     let mut canvas = image::RgbImage::from_pixel(
         tile_w * SHEET_COLUMNS as u32,
-        tile_h * rows,
+        cell_h * rows,
         image::Rgb([255, 255, 255]),
     );
     let bar = progress::bar(NUM_PRESETS as u64, "presets");
@@ -90,11 +94,18 @@ fn paint_sheet(args: &PresetsArgs, sheet: &std::path::Path, photo: &std::path::P
             (preset % SHEET_COLUMNS) as u32,
             (preset / SHEET_COLUMNS) as u32,
         );
+        label::draw_text(
+            &mut canvas,
+            col * tile_w + 2,
+            row * cell_h + 2,
+            &preset.to_string(),
+            image::Rgb([32, 32, 32]),
+        );
         image::imageops::replace(
             &mut canvas,
             &painted,
             i64::from(col * tile_w),
-            i64::from(row * tile_h),
+            i64::from(row * cell_h + LINE_HEIGHT),
         );
         bar.inc(1);
     }
