@@ -28,7 +28,8 @@ use image::{GrayImage, RgbImage};
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
-use crate::train::{SplitMix, TrainConfig};
+use crate::train::TrainConfig;
+use easel_core::rng::SplitMix64;
 
 /// Smallest short-side scale of a view (the crop covers the whole short side).
 const MIN_SCALE: f64 = 1.0;
@@ -79,7 +80,7 @@ pub fn crop_views(image: &RgbImage, resolution: usize, views: usize) -> Result<V
     let digest = hasher.finalize();
     let mut seed = [0u8; 8];
     seed.copy_from_slice(&digest[..8]);
-    let mut rng = SplitMix::new(u64::from_le_bytes(seed));
+    let mut rng = SplitMix64::new(u64::from_le_bytes(seed));
     let res = resolution as u64;
     (0..views)
         .map(|k| {

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use easel_core::rng::SplitMix64;
 use easel_diffusion::frozen;
 use easel_diffusion::ops::{softmax_last_dim, LayerNorm};
 use serde::{Deserialize, Serialize};
@@ -609,26 +610,18 @@ impl TensorStore {
     }
 }
 
-/// SplitMix64 with Box–Muller normals: a small, portable, seeded generator for
-/// initialisation (identical on every platform and device).
-struct Rng(u64);
+/// Box–Muller normals from easel's seeded generator, for initialisation (identical on every
+/// platform and device).
+struct Rng(SplitMix64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(SplitMix64::new(seed))
     }
 
     /// Uniform in (0, 1].
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+        self.0.unit_nonzero()
     }
 
     /// A tensor of `dims` with N(0, std²) entries (f32) on `device`.

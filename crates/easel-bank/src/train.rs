@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{bail, DType, Result, Tensor, Var};
+use easel_core::rng::SplitMix64;
 use easel_core::training::Adam;
 use easel_diffusion::contexts::UNetContexts;
 use easel_diffusion::controlnet::ControlNetModel;
@@ -185,36 +186,13 @@ impl TrainConfig {
     }
 }
 
-/// easel's seeded generator (SplitMix64): small, fast and the same everywhere.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix(u64);
-
-impl SplitMix {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The generator of step `step` of a run seeded `seed`.
-    fn for_step(seed: u64, step: usize) -> Self {
-        Self(mix(seed ^ mix((step as u64).wrapping_add(0x5EED))))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `[0, 1)` (53 bits).
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n ≥ 1`).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
+/// Normal draws from easel's seeded generator.
+pub(crate) trait Normals {
     /// `n` standard normal values (Box–Muller).
+    fn normals(&mut self, n: usize) -> Vec<f32>;
+}
+
+impl Normals for SplitMix64 {
     fn normals(&mut self, n: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(n + 1);
         while out.len() < n {
@@ -228,13 +206,6 @@ impl SplitMix {
         out.truncate(n);
         out
     }
-}
-
-/// SplitMix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The gradients of one step, before the update.
@@ -470,7 +441,7 @@ impl Trainer {
         let cfg = &self.config;
         let n = cfg.batch * cfg.grad_accumulation;
         let big_t = cfg.num_train_timesteps;
-        let mut rng = SplitMix::for_step(cfg.seed, step);
+        let mut rng = SplitMix64::for_step(cfg.seed, step);
         let mut timesteps = Vec::with_capacity(n);
         let mut views = Vec::with_capacity(n);
         for i in 0..n {

@@ -9,6 +9,7 @@
 //! * [`keep_colors`]: luminance-only style transfer (keep the photo's colours).
 //! * [`select_device`]: CPU / CUDA selection.
 //! * [`label`]: text on images (grid and contact-sheet labels).
+//! * [`rng`]: the seeded generator every seeded computation draws from.
 //! * [`training`]: the Adam/AdamW update and checkpoint files shared by the trainers.
 //! * [`HubResolver`] / [`WeightSource`]: model weights from the Hugging Face
 //!   cache, the hub, or local folders, with one clear error for missing files.
@@ -28,6 +29,7 @@ pub mod image_io;
 pub mod label;
 pub mod memory;
 pub mod parameters;
+pub mod rng;
 pub mod tensor;
 pub mod time;
 pub mod training;

@@ -775,19 +775,10 @@ pub fn regions_from_grey(grey: &Tensor, n: usize) -> Result<Tensor> {
     Tensor::from_vec(out, (n, h, w), grey.device())
 }
 
-/// SplitMix64 noise in [0, 1).
+/// Uniform noise in [0, 1) from easel's seeded generator (24 bits a value).
 fn noise(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
+    let mut rng = easel_core::rng::SplitMix64::new(seed);
+    (0..len).map(|_| rng.unit_f32()).collect()
 }
 
 /// Size of a picture scaled so its long side is `scale ×` `long`, keeping the aspect of `(h, w)`;

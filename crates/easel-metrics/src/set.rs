@@ -19,6 +19,8 @@
 //!   fewer than [`FID_MIN_IMAGES`] images is refused: with fewer samples than the 2048
 //!   Inception dimensions the covariance is singular and the value mostly bias.
 
+use easel_core::rng::SplitMix64;
+
 use crate::error::{MetricError, Result};
 
 /// The fewest rows per set [`fid`] accepts.
@@ -123,31 +125,6 @@ fn check_pair(what: &'static str, a: &Features, b: &Features, min_rows: usize) -
     Ok(())
 }
 
-/// SplitMix64: a small fixed-seed generator for the KID subsets.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `k` distinct indices of `0..n` (partial Fisher–Yates; `k <= n`).
-    fn choose(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..k {
-            // Multiply-shift maps the 64-bit draw to 0..n−i without modulo bias worth noting.
-            let j = i + ((u128::from(self.next()) * (n - i) as u128) >> 64) as usize;
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
-        idx
-    }
-}
-
 /// The kernel matrix `k(xᵢ, yⱼ)`, row-major `x.rows() × y.rows()`.
 fn kernel_matrix(x: &Features, y: &Features) -> Vec<f64> {
     let d = x.dim as f64;
@@ -206,7 +183,7 @@ pub fn kid(a: &Features, b: &Features) -> Result<f64> {
         let (ia, ib): (Vec<usize>, Vec<usize>) = ((0..na).collect(), (0..nb).collect());
         return Ok(mmd2(&kaa, &kbb, &kab, na, nb, &ia, &ib));
     }
-    let mut rng = SplitMix64(KID_SEED);
+    let mut rng = SplitMix64::new(KID_SEED);
     let mut total = 0.0;
     for _ in 0..KID_SUBSETS {
         let ia = rng.choose(na, KID_SUBSET_SIZE);
@@ -570,11 +547,11 @@ mod tests {
     #[test]
     fn eigen_reconstructs_a_random_symmetric_matrix() {
         let n = 7;
-        let mut rng = SplitMix64(1);
+        let mut rng = SplitMix64::new(1);
         let mut a = vec![0.0; n * n];
         for i in 0..n {
             for j in i..n {
-                let v = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let v = rng.unit() - 0.5;
                 a[i * n + j] = v;
                 a[j * n + i] = v;
             }
@@ -596,7 +573,7 @@ mod tests {
 
     #[test]
     fn choose_gives_distinct_indices() {
-        let mut rng = SplitMix64(KID_SEED);
+        let mut rng = SplitMix64::new(KID_SEED);
         let mut idx = rng.choose(50, 20);
         assert_eq!(idx.len(), 20);
         idx.sort_unstable();

@@ -29,6 +29,7 @@ use std::time::Instant;
 use candle_core::{bail, DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use easel_core::rng::SplitMix64;
 use easel_diffusion::clip::{ClipTextConfig, ClipTextModel};
 use easel_diffusion::controlnet::{ControlNetConfig, ControlNetModel};
 use easel_diffusion::schedulers::SchedulerConfig;
@@ -111,25 +112,19 @@ impl ModelPreset {
 /// Ids of the byte tokenizer: 256 bytes, their end-of-word forms, start and end.
 const BYTE_VOCAB: usize = 514;
 
-/// SplitMix64: small, fast, the same everywhere.
-#[derive(Debug, Clone)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
+/// Weight-like draws from easel's seeded generator.
+trait WeightDraws {
     /// Uniform in `[-1, 1)` (24 bits).
+    fn symmetric(&mut self) -> f32;
+    /// Approximately standard normal: the sum of four uniforms, rescaled (variance 1).
+    fn normalish(&mut self) -> f32;
+}
+
+impl WeightDraws for SplitMix64 {
     fn symmetric(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
     }
 
-    /// Approximately standard normal: the sum of four uniforms, rescaled (variance 1).
     fn normalish(&mut self) -> f32 {
         let s: f32 = (0..4).map(|_| self.symmetric()).sum();
         s * (3.0f32 / 4.0).sqrt()
@@ -152,7 +147,7 @@ struct RandomWeights {
 impl RandomWeights {
     fn tensor(&self, shape: &Shape, name: &str) -> Vec<f32> {
         let dims = shape.dims();
-        let mut rng = SplitMix(self.seed ^ name_hash(name));
+        let mut rng = SplitMix64::new(self.seed ^ name_hash(name));
         let n = shape.elem_count();
         let (offset, scale) = if name.ends_with("bias") {
             (0.0, 0.02)
@@ -264,7 +259,7 @@ pub fn random_models(
 /// A `dims`-shaped f32 tensor of approximately standard normal values seeded by `seed`, made
 /// on the host (the same on every device), then moved to `device` in `dtype`.
 pub fn seeded_normal(seed: u64, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let n: usize = dims.iter().product();
     let values: Vec<f32> = (0..n).map(|_| rng.normalish()).collect();
     Tensor::from_vec(values, dims, &Device::Cpu)?
@@ -274,7 +269,7 @@ pub fn seeded_normal(seed: u64, dims: &[usize], dtype: DType, device: &Device) -
 
 /// A `dims`-shaped tensor uniform in `[0, 1)` seeded by `seed` (images, control images).
 pub fn seeded_unit(seed: u64, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let n: usize = dims.iter().product();
     let values: Vec<f32> = (0..n).map(|_| 0.5 * (rng.symmetric() + 1.0)).collect();
     Tensor::from_vec(values, dims, &Device::Cpu)?

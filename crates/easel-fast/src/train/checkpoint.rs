@@ -6,7 +6,7 @@
 //! `adam.v.<p>` (Adam's moments), and the metadata `format` = [`CHECKPOINT_FORMAT`],
 //! `format_version` = `1`, `step` (steps done, decimal) and `config` (the
 //! [`TrainFastConfig`] as JSON). The random state needs no saving: the draws of step `s` come
-//! from a generator seeded by `(seed, s)` ([`super::data::StepRng`]).
+//! from a generator seeded by `(seed, s)` ([`easel_core::rng::SplitMix64::for_step`]).
 //!
 //! The file is written to a temporary file beside the target, synced to disk and renamed over
 //! it ([`easel_core::write_atomic`]): a crash or error mid-write leaves the previous checkpoint whole.

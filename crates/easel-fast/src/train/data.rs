@@ -2,7 +2,7 @@
 //! short side is `load_size` (512 in the papers; aspect ratio kept, bilinear, as Huang &
 //! Belongie §6 describe), from which every step draws random `crop × crop` windows.
 //!
-//! The draws of step `s` come from a generator seeded by `(seed, s)` ([`StepRng`]), so they do
+//! The draws of step `s` come from a generator seeded by `(seed, s)` ([`SplitMix64::for_step`]), so they do
 //! not depend on what happened before: a resumed run sees the same pictures as a straight one.
 //! Pictures are drawn uniformly with replacement (the repos walk random permutations); the
 //! repos do not flip, neither do we.
@@ -13,49 +13,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{bail, Device, Result, Tensor};
+use easel_core::rng::SplitMix64;
 use image::imageops::FilterType;
 use image::RgbImage;
 
 /// Bytes of resized pictures an [`ImageSet`] keeps decoded (2 GiB).
 pub const CACHE_BYTES: usize = 2 << 30;
-
-/// easel's seeded generator (SplitMix64), one per training step.
-#[derive(Debug, Clone)]
-pub struct StepRng(u64);
-
-impl StepRng {
-    /// The generator of step `step` of a run seeded `seed`.
-    pub fn for_step(seed: u64, step: usize) -> Self {
-        Self(mix(seed ^ mix((step as u64).wrapping_add(0x5EED))))
-    }
-
-    /// A generator seeded with `seed` (weight initialisation).
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `[0, 1)` (53 bits).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n ≥ 1`).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
-
-/// SplitMix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The pictures of one folder (its image files, not recursively, sorted by name).
 #[derive(Debug)]
@@ -123,8 +86,8 @@ impl ImageSet {
     }
 
     /// A random picture and a random `crop × crop` window of it, drawn from `rng`.
-    pub fn random_crop(&mut self, rng: &mut StepRng, crop: u32) -> Result<RgbImage> {
-        let i = rng.below(self.len());
+    pub fn random_crop(&mut self, rng: &mut SplitMix64, crop: u32) -> Result<RgbImage> {
+        let i = rng.below(self.len() as u64) as usize;
         let img = self.get(i)?;
         let (w, h) = img.dimensions();
         if w < crop || h < crop {
@@ -133,8 +96,8 @@ impl ImageSet {
                 self.paths[i].display()
             )
         }
-        let x = rng.below((w - crop + 1) as usize) as u32;
-        let y = rng.below((h - crop + 1) as usize) as u32;
+        let x = rng.below(u64::from(w - crop + 1)) as u32;
+        let y = rng.below(u64::from(h - crop + 1)) as u32;
         Ok(image::imageops::crop_imm(&img, x, y, crop, crop).to_image())
     }
 }

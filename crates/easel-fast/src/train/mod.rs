@@ -47,7 +47,8 @@ use crate::losses::{adain_loss, stytr_loss, LossTerms, LossWeights};
 use crate::stytr::{self, StyTr};
 use crate::vgg::{self, Layer, VggEncoder};
 use checkpoint::{Checkpoint, Moments};
-use data::{batch_tensor, center_square, core_err, ImageSet, StepRng};
+use data::{batch_tensor, center_square, core_err, ImageSet};
+use easel_core::rng::SplitMix64;
 use easel_core::training::{f32_bytes, safetensors_bytes, Adam};
 use safetensors::Dtype;
 
@@ -378,7 +379,7 @@ impl FastTrainer {
     ) -> Result<Self> {
         config.validate()?;
         let (network, params) = build_network(&config, device)?;
-        let mut rng = StepRng::new(config.seed);
+        let mut rng = SplitMix64::new(config.seed);
         for (name, var) in &params {
             let value = initial_value(config.kind, name, var.as_tensor(), &params, &mut rng)?;
             var.set(&value)?;
@@ -548,7 +549,7 @@ impl FastTrainer {
 
     /// The content and style batches of step `step`: `[batch, 3, crop, crop]` each.
     pub fn batch(&mut self, step: usize) -> Result<(Tensor, Tensor)> {
-        let mut rng = StepRng::for_step(self.config.seed, step);
+        let mut rng = SplitMix64::for_step(self.config.seed, step);
         let crop = self.config.crop as u32;
         let mut contents = Vec::with_capacity(self.config.batch);
         let mut styles = Vec::with_capacity(self.config.batch);
@@ -831,7 +832,7 @@ fn initial_value(
     name: &str,
     value: &Tensor,
     params: &[(String, Var)],
-    rng: &mut StepRng,
+    rng: &mut SplitMix64,
 ) -> Result<Tensor> {
     let transformer_key = match kind {
         Kind::Transformer => name.strip_prefix("transformer."),
@@ -863,7 +864,7 @@ fn initial_value(
 }
 
 /// A tensor shaped like `value`, uniform in ±`bound`, drawn from `rng`.
-fn uniform(value: &Tensor, bound: f64, rng: &mut StepRng) -> Result<Tensor> {
+fn uniform(value: &Tensor, bound: f64, rng: &mut SplitMix64) -> Result<Tensor> {
     let values: Vec<f32> = (0..value.elem_count())
         .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
         .collect();
@@ -876,7 +877,7 @@ fn pytorch_conv_init(
     name: &str,
     value: &Tensor,
     params: &[(String, Var)],
-    rng: &mut StepRng,
+    rng: &mut SplitMix64,
 ) -> Result<Tensor> {
     let weight_name = match name.strip_suffix(".bias") {
         Some(module) => format!("{module}.weight"),
