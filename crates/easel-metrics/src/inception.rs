@@ -288,7 +288,11 @@ impl BlockB {
 impl Module for BlockB {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         Tensor::cat(
-            &[self.conv.forward(x)?, self.tower.forward(x)?, max_pool_s2(x)?],
+            &[
+                self.conv.forward(x)?,
+                self.tower.forward(x)?,
+                max_pool_s2(x)?,
+            ],
             1,
         )
     }
@@ -417,22 +421,10 @@ impl BlockE {
             conv: ConvBn::pointwise(vb.pp("conv"), cfg, cin, w(320))?,
             tower_conv: ConvBn::pointwise(vb.pp("tower_conv"), cfg, cin, c384)?,
             tower_mixed_conv: ConvBn::same(vb.pp("tower_mixed_conv"), cfg, c384, c384, (1, 3))?,
-            tower_mixed_conv_1: ConvBn::same(
-                vb.pp("tower_mixed_conv_1"),
-                cfg,
-                c384,
-                c384,
-                (3, 1),
-            )?,
+            tower_mixed_conv_1: ConvBn::same(vb.pp("tower_mixed_conv_1"), cfg, c384, c384, (3, 1))?,
             tower_1_conv: ConvBn::pointwise(vb.pp("tower_1_conv"), cfg, cin, w(448))?,
             tower_1_conv_1: ConvBn::same(vb.pp("tower_1_conv_1"), cfg, w(448), c384, (3, 3))?,
-            tower_1_mixed_conv: ConvBn::same(
-                vb.pp("tower_1_mixed_conv"),
-                cfg,
-                c384,
-                c384,
-                (1, 3),
-            )?,
+            tower_1_mixed_conv: ConvBn::same(vb.pp("tower_1_mixed_conv"), cfg, c384, c384, (1, 3))?,
             tower_1_mixed_conv_1: ConvBn::same(
                 vb.pp("tower_1_mixed_conv_1"),
                 cfg,
@@ -449,7 +441,9 @@ impl BlockE {
 impl Module for BlockE {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let a = self.tower_conv.forward(x)?;
-        let b = self.tower_1_conv_1.forward(&self.tower_1_conv.forward(x)?)?;
+        let b = self
+            .tower_1_conv_1
+            .forward(&self.tower_1_conv.forward(x)?)?;
         let pooled = if self.max_pool {
             max_pool_same(x)?
         } else {
@@ -667,7 +661,9 @@ fn resize_to_input(x: &Tensor) -> candle_core::Result<Tensor> {
         return Ok(x.clone());
     }
     let rh = resize_matrix(h, INPUT_SIZE, x.device())?;
-    let rw = resize_matrix(w, INPUT_SIZE, x.device())?.t()?.contiguous()?;
+    let rw = resize_matrix(w, INPUT_SIZE, x.device())?
+        .t()?
+        .contiguous()?;
     rh.broadcast_matmul(&x.broadcast_matmul(&rw)?)
 }
 

@@ -103,7 +103,10 @@ fn wrong_width_names_the_tensor_and_shape() {
         .expect_err("widths / 16 do not fit a / 32 archive")
         .to_string();
     assert!(err.contains("net.layers.conv.weight"), "{err}");
-    assert!(err.contains("[2, 3, 3, 3]") || err.contains("2, 3, 3, 3"), "{err}");
+    assert!(
+        err.contains("[2, 3, 3, 3]") || err.contains("2, 3, 3, 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,7 +119,10 @@ fn non_torchscript_bytes_are_refused() {
     )
     .expect_err("not an archive")
     .to_string();
-    assert!(err.contains("x.pt") && err.contains("not a TorchScript archive"), "{err}");
+    assert!(
+        err.contains("x.pt") && err.contains("not a TorchScript archive"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@
 //! TorchScript archives (`torch.jit.save`) are read by [`read_torchscript_tensors`]: the same zip
 //! layout, but `data.pkl` holds the scripted module as an object tree. There the pickle may also
 //! name the module classes (`__torch__.<anything>`, rebuilt as plain attribute records by `NEWOBJ`
-//! + `BUILD` with a dict state, never instantiated) and `torch.jit._pickle.build_intlist` /
+//! and `BUILD` with a dict state, never instantiated) and `torch.jit._pickle.build_intlist` /
 //! `build_doublelist` / `build_boollist` (lists of constants). The archive's `code/` (the
 //! TorchScript program) and `constants.pkl` are never read.
 //!
@@ -158,10 +158,7 @@ fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
 ///
 /// Module classes are recognised by name only (`__torch__.…`); a class whose state is not a
 /// plain attribute dict (a custom `__setstate__`) is refused with an error naming it.
-pub fn read_torchscript_tensors(
-    bytes: &[u8],
-    source_name: &str,
-) -> Result<Vec<(String, Tensor)>> {
+pub fn read_torchscript_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(String, Tensor)>> {
     if !bytes.starts_with(b"PK\x03\x04") {
         bail!("{source_name}: not a TorchScript archive (not a zip file)")
     }
@@ -285,7 +282,10 @@ fn allowed_global(module: &str, name: &str, script: bool) -> Option<Global> {
             return Some(Global::ScriptClass);
         }
         if module == "torch.jit._pickle"
-            && matches!(name, "build_intlist" | "build_doublelist" | "build_boollist")
+            && matches!(
+                name,
+                "build_intlist" | "build_doublelist" | "build_boollist"
+            )
         {
             return Some(Global::BuildList);
         }
