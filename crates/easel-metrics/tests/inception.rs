@@ -126,6 +126,23 @@ fn non_torchscript_bytes_are_refused() {
 }
 
 #[test]
+fn archive_naming_os_system_is_refused_by_name() {
+    let bytes = std::fs::read(fixtures().join("inception_refused.pt")).expect("fixture");
+    let err = FidInception::from_torchscript_bytes(
+        &bytes,
+        "inception_refused.pt",
+        InceptionConfig::tiny(),
+        &Device::Cpu,
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        err.contains("refusing to load inception_refused.pt") && err.contains("os.system"),
+        "{err}"
+    );
+}
+
+#[test]
 fn fid_archive_matches_torch_jit() {
     let Some(path) = std::env::var_os("EASEL_FID_INCEPTION") else {
         println!(
