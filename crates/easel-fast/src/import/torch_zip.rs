@@ -29,6 +29,13 @@
 //! `{"model": state_dict, "epoch": 3}`) are flattened with `.`-joined keys; entries that are not
 //! tensors (numbers, strings, `None`) are skipped.
 //!
+//! TorchScript archives (`torch.jit.save`) are read by [`read_torchscript_tensors`]: the same zip
+//! layout, but `data.pkl` holds the scripted module as an object tree. There the pickle may also
+//! name the module classes (`__torch__.<anything>`, rebuilt as plain attribute records by `NEWOBJ`
+//! and `BUILD` with a dict state, never instantiated) and `torch.jit._pickle.build_intlist` /
+//! `build_doublelist` / `build_boollist` (lists of constants). The archive's `code/` (the
+//! TorchScript program) and `constants.pkl` are never read.
+//!
 //! Paper of the networks this was written for: Huang & Belongie, "Arbitrary Style Transfer in
 //! Real-time with Adaptive Instance Normalization", 2017, <https://arxiv.org/abs/1703.06868>
 //! (checkpoints `vgg_normalised.pth` and `decoder.pth` of naoto0804/pytorch-AdaIN).
@@ -117,7 +124,7 @@ impl safetensors::View for &RawTensor {
 
 fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
     let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, source_name)?
+        read_zip(bytes, source_name, false)?
     } else if bytes.starts_with(&LEGACY_MAGIC) {
         read_legacy(bytes, source_name)?
     } else {
@@ -142,6 +149,78 @@ fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
         out.push(materialize(name, &t, data, source_name)?);
     }
     Ok(out)
+}
+
+/// Reads every tensor attribute of a TorchScript archive (`torch.jit.save` of a scripted or traced
+/// module) without executing any of it: the module object tree in `data.pkl` is walked and each
+/// tensor is named by its attribute path from the root module, e.g.
+/// `net.layers.mixed.tower.conv.weight`. `source_name` names the file in error messages.
+///
+/// Module classes are recognised by name only (`__torch__.…`); a class whose state is not a
+/// plain attribute dict (a custom `__setstate__`) is refused with an error naming it.
+pub fn read_torchscript_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(String, Tensor)>> {
+    if !bytes.starts_with(b"PK\x03\x04") {
+        bail!("{source_name}: not a TorchScript archive (not a zip file)")
+    }
+    let (root, storages) = read_zip(bytes, source_name, true)?;
+    let mut refs = Vec::new();
+    collect_module_tensors(&root, "", 0, source_name, &mut refs)?;
+    if refs.is_empty() {
+        bail!("{source_name}: the TorchScript archive holds no tensors")
+    }
+    refs.into_iter()
+        .map(|(name, t)| {
+            let data = storages.get(&*t.storage.key).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "{source_name}: tensor {name} uses storage {} that the file does not contain",
+                    t.storage.key
+                ))
+            })?;
+            let t = materialize(name, &t, data, source_name)?;
+            let tensor = Tensor::from_raw_buffer(&t.data, t.dtype, &t.shape, &Device::Cpu)?;
+            Ok((t.name, tensor))
+        })
+        .collect()
+}
+
+/// Walks a TorchScript module object tree (objects whose attributes are other modules, tensors
+/// and plain values) and lists its tensors by attribute path.
+fn collect_module_tensors(
+    v: &Value,
+    prefix: &str,
+    depth: usize,
+    source: &str,
+    out: &mut Vec<(String, Rc<TensorRef>)>,
+) -> Result<()> {
+    let Value::Object(obj) = v else {
+        bail!(
+            "{source}: the TorchScript archive's root is a {}, not a module",
+            v.kind()
+        )
+    };
+    if depth > MAX_DICT_DEPTH {
+        bail!("{source}: modules nested deeper than {MAX_DICT_DEPTH} levels")
+    }
+    for (k, v) in obj.attrs.borrow().iter() {
+        let Value::Str(key) = k else {
+            bail!(
+                "{source}: an attribute name of {} is a {}, not a string",
+                obj.class,
+                k.kind()
+            )
+        };
+        let name = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match v {
+            Value::Tensor(t) => out.push((name, t.clone())),
+            Value::Object(_) => collect_module_tensors(v, &name, depth + 1, source, out)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Element type of a torch storage class (`torch.FloatStorage` → F32).
@@ -178,9 +257,39 @@ enum Global {
     RebuildTensor,
     RebuildParameter,
     Storage(StorageType),
+    /// A TorchScript module class (`__torch__.…`), only in TorchScript archives.
+    ScriptClass,
+    /// `torch.jit._pickle.build_{int,double,bool}list`, only in TorchScript archives.
+    BuildList,
 }
 
-fn allowed_global(module: &str, name: &str) -> Option<Global> {
+/// Whether `s` is a dotted Python identifier path (`a.b_c.D`).
+fn is_dotted_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn allowed_global(module: &str, name: &str, script: bool) -> Option<Global> {
+    if script {
+        let torch_class = module == "__torch__" || module.starts_with("__torch__.");
+        if torch_class && is_dotted_identifier(module) && is_dotted_identifier(name) {
+            return Some(Global::ScriptClass);
+        }
+        if module == "torch.jit._pickle"
+            && matches!(
+                name,
+                "build_intlist" | "build_doublelist" | "build_boollist"
+            )
+        {
+            return Some(Global::BuildList);
+        }
+    }
     match (module, name) {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
         // v1 (PyTorch ≤ 0.3) lacks the trailing requires_grad/hooks arguments v2 ignores anyway.
@@ -226,6 +335,19 @@ enum Value {
     Global(Global),
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
+    /// A TorchScript module class (`__torch__.module.Name`), by name only.
+    Class(Rc<str>),
+    /// A TorchScript module: its class name and attributes (set by `BUILD`).
+    Object(Rc<ScriptObject>),
+}
+
+/// A TorchScript object rebuilt as a record; its class is never instantiated.
+#[derive(Debug)]
+struct ScriptObject {
+    class: Rc<str>,
+    attrs: RefCell<Vec<(Value, Value)>>,
+    /// Whether `BUILD` has set the attributes (a second `BUILD` is refused).
+    built: std::cell::Cell<bool>,
 }
 
 impl Value {
@@ -243,6 +365,8 @@ impl Value {
             Value::Global(_) => "global",
             Value::Storage(_) => "storage",
             Value::Tensor(_) => "tensor",
+            Value::Object(_) => "object",
+            Value::Class(_) => "class",
         }
     }
 }
@@ -284,6 +408,8 @@ struct Unpickler<'a> {
     source: &'a str,
     /// Storages named by persistent ids, in order of first appearance.
     storages: Vec<Rc<StorageRef>>,
+    /// Reading a TorchScript archive: module classes, `NEWOBJ` and object `BUILD` are allowed.
+    script: bool,
 }
 
 impl<'a> Unpickler<'a> {
@@ -296,6 +422,14 @@ impl<'a> Unpickler<'a> {
             memo: HashMap::new(),
             source,
             storages: Vec::new(),
+            script: false,
+        }
+    }
+
+    fn new_script(data: &'a [u8], source: &'a str) -> Self {
+        Self {
+            script: true,
+            ..Self::new(data, source)
         }
     }
 
@@ -366,7 +500,12 @@ impl<'a> Unpickler<'a> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<()> {
-        match allowed_global(module, name) {
+        match allowed_global(module, name, self.script) {
+            Some(Global::ScriptClass) => {
+                self.stack
+                    .push(Value::Class(format!("{module}.{name}").into()));
+                Ok(())
+            }
             Some(g) => {
                 self.stack.push(Value::Global(g));
                 Ok(())
@@ -457,6 +596,10 @@ impl<'a> Unpickler<'a> {
                     strides,
                 })))
             }
+            Value::Global(Global::BuildList) => match args.first() {
+                Some(l @ Value::List(_)) if args.len() == 1 => Ok(l.clone()),
+                _ => Err(self.corrupt("build_intlist without one list argument")),
+            },
             Value::Global(Global::RebuildParameter) => match args.first() {
                 Some(t @ Value::Tensor(_)) => Ok(t.clone()),
                 _ => Err(self.corrupt("_rebuild_parameter without a tensor")),
@@ -631,12 +774,46 @@ impl<'a> Unpickler<'a> {
                     let v = self.reduce(callable, args)?;
                     self.stack.push(v)
                 }
+                0x81 if self.script => {
+                    // NEWOBJ of a TorchScript module class: an empty attribute record.
+                    let args = self.pop()?;
+                    let class = self.pop()?;
+                    let Value::Class(class) = class else {
+                        return Err(self.corrupt(&format!("NEWOBJ of a {}", class.kind())));
+                    };
+                    if !matches!(&args, Value::Tuple(a) if a.is_empty()) {
+                        return Err(self.corrupt(&format!("NEWOBJ of {class} with arguments")));
+                    }
+                    self.stack.push(Value::Object(Rc::new(ScriptObject {
+                        class,
+                        attrs: RefCell::new(Vec::new()),
+                        built: std::cell::Cell::new(false),
+                    })))
+                }
                 b'b' => {
                     // BUILD: instance state. Only dicts (OrderedDict `_metadata`) get one from
-                    // torch.save; the state carries no tensors and is dropped.
-                    let _state = self.pop()?;
-                    if !matches!(self.top()?, Value::Dict(_)) {
-                        return Err(self.corrupt("BUILD on an object that is not a dict"));
+                    // torch.save; the state carries no tensors and is dropped. A TorchScript
+                    // module gets its attribute dict.
+                    let state = self.pop()?;
+                    match self.top()? {
+                        Value::Dict(_) => {}
+                        Value::Object(obj) => {
+                            let Value::Dict(d) = &state else {
+                                return Err(candle_core::Error::Msg(format!(
+                                    "refusing to load {}: class {} restores a {} state through \
+                                     a custom __setstate__; only modules whose state is a plain \
+                                     attribute dict are accepted",
+                                    self.source,
+                                    obj.class,
+                                    state.kind()
+                                )));
+                            };
+                            if obj.built.replace(true) {
+                                return Err(self.corrupt(&format!("{} built twice", obj.class)));
+                            }
+                            obj.attrs.borrow_mut().extend(d.borrow().iter().cloned());
+                        }
+                        _ => return Err(self.corrupt("BUILD on an object that is not a dict")),
                     }
                 }
                 b'q' => {
@@ -719,7 +896,7 @@ fn read_entry<R: Read + std::io::Seek>(
     Ok(out)
 }
 
-fn read_zip(bytes: &[u8], source: &str) -> Result<(Value, Storages)> {
+fn read_zip(bytes: &[u8], source: &str, script: bool) -> Result<(Value, Storages)> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| zip_err(source, e))?;
     let mut pkl_names = Vec::new();
     for name in zip.file_names() {
@@ -746,7 +923,11 @@ fn read_zip(bytes: &[u8], source: &str) -> Result<(Value, Storages)> {
         }
     }
     let pkl = read_entry(&mut zip, pkl_name, MAX_PICKLE_BYTES, source)?;
-    let mut up = Unpickler::new(&pkl, source);
+    let mut up = if script {
+        Unpickler::new_script(&pkl, source)
+    } else {
+        Unpickler::new(&pkl, source)
+    };
     let root = up.load()?;
     let mut storages = Storages::new();
     for s in &up.storages {
