@@ -29,6 +29,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::train::TrainConfig;
+use easel_core::hash::hex;
 use easel_core::rng::SplitMix64;
 
 /// Smallest short-side scale of a view (the crop covers the whole short side).
@@ -59,10 +60,6 @@ fn hash_image(hasher: &mut Sha256, image: &RgbImage) {
     hasher.update(image.width().to_le_bytes());
     hasher.update(image.height().to_le_bytes());
     hasher.update(image.as_raw());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `views` square views of side `resolution` of `image` (see the module docs). Fails for an

@@ -280,11 +280,7 @@ pub fn base_model_hash<'a>(
         let rounded = t.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
         hasher.update(f32_bytes(&rounded)?);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(easel_core::hash::hex(&hasher.finalize()))
 }
 
 /// safetensors bytes of `tensors` (stored as f32, in the given order) with `meta`.

@@ -30,6 +30,7 @@ pub mod label;
 pub mod memory;
 pub mod parameters;
 pub mod rng;
+pub mod stats;
 pub mod tensor;
 pub mod time;
 pub mod training;

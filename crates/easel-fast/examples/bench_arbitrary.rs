@@ -35,8 +35,7 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(easel_core::stats::Stats::of(&times)?.median_ms)
 }
 
 fn main() -> Result<()> {

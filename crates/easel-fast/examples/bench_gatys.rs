@@ -65,11 +65,10 @@ fn main() -> Result<()> {
         }
         loss = l.total;
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
+    let median_ms = easel_core::stats::Stats::of(&times)?.median_ms;
     println!(
         "{{\"median_ms\": {:.1}, \"ms\": {:?}, \"loss\": {loss}, \"peak_mib\": {:.1}, \"rss_before_mib\": {:.1}}}",
-        sorted[sorted.len() / 2],
+        median_ms,
         times,
         status_mib("VmHWM:"),
         rss_before

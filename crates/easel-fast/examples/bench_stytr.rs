@@ -66,14 +66,14 @@ fn main() -> Result<()> {
         out = net.stylize(content, style)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
+    let stats = easel_core::stats::Stats::of(&times)?;
     out.save_safetensors("out", dir.join(format!("easel_{size}.safetensors")))?;
     println!(
         "{{\"size\": {size}, \"runs\": {}, \"threads\": {}, \"median_ms\": {:.1}, \"min_ms\": {:.1}}}",
         times.len(),
         candle_core::utils::get_num_threads(),
-        times[times.len() / 2],
-        times[0]
+        stats.median_ms,
+        stats.min_ms
     );
     Ok(())
 }
