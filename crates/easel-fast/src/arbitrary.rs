@@ -137,7 +137,7 @@ impl Quant {
 
     /// One value (identity when disabled).
     #[inline(always)]
-    fn f(&self, x: f32) -> f32 {
+    fn quantize(&self, x: f32) -> f32 {
         match self.enabled {
             true => Quantize {
                 scale: self.scale,
@@ -281,14 +281,14 @@ impl Module for Conv {
 // quantization fused into the direct convolution and each instance norm done in one pass
 
 /// One image's activation `[c, h, w]` on the CPU.
-struct Act {
+struct FeatureMap {
     v: Vec<f32>,
     c: usize,
     h: usize,
     w: usize,
 }
 
-impl Act {
+impl FeatureMap {
     /// Image `i` of a contiguous CPU f32 tensor `[N, C, H, W]` (`all`: its flattened data).
     fn image(all: &[f32], (c, h, w): (usize, usize, usize), i: usize) -> Self {
         Self {
@@ -314,11 +314,11 @@ impl Conv {
     /// Pads `x` by the index maps (`None`: no padding), convolves, applies `ep`.
     fn cpu(
         &self,
-        x: &Act,
+        x: &FeatureMap,
         pad: Option<(conv::AxisMap, conv::AxisMap)>,
         ep: Epilogue,
         scratch: &mut Scratch,
-    ) -> Result<Act> {
+    ) -> Result<FeatureMap> {
         let Some(d) = &self.direct else {
             bail!("internal error: conv weights are not on the CPU")
         };
@@ -340,7 +340,7 @@ impl Conv {
         if let Some((p, _, _)) = padded {
             scratch.give(p);
         }
-        Ok(Act {
+        Ok(FeatureMap {
             v,
             c: d.c_out(),
             h: ho,
@@ -395,7 +395,11 @@ fn same_pad_maps(
 }
 
 /// Reflection padding by `p` on all sides after nearest upsampling by `up`.
-fn reflect_maps(x: &Act, up: usize, p: usize) -> Result<Option<(conv::AxisMap, conv::AxisMap)>> {
+fn reflect_maps(
+    x: &FeatureMap,
+    up: usize,
+    p: usize,
+) -> Result<Option<(conv::AxisMap, conv::AxisMap)>> {
     if p == 0 && up == 1 {
         return Ok(None);
     }
@@ -437,14 +441,14 @@ conv::simd_fn! {
     fn norm_channel(n: &NormChannel, xs: &mut [f32], gamma: f32, beta: f32) {
         let q = &n.q;
         let (q_sq, q_scaled, q_out) = (quant_fn(&q.sq), quant_fn(&q.scaled), quant_fn(&n.out_q));
-        let mean = q.mean.f(sum64(xs, |v| v) as f32 * n.inv);
+        let mean = q.mean.quantize(sum64(xs, |v| v) as f32 * n.inv);
         let sq = sum64(xs, |x| q_sq((x - mean) * (x - mean)));
-        let var = q.var.f(sq as f32 * n.inv);
-        let var_eps = q.var_eps.f(var + n.eps);
-        let rsqrt = q.rsqrt.f(1.0 / var_eps.sqrt());
-        let scale = q.scale.f(rsqrt * gamma);
-        let shift_mean = q.shift_mean.f(mean * scale);
-        let shift = q.shift.f(beta - shift_mean);
+        let var = q.var.quantize(sq as f32 * n.inv);
+        let var_eps = q.var_eps.quantize(var + n.eps);
+        let rsqrt = q.rsqrt.quantize(1.0 / var_eps.sqrt());
+        let scale = q.scale.quantize(rsqrt * gamma);
+        let shift_mean = q.shift_mean.quantize(mean * scale);
+        let shift = q.shift.quantize(beta - shift_mean);
         let lo = n.relu_lo;
         for x in xs.iter_mut() {
             let v = q_scaled(*x * scale) + shift;
@@ -499,7 +503,7 @@ impl ConvQ {
 }
 
 impl ConvQ {
-    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
+    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
         let (k, s) = (self.conv.kernel(), self.conv.stride);
         let ep = Epilogue {
             clamp: self.relu6.then_some((0.0, 6.0)),
@@ -574,7 +578,7 @@ impl InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
+    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
         let d = match &self.expand {
             Some(e) => {
                 let expanded = e.cpu(x, scratch)?;
@@ -694,7 +698,7 @@ impl StylePredictor {
     ) -> Result<Vec<f32>> {
         let mut codes = Vec::with_capacity(n * self.code_dim);
         for i in 0..n {
-            let mut x = Act::image(all, (c, h, w), i);
+            let mut x = FeatureMap::image(all, (c, h, w), i);
             self.input.slice(&mut x.v);
             let mut x = self.stem.cpu(&x, s)?;
             for block in &self.blocks {
@@ -706,9 +710,9 @@ impl StylePredictor {
             let inv = (1.0 / plane as f64) as f32;
             let pooled: Vec<f32> =
                 x.v.chunks_exact(plane)
-                    .map(|ch| self.pool.f(sum64(ch, |v| v) as f32 * inv))
+                    .map(|ch| self.pool.quantize(sum64(ch, |v| v) as f32 * inv))
                     .collect();
-            let pooled = Act {
+            let pooled = FeatureMap {
                 c: pooled.len(),
                 v: pooled,
                 h: 1,
@@ -890,7 +894,7 @@ impl ConditionalInstanceNorm {
     /// [`Self::forward`] followed by the optional ReLU and `out_q`, in place on one image, with
     /// `gamma`, `beta` its `[C]` parameters. The same operations in the same order per value;
     /// the spatial sums are accumulated in f64.
-    fn cpu(&self, y: &mut Act, gamma: &[f32], beta: &[f32], relu: bool, out_q: &Quant) {
+    fn cpu(&self, y: &mut FeatureMap, gamma: &[f32], beta: &[f32], relu: bool, out_q: &Quant) {
         let plane = y.h * y.w;
         let inv = (1.0 / plane as f64) as f32;
         let eps = self.eps as f32;
@@ -972,11 +976,11 @@ impl StyledConv {
     /// Nearest upsampling by `up`, then [`Self::forward`], on one CPU image.
     fn cpu(
         &self,
-        x: &Act,
+        x: &FeatureMap,
         up: usize,
         (gamma, beta): (&[f32], &[f32]),
         scratch: &mut Scratch,
-    ) -> Result<Act> {
+    ) -> Result<FeatureMap> {
         let maps = reflect_maps(x, up, self.conv.kernel() / 2)?;
         let ep = Epilogue {
             clamp: None,
@@ -989,7 +993,7 @@ impl StyledConv {
 }
 
 impl PlainConv {
-    fn cpu(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
+    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
         let maps = reflect_maps(x, 1, self.conv.kernel() / 2)?;
         let ep = Epilogue {
             clamp: Some((0.0, f32::INFINITY)),
@@ -1179,11 +1183,11 @@ impl StyleTransformer {
                 let (g, b) = &params[layer];
                 (&g[i * ch..(i + 1) * ch], &b[i * ch..(i + 1) * ch])
             };
-            let mut x = Act::image(all, (c, h, w), i);
+            let mut x = FeatureMap::image(all, (c, h, w), i);
             if ph + pw > 0 {
                 let rows = conv::reflect_map(h, 1, 0, ph)?;
                 let cols = conv::reflect_map(w, 1, 0, pw)?;
-                x = Act {
+                x = FeatureMap {
                     v: conv::pad(&x.v, (c, h, w), &rows, &cols, s)?,
                     c,
                     h: h + ph,
@@ -1269,56 +1273,48 @@ impl ArbitraryNet {
 }
 
 // ---------------------------------------------------------------------------------------------
-// style codes
+// style codes: `[N, code_dim]` tensors, what [`StylePredictor::forward`] returns
 
-/// Operations on style codes `[N, code_dim]` (what [`StylePredictor::forward`] returns).
-pub struct StyleCode;
-
-impl StyleCode {
-    /// Weighted average of several styles' codes (all of the same shape); the weights must be
-    /// non-negative and not all zero, and are normalised to sum to 1.
-    pub fn mix(codes: &[(&Tensor, f64)]) -> Result<Tensor> {
-        let Some((first, _)) = codes.first() else {
-            bail!("StyleCode::mix: no codes to mix")
-        };
-        let total: f64 = codes.iter().map(|(_, w)| *w).sum();
-        let valid = codes.iter().all(|(_, w)| w.is_finite() && *w >= 0.0);
-        if !valid || total <= 0.0 || !total.is_finite() {
-            let weights: Vec<f64> = codes.iter().map(|(_, w)| *w).collect();
+/// Weighted average of several styles' codes (all of the same shape); the weights must be
+/// non-negative and not all zero, and are normalised to sum to 1.
+pub fn mix_style_codes(codes: &[(&Tensor, f64)]) -> Result<Tensor> {
+    let Some((first, _)) = codes.first() else {
+        bail!("mix_style_codes: no codes to mix")
+    };
+    let total: f64 = codes.iter().map(|(_, w)| *w).sum();
+    let valid = codes.iter().all(|(_, w)| w.is_finite() && *w >= 0.0);
+    if !valid || total <= 0.0 || !total.is_finite() {
+        let weights: Vec<f64> = codes.iter().map(|(_, w)| *w).collect();
+        bail!("mix_style_codes: weights {weights:?} must be finite, non-negative and not all zero");
+    }
+    let mut acc = first.zeros_like()?.to_dtype(DType::F32)?;
+    for (code, w) in codes {
+        if code.shape() != first.shape() {
             bail!(
-                "StyleCode::mix: weights {weights:?} must be finite, non-negative and not all zero"
+                "mix_style_codes: code shapes differ: {:?} vs {:?}",
+                code.shape(),
+                first.shape()
             );
         }
-        let mut acc = first.zeros_like()?.to_dtype(DType::F32)?;
-        for (code, w) in codes {
-            if code.shape() != first.shape() {
-                bail!(
-                    "StyleCode::mix: code shapes differ: {:?} vs {:?}",
-                    code.shape(),
-                    first.shape()
-                );
-            }
-            acc = (acc + (code.to_dtype(DType::F32)? * (w / total))?)?;
-        }
-        Ok(acc)
+        acc = (acc + (code.to_dtype(DType::F32)? * (w / total))?)?;
     }
+    Ok(acc)
+}
 
-    /// Style strength control (Magenta's): `strength · style + (1 − strength) · content`, where
-    /// `content` is the predictor's code of the photo itself. `strength` in [0, 1].
-    pub fn interpolate(style: &Tensor, content: &Tensor, strength: f64) -> Result<Tensor> {
-        if !(0.0..=1.0).contains(&strength) {
-            bail!("StyleCode::interpolate: strength {strength} is not in [0, 1]");
-        }
-        if style.shape() != content.shape() {
-            bail!(
-                "StyleCode::interpolate: code shapes differ: {:?} vs {:?}",
-                style.shape(),
-                content.shape()
-            );
-        }
-        (style.to_dtype(DType::F32)? * strength)?
-            + (content.to_dtype(DType::F32)? * (1.0 - strength))?
+/// Style strength control (Magenta's): `strength · style + (1 − strength) · content`, where
+/// `content` is the predictor's code of the photo itself. `strength` in [0, 1].
+pub fn interpolate_style_codes(style: &Tensor, content: &Tensor, strength: f64) -> Result<Tensor> {
+    if !(0.0..=1.0).contains(&strength) {
+        bail!("interpolate_style_codes: strength {strength} is not in [0, 1]");
     }
+    if style.shape() != content.shape() {
+        bail!(
+            "interpolate_style_codes: code shapes differ: {:?} vs {:?}",
+            style.shape(),
+            content.shape()
+        );
+    }
+    (style.to_dtype(DType::F32)? * strength)? + (content.to_dtype(DType::F32)? * (1.0 - strength))?
 }
 
 #[cfg(test)]
@@ -1348,7 +1344,11 @@ mod tests {
         let op = q.op().expect("enabled"); // `quant` builds an enabled quantizer
         assert_eq!(fake_quant_tensor_ops(&x, op)?.to_vec1::<f32>()?, want);
         // And so does the scalar form the native CPU path uses.
-        let scalar: Vec<f32> = x.to_vec1::<f32>()?.into_iter().map(|v| q.f(v)).collect();
+        let scalar: Vec<f32> = x
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| q.quantize(v))
+            .collect();
         assert_eq!(scalar, want);
         // Disabled: identity.
         let off = Quant {
@@ -1470,22 +1470,22 @@ mod tests {
         let dev = Device::Cpu;
         let a = Tensor::new(&[[1f32, 0.0, 2.0]], &dev)?;
         let b = Tensor::new(&[[3f32, 4.0, 2.0]], &dev)?;
-        let m = StyleCode::mix(&[(&a, 1.0), (&b, 3.0)])?;
+        let m = mix_style_codes(&[(&a, 1.0), (&b, 3.0)])?;
         assert_eq!(m.to_vec2::<f32>()?, vec![vec![2.5, 3.0, 2.0]]);
-        let i = StyleCode::interpolate(&a, &b, 0.25)?;
+        let i = interpolate_style_codes(&a, &b, 0.25)?;
         assert_eq!(i.to_vec2::<f32>()?, vec![vec![2.5, 3.0, 2.0]]);
         assert_eq!(
-            StyleCode::interpolate(&a, &b, 1.0)?.to_vec2::<f32>()?,
+            interpolate_style_codes(&a, &b, 1.0)?.to_vec2::<f32>()?,
             a.to_vec2::<f32>()?
         );
-        assert!(StyleCode::mix(&[]).is_err());
-        assert!(StyleCode::mix(&[(&a, 0.0), (&b, 0.0)]).is_err());
-        assert!(StyleCode::mix(&[(&a, -1.0), (&b, 2.0)]).is_err());
-        assert!(StyleCode::mix(&[(&a, f64::NAN)]).is_err());
+        assert!(mix_style_codes(&[]).is_err());
+        assert!(mix_style_codes(&[(&a, 0.0), (&b, 0.0)]).is_err());
+        assert!(mix_style_codes(&[(&a, -1.0), (&b, 2.0)]).is_err());
+        assert!(mix_style_codes(&[(&a, f64::NAN)]).is_err());
         let c = Tensor::new(&[[1f32, 2.0]], &dev)?;
-        assert!(StyleCode::mix(&[(&a, 1.0), (&c, 1.0)]).is_err());
-        assert!(StyleCode::interpolate(&a, &b, 1.5).is_err());
-        assert!(StyleCode::interpolate(&a, &c, 0.5).is_err());
+        assert!(mix_style_codes(&[(&a, 1.0), (&c, 1.0)]).is_err());
+        assert!(interpolate_style_codes(&a, &b, 1.5).is_err());
+        assert!(interpolate_style_codes(&a, &c, 0.5).is_err());
         Ok(())
     }
 }

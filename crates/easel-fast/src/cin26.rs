@@ -141,23 +141,24 @@ struct ConditionalInstanceNorm {
     /// `[presets, C]`
     beta: Tensor,
     eps: f64,
-    /// `gamma`, `beta` as row-major vectors, for the native CPU path.
-    tables: (Vec<f32>, Vec<f32>),
+    /// `gamma` as a row-major vector, for the native CPU path.
+    gamma_table: Vec<f32>,
+    /// `beta` as a row-major vector, for the native CPU path.
+    beta_table: Vec<f32>,
 }
 
 impl ConditionalInstanceNorm {
     fn new(vb: VarBuilder, presets: usize, channels: usize, eps: f64) -> Result<Self> {
         let gamma = vb.get((presets, channels), "gamma")?;
         let beta = vb.get((presets, channels), "beta")?;
-        let tables = (
-            gamma.flatten_all()?.to_vec1::<f32>()?,
-            beta.flatten_all()?.to_vec1::<f32>()?,
-        );
+        let gamma_table = gamma.flatten_all()?.to_vec1::<f32>()?;
+        let beta_table = beta.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
             gamma,
             beta,
             eps,
-            tables,
+            gamma_table,
+            beta_table,
         })
     }
 
@@ -187,7 +188,7 @@ impl ConditionalInstanceNorm {
 impl ConditionalInstanceNorm {
     /// In place on one CPU image `[C, plane]`, with the preset weights `sw` and an activation:
     /// `None`, ReLU or the sigmoid.
-    fn cpu(&self, y: &mut [f32], plane: usize, sw: &[f32], act: Act) {
+    fn cpu(&self, y: &mut [f32], plane: usize, sw: &[f32], act: Activation) {
         let c = y.len() / plane.max(1);
         let mix = |table: &[f32], ch: usize| -> f32 {
             sw.iter()
@@ -197,7 +198,7 @@ impl ConditionalInstanceNorm {
         };
         let eps = self.eps;
         conv::par_chunks_mut(y, plane, |ch, xs| {
-            let (gamma, beta) = (mix(&self.tables.0, ch), mix(&self.tables.1, ch));
+            let (gamma, beta) = (mix(&self.gamma_table, ch), mix(&self.beta_table, ch));
             norm_channel(xs, gamma, beta, eps, act);
         });
     }
@@ -205,7 +206,7 @@ impl ConditionalInstanceNorm {
 
 /// The activation after a conditional instance norm.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Act {
+enum Activation {
     None,
     Relu,
     Sigmoid,
@@ -214,25 +215,25 @@ enum Act {
 conv::simd_fn! {
     /// Instance norm of one channel with the biased variance, then `gamma`, `beta` and the
     /// activation, in place.
-    fn norm_channel(xs: &mut [f32], gamma: f32, beta: f32, eps: f64, act: Act) {
+    fn norm_channel(xs: &mut [f32], gamma: f32, beta: f32, eps: f64, act: Activation) {
         let n = xs.len().max(1) as f64;
         let mean = (sum64(xs, |v| v) / n) as f32;
         let var = sum64(xs, |v| (v - mean) * (v - mean)) / n;
         let inv_std = (1.0 / (var + eps).sqrt()) as f32;
         let (a, b) = (inv_std * gamma, beta);
         match act {
-            Act::None => {
+            Activation::None => {
                 for x in xs.iter_mut() {
                     *x = (*x - mean) * a + b;
                 }
             }
-            Act::Relu => {
+            Activation::Relu => {
                 for x in xs.iter_mut() {
                     let v = (*x - mean) * a + b;
                     *x = if v < 0.0 { 0.0 } else { v };
                 }
             }
-            Act::Sigmoid => {
+            Activation::Sigmoid => {
                 for x in xs.iter_mut() {
                     let v = (*x - mean) * a + b;
                     *x = 1.0 / (1.0 + (-v).exp());
@@ -294,7 +295,7 @@ impl ConvLayer {
         (c, h, w): (usize, usize, usize),
         up: usize,
         sw: &[f32],
-        act: Act,
+        act: Activation,
         s: &mut Scratch,
     ) -> Result<(Vec<f32>, usize, usize)> {
         let Some(d) = &self.direct else {
@@ -438,25 +439,25 @@ impl PresetNet {
         for img in all.chunks_exact(c * h * w) {
             let (mut x, mut dims) = (img.to_vec(), (c, h, w));
             for layer in &self.contract {
-                let (y, ho, wo) = layer.cpu(&x, dims, 1, sw, Act::Relu, s)?;
-                dims = (layer.norm.tables.0.len() / self.num_presets, ho, wo);
+                let (y, ho, wo) = layer.cpu(&x, dims, 1, sw, Activation::Relu, s)?;
+                dims = (layer.norm.gamma_table.len() / self.num_presets, ho, wo);
                 s.give(std::mem::replace(&mut x, y));
             }
             for (first, second) in &self.residual {
-                let (y, ho, wo) = first.cpu(&x, dims, 1, sw, Act::Relu, s)?;
-                let (z, _, _) = second.cpu(&y, (dims.0, ho, wo), 1, sw, Act::None, s)?;
+                let (y, ho, wo) = first.cpu(&x, dims, 1, sw, Activation::Relu, s)?;
+                let (z, _, _) = second.cpu(&y, (dims.0, ho, wo), 1, sw, Activation::None, s)?;
                 conv::add_assign(&mut x, &z);
                 s.give(y);
                 s.give(z);
             }
             for (i, layer) in self.expand.iter().enumerate() {
                 let (up, act) = if i < 2 {
-                    (2, Act::Relu)
+                    (2, Activation::Relu)
                 } else {
-                    (1, Act::Sigmoid)
+                    (1, Activation::Sigmoid)
                 };
                 let (y, ho, wo) = layer.cpu(&x, dims, up, sw, act, s)?;
-                dims = (layer.norm.tables.0.len() / self.num_presets, ho, wo);
+                dims = (layer.norm.gamma_table.len() / self.num_presets, ho, wo);
                 s.give(std::mem::replace(&mut x, y));
             }
             out.extend_from_slice(&x);

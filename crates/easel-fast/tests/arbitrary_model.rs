@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use easel_fast::arbitrary::{Config, StyleCode, StylePredictor, StyleTransformer};
+use easel_fast::arbitrary::{interpolate_style_codes, Config, StylePredictor, StyleTransformer};
 use std::path::PathBuf;
 
 fn models() -> Result<(StylePredictor, StyleTransformer)> {
@@ -95,7 +95,7 @@ fn strength_zero_is_the_content_code() -> Result<()> {
     let photo = picture(48, 48)?;
     let style = predictor.forward(&(1.0 - picture(256, 256)?)?)?;
     let own = predictor.forward(&picture(256, 256)?)?;
-    let code = StyleCode::interpolate(&style, &own, 0.0)?;
+    let code = interpolate_style_codes(&style, &own, 0.0)?;
     let d0 = (transformer.forward(&photo, &code)? - transformer.forward(&photo, &own)?)?
         .abs()?
         .flatten_all()?

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use easel_core::{HubResolver, LoadOptions, Parameters, RepoFiles, WeightSource};
 use easel_fast::adain::AdaIN;
-use easel_fast::arbitrary::{ArbitraryNet, StyleCode};
+use easel_fast::arbitrary::{interpolate_style_codes, mix_style_codes, ArbitraryNet};
 use easel_fast::cin26::{self, PresetNet};
 use easel_fast::import::adain::{load_adain, read_weights};
 use easel_fast::import::stytr::{load_stytr, Settings as StytrSettings};
@@ -401,7 +401,8 @@ impl FastPainter {
                 }
                 let weighted_codes: Vec<(&Tensor, f64)> =
                     codes.iter().map(|(c, w)| (c, *w)).collect();
-                let code = StyleCode::mix(&weighted_codes).map_err(compute("mixing the styles"))?;
+                let code =
+                    mix_style_codes(&weighted_codes).map_err(compute("mixing the styles"))?;
                 params.styles = weighted(paintings);
                 params.models.push(ARBITRARY_MODEL_ID.to_string());
                 read.extend(paintings.iter().map(|p| p.path.clone()));
@@ -613,7 +614,7 @@ impl FastPainter {
                 let code = if strength < 1.0 {
                     model
                         .style_code(photo)
-                        .and_then(|own| StyleCode::interpolate(code, &own, strength))
+                        .and_then(|own| interpolate_style_codes(code, &own, strength))
                         .map_err(HostError::compute("the photo's own style"))?
                 } else {
                     code.clone()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use candle_core::{DType, Device, Tensor};
 use easel_bank::file::BaseModelInfo;
-use easel_fast::arbitrary::{ArbitraryNet, StyleCode};
+use easel_fast::arbitrary::{mix_style_codes, ArbitraryNet};
 use easel_fast::cin26;
 use easel_fast::import::adain::{load_adain, read_weights};
 use easel_fast::import::stytr::{load_stytr, Settings as StytrSettings};
@@ -367,7 +367,7 @@ fn painting_code(path: &Path, img: &RgbImage) -> Result<Tensor> {
         ArbitraryNet::embedded(&device).map_err(compute("loading the arbitrary network"))?;
     let painting = easel_core::rgb_to_tensor(img, &device)?;
     let code = model.style_code(&painting).map_err(compute(what.clone()))?;
-    StyleCode::mix(&[(&code, 1.0)]).map_err(compute(what))
+    mix_style_codes(&[(&code, 1.0)]).map_err(compute(what))
 }
 
 fn apply_info(
