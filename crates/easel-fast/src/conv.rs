@@ -1204,6 +1204,8 @@ mod pool {
         wanted: usize,
         /// Helpers inside the current job.
         active: usize,
+        /// The first panic of a helper in the current job, re-raised on the caller's thread.
+        panic: Option<Box<dyn std::any::Any + Send>>,
     }
 
     struct Pool {
@@ -1225,6 +1227,7 @@ mod pool {
                     gen: 0,
                     wanted: 0,
                     active: 0,
+                    panic: None,
                 }),
                 start: Condvar::new(),
                 done: Condvar::new(),
@@ -1238,6 +1241,12 @@ mod pool {
             }
             pool
         })
+    }
+
+    /// Pool threads besides the caller.
+    #[cfg(test)]
+    pub(super) fn helpers() -> usize {
+        pool().helpers
     }
 
     impl Pool {
@@ -1270,11 +1279,14 @@ mod pool {
             // SAFETY: `active` was incremented while the job was open, so `run` does not return
             // (and the closure stays alive) until this helper decrements it below.
             let f = unsafe { &*job.0 };
-            // A panic inside `f` must still release the caller: catch it (the caller's own
-            // share of the work reports errors; items a panicking chunk skipped stay unwritten,
-            // as after any panic).
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            // A panic inside `f` must still release the caller, and must reach it: the items
+            // the panicking chunk skipped are unwritten, so the caller re-raises it rather than
+            // return stale buffers as a result.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let mut st = pool.lock();
+            if let Err(payload) = outcome {
+                st.panic.get_or_insert(payload);
+            }
             st.active -= 1;
             if st.active == 0 {
                 pool.done.notify_all();
@@ -1283,7 +1295,8 @@ mod pool {
     }
 
     /// Runs `work` on the calling thread and on up to `helpers` pool threads that start while it
-    /// is still running; returns once every thread that started it has finished.
+    /// is still running; returns once every thread that started it has finished. A panic in a
+    /// helper's share is re-raised here, on the calling thread, once all have finished.
     pub(super) fn run(helpers: usize, work: &(dyn Fn() + Sync)) {
         let pool = pool();
         let helpers = helpers.min(pool.helpers);
@@ -1302,6 +1315,8 @@ mod pool {
                 st.job = Some(job);
                 st.gen = st.gen.wrapping_add(1);
                 st.wanted = helpers;
+                // Left over when the caller's own share panicked in an earlier job.
+                st.panic = None;
                 pool.start.notify_all();
             }
             free
@@ -1321,8 +1336,15 @@ mod pool {
                 }
             }
         }
-        let _close = Close(pool, opened);
+        let close = Close(pool, opened);
         work();
+        drop(close);
+        if opened {
+            let panic = pool.lock().panic.take();
+            if let Some(payload) = panic {
+                std::panic::resume_unwind(payload);
+            }
+        }
     }
 }
 
@@ -1330,6 +1352,46 @@ mod pool {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn a_helpers_panic_reaches_the_caller() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        if pool::helpers() == 0 {
+            // One thread: nothing runs off the calling thread, so nothing can be lost.
+            return;
+        }
+        let helper_entered = AtomicBool::new(false);
+        let caller = std::thread::current().id();
+        let result = std::panic::catch_unwind(|| {
+            pool::run(1, &|| {
+                if std::thread::current().id() == caller {
+                    // Give a helper the time to join, so that the panic is a helper's.
+                    let start = Instant::now();
+                    while !helper_entered.load(Ordering::SeqCst)
+                        && start.elapsed() < Duration::from_secs(5)
+                    {
+                        std::thread::yield_now();
+                    }
+                } else {
+                    helper_entered.store(true, Ordering::SeqCst);
+                    panic!("injected helper panic");
+                }
+            })
+        });
+        assert!(helper_entered.load(Ordering::SeqCst), "no helper joined");
+        let payload = result.expect_err("a helper's panic must not be swallowed");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"injected helper panic")
+        );
+        // The pool still works afterwards.
+        let sum = std::sync::atomic::AtomicUsize::new(0);
+        par_for(100, |r| {
+            sum.fetch_add(r.len(), Ordering::SeqCst);
+        });
+        assert_eq!(sum.load(Ordering::SeqCst), 100);
+    }
 
     #[test]
     fn matches_candle_conv2d() -> Result<()> {
