@@ -26,6 +26,14 @@ pub enum Error {
     BadTensor { name: String, reason: String },
     #[error("ONNX node producing '{0}' not found")]
     MissingNode(String),
+    #[error("ONNX node #{index} ({op_type}) has no outputs")]
+    NodeWithoutOutputs { index: usize, op_type: String },
+    #[error("ONNX {op_type} node '{output}' has no input {index}")]
+    MissingInput {
+        op_type: String,
+        output: String,
+        index: usize,
+    },
 }
 
 /// Result type of this crate.
@@ -66,6 +74,13 @@ impl OnnxModel {
             .collect();
         let mut producers = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
+            // Every node has an output (ONNX requires one); `nodes()` promises it to importers.
+            if node.output.is_empty() {
+                return Err(Error::NodeWithoutOutputs {
+                    index: i,
+                    op_type: node.op_type.clone(),
+                });
+            }
             for out in &node.output {
                 producers.insert(out.clone(), i);
             }
@@ -88,7 +103,8 @@ impl OnnxModel {
         &self.opsets
     }
 
-    /// Graph nodes in file (topological) order.
+    /// Graph nodes in file (topological) order; each has at least one output (so `output[0]`
+    /// is safe), inputs are read with [`node_input`].
     pub fn nodes(&self) -> &[NodeProto] {
         &self.graph.node
     }
@@ -176,7 +192,7 @@ impl OnnxModel {
                 ),
             });
         }
-        let quantized = self.constant(&node.input[0])?;
+        let quantized = self.constant(node_input(node, 0)?)?;
         let scale = self.constant(input(node, 1, name)?)?;
         let zero_point = match node.input.get(2).filter(|s| !s.is_empty()) {
             Some(zp) => Some(self.constant(zp)?),
@@ -216,6 +232,19 @@ impl OnnxModel {
 /// The attribute `name` of `node`, if set.
 pub fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
+}
+
+/// Input `index` of `node`, or an error naming the node (crafted files may have fewer inputs
+/// than the operator takes).
+pub fn node_input(node: &NodeProto, index: usize) -> Result<&str> {
+    node.input
+        .get(index)
+        .map(String::as_str)
+        .ok_or_else(|| Error::MissingInput {
+            op_type: node.op_type.clone(),
+            output: node.output.first().cloned().unwrap_or_default(),
+            index,
+        })
 }
 
 fn input<'a>(node: &'a NodeProto, index: usize, context: &str) -> Result<&'a str> {
@@ -438,6 +467,41 @@ mod tests {
         assert_eq!(w.dims, vec![2, 3]);
         // Row 0: (q - 1) * 0.5; row 1: (q - 0) * 2 with q = -1, -2, -128.
         assert_eq!(w.values, vec![0.0, 0.5, 1.0, -2.0, -4.0, -256.0]);
+    }
+
+    /// A one-node graph with `node`.
+    fn model_with(node: NodeProto) -> Vec<u8> {
+        ModelProto {
+            graph: Some(GraphProto {
+                node: vec![node],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn crafted_nodes_are_errors_not_panics() {
+        // No outputs: refused when the model is read.
+        let err = OnnxModel::from_bytes(&model_with(NodeProto {
+            input: vec!["x".into()],
+            op_type: "Relu".into(),
+            ..Default::default()
+        }))
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(err, "ONNX node #0 (Relu) has no outputs");
+        // A DequantizeLinear with no inputs: its weight is an error naming the node.
+        let model = OnnxModel::from_bytes(&model_with(NodeProto {
+            output: vec!["w".into()],
+            op_type: "DequantizeLinear".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        let err = model.weight("w").unwrap_err().to_string();
+        assert_eq!(err, "ONNX DequantizeLinear node 'w' has no input 0");
     }
 
     #[test]

@@ -39,7 +39,7 @@
 //! `scaled = x·scale`, `out = scaled+shift`.
 
 use candle_core::{bail, Result};
-use easel_onnx::{attribute, proto::NodeProto, OnnxModel};
+use easel_onnx::{attribute, node_input, proto::NodeProto, OnnxModel};
 use std::collections::BTreeMap;
 
 /// Upstream package the weights come from.
@@ -107,11 +107,13 @@ fn conv_prefix(node: &NodeProto) -> Result<&str> {
 
 /// Writes `name.weight` and `name.bias` of a `Conv` node.
 fn conv_weights(model: &OnnxModel, node: &NodeProto, name: &str, out: &mut Tensors) -> Result<()> {
-    let w = model.weight(&node.input[1]).map_err(onnx_err)?;
+    let w = model
+        .weight(node_input(node, 1).map_err(onnx_err)?)
+        .map_err(onnx_err)?;
     if w.dims.len() != 4 {
         bail!(
             "Conv weight {} has dims {:?}, expected 4",
-            node.input[1],
+            node_input(node, 1).map_err(onnx_err)?,
             w.dims
         );
     }
@@ -219,10 +221,10 @@ fn input_quant(model: &OnnxModel, input: &str) -> Result<(f32, f32)> {
 /// already-quantized values, so easel skips that quantizer.
 fn check_pads(model: &OnnxModel) -> Result<()> {
     for pad in model.nodes().iter().filter(|n| n.op_type == "Pad") {
-        let mut src = pad.input[0].as_str();
+        let mut src = node_input(pad, 0).map_err(onnx_err)?;
         // Step back over a Resize (nearest upsampling also copies values).
         if let Some(r) = model.producer(src).filter(|n| n.op_type == "Resize") {
-            src = r.input[0].as_str();
+            src = node_input(r, 0).map_err(onnx_err)?;
         }
         let Some(dq) = model
             .producer(src)
@@ -230,7 +232,7 @@ fn check_pads(model: &OnnxModel) -> Result<()> {
         else {
             continue; // a graph input: its quantizer is the input quantizer
         };
-        let before = named_quant(model, &dq.input[0])?;
+        let before = named_quant(model, node_input(dq, 0).map_err(onnx_err)?)?;
         let (after, _) = quant_after(model, &pad.output[0])?;
         if before != after {
             bail!(
@@ -460,9 +462,9 @@ fn import_transform(model: &OnnxModel, out: &mut Tensors) -> Result<()> {
     let Some(dq) = model.producer(output) else {
         bail!("arbitrary_transform.onnx: no producer of {output}")
     };
-    let mut src = dq.input[0].as_str();
+    let mut src = node_input(dq, 0).map_err(onnx_err)?;
     if let Some(t) = model.producer(src).filter(|n| n.op_type == "Transpose") {
-        src = t.input[0].as_str();
+        src = node_input(t, 0).map_err(onnx_err)?;
     }
     out.quant("transform.output", named_quant(model, src)?)?;
     Ok(())
