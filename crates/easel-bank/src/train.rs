@@ -102,6 +102,9 @@ pub struct TrainConfig {
     pub control_scale: f64,
 }
 
+/// Largest training resolution (SD 1.x was trained at 512; 2048 is already 16× its latent).
+pub const MAX_RESOLUTION: usize = 2048;
+
 impl Default for TrainConfig {
     /// 1000 steps at 5e-3 (50 warm-up, then constant), batch 1 × 4 accumulated, AdamW
     /// (0.9, 0.999), eps 1e-8, weight decay 1e-2, 512 px, seed 0, checkpoints and validation
@@ -145,6 +148,12 @@ impl TrainConfig {
             if v == 0 {
                 bail!("training: {name} must be at least 1")
             }
+        }
+        if self.resolution > MAX_RESOLUTION {
+            bail!(
+                "training: resolution {} is larger than {MAX_RESOLUTION}",
+                self.resolution
+            )
         }
         if !self.resolution.is_multiple_of(8) {
             bail!(
@@ -680,5 +689,28 @@ impl Trainer {
         }
         self.save_checkpoint()?;
         Ok(TrainOutcome::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_is_bounded_and_a_multiple_of_8() {
+        assert!(TrainConfig::default().validate().is_ok());
+        for (resolution, expected) in [
+            (1 << 40, "larger than 2048"),
+            (2056, "larger than 2048"),
+            (100, "not a multiple of 8"),
+            (0, "at least 1"),
+        ] {
+            let cfg = TrainConfig {
+                resolution,
+                ..TrainConfig::default()
+            };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{resolution}: {err}");
+        }
     }
 }

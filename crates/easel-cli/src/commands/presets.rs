@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 /// Columns of the contact sheet: 26 presets fill five rows of six (the last row has two).
 const SHEET_COLUMNS: usize = 6;
+/// Largest tile: the sheet is then 6144 pixels wide.
+const MAX_TILE_SIZE: u32 = 1024;
 
 #[derive(Args)]
 #[command(
@@ -30,7 +32,7 @@ pub struct PresetsArgs {
     #[arg(long, value_name = "PHOTO")]
     photo: Option<PathBuf>,
 
-    /// Long side of each tile of the contact sheet, in pixels.
+    /// Long side of each tile of the contact sheet, in pixels (at most 1024).
     #[arg(long, default_value_t = 256, value_name = "PIXELS")]
     tile_size: u32,
 
@@ -70,6 +72,12 @@ fn paint_sheet(args: &PresetsArgs, sheet: &std::path::Path, photo: &std::path::P
             "--tile-size {} is too small; use at least {}",
             args.tile_size,
             cin26::MIN_SIDE
+        );
+    }
+    if args.tile_size > MAX_TILE_SIZE {
+        bail!(
+            "--tile-size {} is too large; use at most {MAX_TILE_SIZE}",
+            args.tile_size
         );
     }
     let device = easel_core::select_device(args.device)?;

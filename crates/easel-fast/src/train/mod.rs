@@ -136,6 +136,11 @@ pub struct TrainFastConfig {
     pub eps: f64,
 }
 
+/// Largest short side pictures are loaded at (a 4096² RGB picture is 48 MiB as f32).
+pub const MAX_LOAD_SIZE: usize = 4096;
+/// Largest training crop side (a batch of 2048² crops already needs tens of GiB of activations).
+pub const MAX_CROP: usize = 2048;
+
 impl TrainFastConfig {
     /// pytorch-AdaIN `train.py`'s settings: 160 000 steps, lr 1e-4 decaying by 5e-5, batch 8,
     /// 256 crops of 512-resized pictures, content 1 / style 10, Adam (0.9, 0.999, 1e-8); seed
@@ -233,6 +238,13 @@ impl TrainFastConfig {
         }
         if self.schedule == (LrSchedule::Warmup { steps: 0 }) {
             bail!("train-fast: warm-up steps must be at least 1")
+        }
+        if self.load_size > MAX_LOAD_SIZE || self.crop > MAX_CROP {
+            bail!(
+                "train-fast: load size {} and crop {} must be at most {MAX_LOAD_SIZE} and {MAX_CROP}",
+                self.load_size,
+                self.crop
+            )
         }
         if self.load_size < self.crop {
             bail!(
@@ -888,4 +900,31 @@ fn pytorch_conv_init(
     };
     let fan_in: usize = weight.dims().iter().skip(1).product();
     uniform(value, 1.0 / (fan_in.max(1) as f64).sqrt(), rng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_bounded() {
+        let base = TrainFastConfig::adain("c".into(), "s".into(), "vgg.pth".into());
+        assert!(base.validate().is_ok());
+        let huge_crop = TrainFastConfig {
+            crop: 1 << 40,
+            load_size: 1 << 41,
+            ..base.clone()
+        };
+        let err = huge_crop.validate().unwrap_err().to_string();
+        assert!(err.contains("at most 4096 and 2048"), "{err}");
+        let small_load = TrainFastConfig {
+            load_size: 128,
+            ..base
+        };
+        assert!(small_load
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("smaller than the crop"));
+    }
 }
