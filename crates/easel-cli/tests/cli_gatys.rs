@@ -223,3 +223,38 @@ fn bad_inputs_are_refused_and_write_nothing() {
     );
     fails_with(&run, "gatys@iterations=many", dir.path());
 }
+
+#[test]
+fn a_noise_start_is_drawn_from_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let starry = painting("vangogh_starry_night.jpg");
+    let paint = |seed: &str, name: &str| {
+        let out = dir.path().join(name);
+        let run = gatys(
+            &out,
+            &[
+                "--method",
+                "gatys",
+                "--style",
+                &starry,
+                "--iterations",
+                "1",
+                "--init",
+                "noise",
+                "--seed",
+                seed,
+            ],
+        );
+        assert_success(&run);
+        let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+        assert!(params.contains(&format!("Seed: {seed}")), "{params}");
+        image::open(&out).unwrap().to_rgb8()
+    };
+    let (a, again, b) = (
+        paint("5", "a.png"),
+        paint("5", "a2.png"),
+        paint("6", "b.png"),
+    );
+    assert_eq!(a, again, "the same seed paints the same picture");
+    assert_ne!(a, b, "another seed starts from other noise");
+}

@@ -585,6 +585,8 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
         .given_flags()
         .into_iter()
         .filter(|f| !(kind.has_weight_files() && *f == "--offline"))
+        // Gatys' noise start is seeded.
+        .filter(|f| !(kind == MethodKind::Gatys && *f == "--seed"))
         .collect();
     if let [flag, ..] = refused.as_slice() {
         bail!("{flag} applies to the diffusion method only: add --prompt TEXT or --bank FILE (and drop --style/--preset)");
@@ -686,7 +688,7 @@ fn run_gatys(args: &StylizeArgs) -> Result<()> {
         paintings,
         mask: args.adain.mask.clone(),
     };
-    let settings = args.gatys.settings(args.keep_colors);
+    let settings = args.gatys.settings(args.keep_colors, args.diffusion.seed);
     let painter = GatysPainter::build(&style, settings, &device).map_err(word)?;
     let params = painter.parameters(args.max_size);
     create_output_dirs(&args.output)?;

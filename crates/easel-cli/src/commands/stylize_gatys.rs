@@ -37,7 +37,8 @@ pub struct GatysArgs {
     #[arg(long, value_name = "W")]
     pub tv_weight: Option<f64>,
 
-    /// Gatys: the starting picture, `photo` (default) or `noise` (uniform, seed 0).
+    /// Gatys: the starting picture, `photo` (default) or `noise` (uniform, drawn from --seed,
+    /// default 0).
     #[arg(long, value_enum, value_name = "FROM")]
     pub init: Option<InitArg>,
 
@@ -108,9 +109,10 @@ impl GatysArgs {
         .collect()
     }
 
-    /// The library settings these flags (and `--keep-colors`) describe; unset flags keep the
-    /// library's defaults. Values are checked by `easel_host::gatys`.
-    pub fn settings(&self, keep_colors: bool) -> Settings {
+    /// The library settings these flags (and `--keep-colors`, `--seed` for the noise start)
+    /// describe; unset flags keep the library's defaults. Values are checked by
+    /// `easel_host::gatys`.
+    pub fn settings(&self, keep_colors: bool, seed: Option<u64>) -> Settings {
         let mut s = Settings::new();
         if let Some(o) = self.optimizer {
             s.optimizer = match o {
@@ -131,7 +133,7 @@ impl GatysArgs {
             s.tv_weight = v;
         }
         if let Some(InitArg::Noise) = self.init {
-            s.init = Init::Noise(0);
+            s.init = Init::Noise(seed.unwrap_or(0));
         }
         if let Some(v) = self.octaves {
             s.octaves = v;
