@@ -110,7 +110,7 @@ fn parity_compares_with_the_references_and_refuses_to_time_a_mismatch() {
     // Inputs in the layout bench_diffusers.py writes; the first run dumps our outputs.
     use candle_core::{DType, Device};
     let dev = Device::Cpu;
-    let n = easel_pipeline::bench::seeded_normal;
+    let n = easel_bench::seeded_normal;
     let mut tensors = std::collections::HashMap::new();
     tensors.insert(
         "sample".to_string(),
@@ -126,7 +126,7 @@ fn parity_compares_with_the_references_and_refuses_to_time_a_mismatch() {
     );
     tensors.insert(
         "cond".to_string(),
-        easel_pipeline::bench::seeded_unit(3, &[2, 3, 64, 64], DType::F32, &dev).unwrap(),
+        easel_bench::seeded_unit(3, &[2, 3, 64, 64], DType::F32, &dev).unwrap(),
     );
     tensors.insert(
         "latents".to_string(),

@@ -1,6 +1,5 @@
 //! easel pipeline: paint a photo with Stable Diffusion, its structure held by a ControlNet.
 //!
-//! - [`bench`]: random SD 1.5-shaped models, workloads, timing and peak memory for `easel bench`.
 //! - [`canny`]: the Canny edge detector that makes the ControlNet's control image.
 //! - [`models`]: loading SD 1.x and ControlNet weights (diffusers folders, single files).
 //! - [`scheduler_config`]: the noise schedule from a diffusers `scheduler_config.json`.
@@ -8,7 +7,6 @@
 //! - [`noise`]: seeded or replayed noise.
 //! - [`pipeline`]: the ControlNet-guided img2img loop.
 
-pub mod bench;
 pub mod canny;
 pub mod conditioning;
 pub mod models;

@@ -23,12 +23,12 @@ use easel_bank::collection::TrainExample;
 use easel_bank::inject::init_embedding;
 use easel_bank::preset::Preset;
 use easel_bank::train::{TrainConfig, Trainer};
-use easel_core::DeviceChoice;
-use easel_diffusion::attention::AttentionSlicing;
-use easel_pipeline::bench::{
+use easel_bench::{
     model_workload, parity_outputs, random_models, rel_err, seeded_normal, seeded_unit, time_runs,
     MemoryProbe, ModelPreset, PeakMemory, Stats, Workload, WorkloadSettings,
 };
+use easel_core::DeviceChoice;
+use easel_diffusion::attention::AttentionSlicing;
 use easel_pipeline::models::{check_dtype, LoadOptions, StableDiffusion};
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device};
+use easel_bench::{random_var_builder, seeded_unit, ModelPreset};
 use easel_fast::adain::{self, AdaIN};
 use easel_fast::stytr::{self, StyTr};
-use easel_pipeline::bench::{random_var_builder, seeded_unit, ModelPreset};
 
 /// A fast-path workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! What `easel bench` measures with: models of Stable Diffusion 1.5's shapes with seeded random
+//! easel-bench: what `easel bench` measures with: models of Stable Diffusion 1.5's shapes with seeded random
 //! weights, the workloads' inputs, a device-synchronised timer with its statistics, and
 //! peak-memory probes.
 //!
@@ -40,8 +40,8 @@ use easel_diffusion::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 pub use easel_core::memory::{MemoryKind, MemoryProbe, PeakMemory};
 
-use crate::conditioning::Conditioning;
-use crate::models::{check_dtype, ControlNet, LoadOptions, ModelConfigs, StableDiffusion};
+use easel_pipeline::conditioning::Conditioning;
+use easel_pipeline::models::{check_dtype, ControlNet, LoadOptions, ModelConfigs, StableDiffusion};
 
 /// The shapes of the random models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,7 +396,8 @@ pub fn model_workload<'a>(
         Workload::UnetCfg | Workload::UnetControlnet => {
             let sample = seeded_normal(seed, &[2, 4, latent, latent], dtype, dev)?;
             // The prompt's contexts, as the pipeline makes them: [negative, prompt].
-            let mut prompt = crate::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
+            let mut prompt =
+                easel_pipeline::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
             let train_steps = sd.scheduler_config.num_train_timesteps;
             let guided = prompt.contexts(BENCH_TIMESTEP as usize, train_steps)?;
             let (uncond, cond) = (&guided.uncond.contexts()[0], &guided.cond.contexts()[0]);
@@ -452,13 +453,13 @@ pub fn model_workload<'a>(
             controlnet()?;
             let photo = seeded_unit(seed + 5, &[1, 3, size, size], DType::F32, &Device::Cpu)?;
             let control = seeded_unit(seed + 6, &[1, 3, size, size], DType::F32, &Device::Cpu)?;
-            let mut request = crate::pipeline::StylizeRequest::new(photo);
+            let mut request = easel_pipeline::pipeline::StylizeRequest::new(photo);
             request.control_image = Some(control);
             request.seed = seed;
             request.vae_tiling = tiling;
             Box::new(move || {
                 let mut conditioning =
-                    crate::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
+                    easel_pipeline::conditioning::PromptConditioning::new(sd, BENCH_PROMPT, "")?;
                 sd.stylize(&request, &mut conditioning, &mut |_, _| {})?;
                 Ok(())
             })
