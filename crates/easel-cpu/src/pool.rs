@@ -237,11 +237,14 @@ fn run(helpers: usize, work: &(dyn Fn() + Sync)) {
                 return None;
             }
             let mut st = self.0.lock();
-            st.job = None;
+            // No new helper joins; the job stays in place until its helpers are out and their
+            // panic is taken, so that a concurrent `run` works alone instead of opening a job
+            // that would reset (or mix into) this one's panic and helper count.
             st.wanted = 0;
             while st.active > 0 {
                 st = self.0.done.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
+            st.job = None;
             st.panic.take()
         }
     }

@@ -1321,29 +1321,37 @@ mod pool {
             }
             free
         };
-        // Withdraws the job and waits for the helpers inside it — also if `work` panics.
+        // Withdraws the job and waits for the helpers inside it — also if `work` panics — and
+        // collects a helper's panic. `self.1`: the job is still open (so this runs once).
         struct Close<'a>(&'a Pool, bool);
-        impl Drop for Close<'_> {
-            fn drop(&mut self) {
-                if !self.1 {
-                    return;
+        impl Close<'_> {
+            fn finish(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
+                if !std::mem::take(&mut self.1) {
+                    return None;
                 }
                 let mut st = self.0.lock();
-                st.job = None;
+                // No new helper joins; the job stays in place until its helpers are out and
+                // their panic is taken, so that a concurrent `run` works alone instead of
+                // opening a job that would reset (or mix into) this one's panic and count.
                 st.wanted = 0;
                 while st.active > 0 {
                     st = self.0.done.wait(st).unwrap_or_else(PoisonError::into_inner);
                 }
+                st.job = None;
+                st.panic.take()
             }
         }
-        let close = Close(pool, opened);
-        work();
-        drop(close);
-        if opened {
-            let panic = pool.lock().panic.take();
-            if let Some(payload) = panic {
-                std::panic::resume_unwind(payload);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                // Only reached open while unwinding from the caller's own panic: that one
+                // propagates, a helper's is dropped.
+                drop(self.finish());
             }
+        }
+        let mut close = Close(pool, opened);
+        work();
+        if let Some(payload) = close.finish() {
+            std::panic::resume_unwind(payload);
         }
     }
 }
