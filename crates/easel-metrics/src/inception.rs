@@ -29,7 +29,7 @@ use candle_nn::VarBuilder;
 use easel_fast::import::torch_zip::read_torchscript_tensors;
 use image::RgbImage;
 
-use crate::error::{MetricError, Result};
+use crate::error::{compute, MetricError, Result};
 use crate::set::Features;
 
 /// Side the network sees: images are resized to 299×299 (its pool3 input is then 8×8).
@@ -110,16 +110,6 @@ impl InceptionConfig {
     pub fn feature_dim(&self) -> usize {
         let w = |c| self.channels(c);
         w(320) + 4 * w(384) + w(192)
-    }
-}
-
-fn compute<E>(what: &'static str) -> impl Fn(E) -> MetricError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| MetricError::Compute {
-        what,
-        source: Box::new(e),
     }
 }
 
