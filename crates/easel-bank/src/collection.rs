@@ -18,14 +18,16 @@
 //! stale latents). Tensors: `latents` f32 `[K, 4, r/8, r/8]`, `edges` u8 `[K, r, r]`. Files are
 //! written atomically (temporary file + rename); an unreadable cache file is recomputed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use easel_diffusion::vae::AutoencoderKL;
 use easel_pipeline::canny::{canny, control_tensor, CannyOptions};
 use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 
 use crate::train::TrainConfig;
@@ -230,22 +232,23 @@ fn write_cache(path: &Path, latents: &Tensor, edges: &[GrayImage]) -> Result<()>
         .iter()
         .flat_map(|e| e.as_raw().iter().copied())
         .collect();
-    let latent_bytes = easel_core::training::f32_bytes(latents)?;
+    let edge_shape = [edges.len(), res, res];
     let views = [
-        (
-            "edges",
-            TensorView::new(Dtype::U8, vec![edges.len(), res, res], &raw),
-        ),
-        (
-            "latents",
-            TensorView::new(Dtype::F32, latents.dims().to_vec(), &latent_bytes),
-        ),
+        TensorBytes {
+            name: "edges",
+            dtype: Dtype::U8,
+            shape: &edge_shape,
+            data: raw.into(),
+        },
+        TensorBytes {
+            name: "latents",
+            dtype: Dtype::F32,
+            shape: latents.dims(),
+            data: easel_core::training::f32_bytes(latents)?.into(),
+        },
     ];
-    let views = views
-        .into_iter()
-        .map(|(n, v)| Ok((n, v.map_err(candle_core::Error::wrap)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(candle_core::Error::wrap)?;
+    let bytes = safetensors_bytes(&views, &BTreeMap::new())
+        .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))?;
     easel_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
         .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))
 }

@@ -22,9 +22,10 @@
 //!
 //! Readers ignore metadata keys they do not know.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use easel_core::training::f32_bytes;
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -110,7 +111,7 @@ pub struct LoadedBank {
 /// Serialises `bank` and `metadata` to bank-file bytes (the caller writes them, atomically).
 pub fn save_bank(bank: &Bank, metadata: &BankMetadata) -> Result<Vec<u8>> {
     check_created(&metadata.created)?;
-    let meta = HashMap::from([
+    let meta = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("layout".to_string(), to_json(bank.layout())?),
@@ -283,43 +284,24 @@ pub fn base_model_hash<'a>(
     Ok(easel_core::hash::hex(&hasher.finalize()))
 }
 
-/// safetensors bytes of `tensors` (stored as f32, in the given order) with `meta`.
-/// Written here rather than by the safetensors crate so that the header's keys are sorted and
-/// the bytes are the same on every run (the crate writes metadata in hash-map order).
+/// safetensors bytes of `tensors` (stored as f32) with `meta`, by easel's one reproducible
+/// writer.
 pub(crate) fn serialize(
     tensors: &[(String, Tensor)],
-    meta: HashMap<String, String>,
+    meta: BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut header = serde_json::Map::new();
-    let meta: serde_json::Map<String, Value> = meta
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    header.insert("__metadata__".to_string(), Value::Object(meta));
-    let mut data = Vec::new();
-    for (name, t) in tensors {
-        if name == "__metadata__" || header.contains_key(name) {
-            bail!("cannot write tensor name {name:?} (reserved or repeated)")
-        }
-        let start = data.len();
-        data.extend(f32_bytes(t)?);
-        let info = serde_json::json!({
-            "dtype": "F32",
-            "shape": t.dims(),
-            "data_offsets": [start, data.len()],
-        });
-        header.insert(name.clone(), info);
-    }
-    let mut text = serde_json::to_vec(&Value::Object(header)).map_err(candle_core::Error::wrap)?;
-    // The data starts 8-byte aligned, as the safetensors crate writes it.
-    while !text.len().is_multiple_of(8) {
-        text.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + text.len() + data.len());
-    out.extend((text.len() as u64).to_le_bytes());
-    out.extend(text);
-    out.extend(data);
-    Ok(out)
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok(TensorBytes {
+                name,
+                dtype: safetensors::Dtype::F32,
+                shape: t.dims(),
+                data: f32_bytes(t)?.into(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors_bytes(&views, &meta).map_err(|e| candle_core::Error::Msg(format!("bank file: {e}")))
 }
 
 /// The metadata and tensors (on the CPU) of safetensors bytes; `what` names the file kind in

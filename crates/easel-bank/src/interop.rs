@@ -17,7 +17,7 @@
 //! direct bank, or with a sidecar the multi-slot bank it describes. PyTorch pickles (`.bin`,
 //! `.pt`) are refused: convert them to safetensors first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use easel_diffusion::contexts::LayerGroups;
@@ -129,7 +129,7 @@ pub fn export_diffusers(bank: &Bank, name: &str) -> Result<DiffusersExport> {
     if layout.num_slots() == 1 {
         let tensors = [(format!("<{bare}>"), slot_rows(&vectors, 0, 0)?)];
         return Ok(DiffusersExport {
-            embeddings: serialize(&tensors, HashMap::new())?,
+            embeddings: serialize(&tensors, BTreeMap::new())?,
             sidecar: None,
         });
     }
@@ -170,7 +170,7 @@ pub fn export_diffusers(bank: &Bank, name: &str) -> Result<DiffusersExport> {
     };
     let sidecar = serde_json::to_string_pretty(&sidecar).map_err(candle_core::Error::wrap)?;
     Ok(DiffusersExport {
-        embeddings: serialize(&tensors, HashMap::new())?,
+        embeddings: serialize(&tensors, BTreeMap::new())?,
         sidecar: Some(sidecar),
     })
 }
@@ -197,7 +197,7 @@ pub fn export_a1111(
         ),
     };
     let rows = bank.slot_vectors(slot)?.detach();
-    let mut meta = HashMap::from([
+    let mut meta = BTreeMap::from([
         ("name".to_string(), name.to_string()),
         ("step".to_string(), info.step.to_string()),
         ("sd_checkpoint".to_string(), info.base_model_hash.clone()),

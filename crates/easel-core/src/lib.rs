@@ -10,6 +10,7 @@
 //! * [`select_device`]: CPU / CUDA selection.
 //! * [`label`]: text on images (grid and contact-sheet labels).
 //! * [`rng`]: the seeded generator every seeded computation draws from.
+//! * [`safetensors_writer`]: the one safetensors writer, byte-for-byte reproducible.
 //! * [`training`]: the Adam/AdamW update and checkpoint files shared by the trainers.
 //! * [`HubResolver`] / [`WeightSource`]: model weights from the Hugging Face
 //!   cache, the hub, or local folders, with one clear error for missing files.
@@ -30,6 +31,7 @@ pub mod label;
 pub mod memory;
 pub mod parameters;
 pub mod rng;
+pub mod safetensors_writer;
 pub mod stats;
 pub mod tensor;
 pub mod time;

@@ -5,15 +5,18 @@
 //! Errors are `candle_core` errors: the callers are model crates whose functions return
 //! `candle_core::Result`.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::safetensors_writer::TensorBytes;
 
 /// File name of the checkpoint in a run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -107,27 +110,29 @@ pub fn checkpoint_bytes(
     entries: &[Entry],
 ) -> Result<Vec<u8>> {
     let config = serde_json::to_string(config).map_err(candle_core::Error::wrap)?;
-    let mut meta = HashMap::from([
+    let mut meta = BTreeMap::from([
         ("format".to_string(), format.to_string()),
         ("format_version".to_string(), "1".to_string()),
         ("step".to_string(), step.to_string()),
         ("config".to_string(), config),
     ]);
     meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    safetensors_bytes(entries, meta)
+    safetensors_bytes(entries, &meta)
 }
 
-/// The bytes of a safetensors file of `entries` with the metadata `meta`.
-pub fn safetensors_bytes(entries: &[Entry], meta: HashMap<String, String>) -> Result<Vec<u8>> {
-    let views = entries
+/// The bytes of a safetensors file of `entries` with the metadata `meta`, written by
+/// [`crate::safetensors_writer`] (the same bytes for the same contents).
+pub fn safetensors_bytes(entries: &[Entry], meta: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let views: Vec<TensorBytes<'_>> = entries
         .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            let view =
-                TensorView::new(*dtype, shape.clone(), bytes).map_err(candle_core::Error::wrap)?;
-            Ok((name.as_str(), view))
+        .map(|(name, dtype, shape, bytes)| TensorBytes {
+            name,
+            dtype: *dtype,
+            shape,
+            data: Cow::Borrowed(bytes),
         })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(meta)).map_err(candle_core::Error::wrap)
+        .collect();
+    crate::safetensors_writer::safetensors_bytes(&views, meta).map_err(candle_core::Error::wrap)
 }
 
 /// A checkpoint's bytes, read: its header checked against the expected `format`.

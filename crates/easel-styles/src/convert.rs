@@ -141,7 +141,7 @@ fn compute(what: impl Into<String>) -> impl FnOnce(candle_core::Error) -> Plugin
 fn raw_f32(t: &Tensor) -> candle_core::Result<RawTensor> {
     let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(RawTensor {
-        dtype: "F32".into(),
+        dtype: safetensors::Dtype::F32,
         shape: t.dims().to_vec(),
         data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
     })
@@ -312,7 +312,7 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
             tensors.insert(
                 "preset.weights".into(),
                 RawTensor {
-                    dtype: "F32".into(),
+                    dtype: safetensors::Dtype::F32,
                     shape: vec![weights.len()],
                     data: weights.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 },

@@ -130,6 +130,14 @@ pub enum PluginError {
         /// The cause.
         source: candle_core::Error,
     },
+    /// A plugin's tensors that cannot be written (bytes that do not match a shape).
+    #[error("plugin {title:?} cannot be written: {source}")]
+    Unwritable {
+        /// The plugin's title.
+        title: String,
+        /// What the writer refused.
+        source: easel_core::safetensors_writer::WriteError,
+    },
     /// The host refused a style.
     #[error(transparent)]
     Host(#[from] easel_host::HostError),

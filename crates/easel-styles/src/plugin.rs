@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use sha2::{Digest, Sha256};
 
 use crate::error::{PluginError, Result};
@@ -129,8 +130,8 @@ impl Kind {
 /// One tensor as stored: dtype name (`F32`, `F16`, ...), shape and little-endian bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
-    /// safetensors dtype name.
-    pub dtype: String,
+    /// Element type.
+    pub dtype: safetensors::Dtype,
     /// Shape.
     pub shape: Vec<usize>,
     /// Data, little-endian.
@@ -172,7 +173,7 @@ pub(crate) fn raw_tensors(st: &safetensors::SafeTensors) -> BTreeMap<String, Raw
         .into_iter()
         .map(|(key, view)| {
             let raw = RawTensor {
-                dtype: format!("{:?}", view.dtype()),
+                dtype: view.dtype(),
                 shape: view.shape().to_vec(),
                 data: view.data().to_vec(),
             };
@@ -326,22 +327,13 @@ impl PluginFile {
     }
 
     /// Serialises the plugin, writing its kind, version, ModelSpec version, architecture,
-    /// implementation and hash into the metadata.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut data = Vec::new();
-        let mut entries = serde_json::Map::new();
-        // BTreeMap order: by name, so equal contents give equal bytes.
-        for (key, tensor) in &self.tensors {
-            let start = data.len();
-            data.extend_from_slice(&tensor.data);
-            entries.insert(
-                key.clone(),
-                serde_json::json!({
-                    "dtype": tensor.dtype,
-                    "shape": tensor.shape,
-                    "data_offsets": [start, data.len()],
-                }),
-            );
+    /// implementation and hash into the metadata. Equal contents give equal bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        // The writer lays the data out by name, the order of this BTreeMap, so the hash of the
+        // data section is the hash of the tensors' bytes concatenated in this order.
+        let mut hasher = Sha256::new();
+        for tensor in self.tensors.values() {
+            hasher.update(&tensor.data);
         }
         let mut metadata = self.metadata.clone();
         metadata.insert(keys::SPEC.into(), MODELSPEC_VERSION.into());
@@ -349,22 +341,24 @@ impl PluginFile {
         metadata.insert(keys::IMPLEMENTATION.into(), IMPLEMENTATION.into());
         metadata.insert(keys::KIND.into(), self.kind.name().into());
         metadata.insert(keys::VERSION.into(), PLUGIN_VERSION.into());
-        metadata.insert(keys::HASH.into(), hash_of(&data));
-        let meta: serde_json::Map<String, serde_json::Value> = metadata
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
+        metadata.insert(
+            keys::HASH.into(),
+            format!("0x{}", easel_core::hash::hex(&hasher.finalize())),
+        );
+        let views: Vec<TensorBytes<'_>> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| TensorBytes {
+                name,
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: std::borrow::Cow::Borrowed(&t.data),
+            })
             .collect();
-        entries.insert("__metadata__".into(), serde_json::Value::Object(meta));
-        let mut header = serde_json::Value::Object(entries).to_string().into_bytes();
-        // Tensor data starts 8-byte aligned, as safetensors writers do.
-        while !header.len().is_multiple_of(8) {
-            header.push(b' ');
-        }
-        let mut bytes = Vec::with_capacity(8 + header.len() + data.len());
-        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&header);
-        bytes.extend_from_slice(&data);
-        bytes
+        safetensors_bytes(&views, &metadata).map_err(|source| PluginError::Unwritable {
+            title: self.metadata.get(keys::TITLE).cloned().unwrap_or_default(),
+            source,
+        })
     }
 
     /// An f32 tensor's values.
@@ -376,10 +370,10 @@ impl PluginFile {
                 name: name.to_string(),
                 problem: format!("a {} plugin needs the tensor {key}", self.kind.name()),
             })?;
-        if tensor.dtype != "F32" || !tensor.data.len().is_multiple_of(4) {
+        if tensor.dtype != safetensors::Dtype::F32 || !tensor.data.len().is_multiple_of(4) {
             return Err(PluginError::Malformed {
                 name: name.to_string(),
-                problem: format!("tensor {key} is {}, expected F32", tensor.dtype),
+                problem: format!("tensor {key} is {:?}, expected F32", tensor.dtype),
             });
         }
         let values = tensor

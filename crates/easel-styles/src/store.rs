@@ -259,7 +259,7 @@ impl Store {
         fit: Option<&BaseModelInfo>,
     ) -> Result<(Entry, Option<String>)> {
         let plugin = make_plugin(source, info)?;
-        let bytes = plugin.to_bytes();
+        let bytes = plugin.to_bytes()?;
         let header = plugin::read_header(&bytes, "new plugin")?;
         let name = match name {
             Some(n) => n.to_string(),

@@ -18,7 +18,7 @@ fn sample() -> PluginFile {
         tensors: BTreeMap::from([(
             "preset.weights".to_string(),
             RawTensor {
-                dtype: "F32".into(),
+                dtype: safetensors::Dtype::F32,
                 shape: vec![2],
                 data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             },
@@ -28,7 +28,7 @@ fn sample() -> PluginFile {
 
 #[test]
 fn plugins_round_trip_with_modelspec_keys_and_a_data_hash() {
-    let bytes = sample().to_bytes();
+    let bytes = sample().to_bytes().unwrap();
     let back = PluginFile::read(&bytes, "calm.safetensors").unwrap();
     assert_eq!(back.kind, Kind::PresetMix);
     assert_eq!(back.tensors, sample().tensors);
@@ -49,10 +49,10 @@ fn plugins_round_trip_with_modelspec_keys_and_a_data_hash() {
         "0xba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
     // Same contents, same bytes; other metadata, same hash.
-    assert_eq!(bytes, back.to_bytes());
+    assert_eq!(bytes, back.to_bytes().unwrap());
     let mut retitled = back.clone();
     retitled.metadata.insert(keys::TITLE.into(), "quiet".into());
-    let header = read_header(&retitled.to_bytes(), "x").unwrap();
+    let header = read_header(&retitled.to_bytes().unwrap(), "x").unwrap();
     assert_eq!(header.get(keys::HASH), back.metadata[keys::HASH]);
     assert_eq!(header.shapes["preset.weights"], vec![2]);
     let (values, shape) = back.f32_values("preset.weights", "x").unwrap();
@@ -61,7 +61,7 @@ fn plugins_round_trip_with_modelspec_keys_and_a_data_hash() {
 
 #[test]
 fn damaged_and_crafted_files_are_refused_with_the_reason() {
-    let good = sample().to_bytes();
+    let good = sample().to_bytes().unwrap();
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;

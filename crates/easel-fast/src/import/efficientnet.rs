@@ -11,6 +11,7 @@
 use crate::efficientnet::Config;
 use crate::import::torch_zip::read_torch_checkpoint;
 use candle_core::{bail, DType, Result, Tensor};
+use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use std::collections::BTreeMap;
 
 /// Upstream package the weights come from.
@@ -96,7 +97,7 @@ pub fn import_efficientnet_lite0(pth: &[u8], source_name: &str) -> Result<Vec<u8
     if let Some(missing) = expected.keys().find(|k| !tensors.contains_key(*k)) {
         bail!("{source_name}: tensor {missing} is missing")
     }
-    let metadata: BTreeMap<&str, String> = [
+    let metadata: BTreeMap<String, String> = [
         ("architecture", "EfficientNet-Lite0 (Tan & Le 2019, Lite variant: ReLU6, no SE, TF same padding, BN eps 1e-3), lukemelas EfficientNet-PyTorch state-dict keys (easel_fast::efficientnet::EfficientNet)".to_string()),
         ("converter", "easel_fast::import::efficientnet::import_efficientnet_lite0".to_string()),
         ("license", "Apache-2.0".to_string()),
@@ -104,40 +105,23 @@ pub fn import_efficientnet_lite0(pth: &[u8], source_name: &str) -> Result<Vec<u8
         ("upstream", UPSTREAM.to_string()),
     ]
     .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
     .collect();
-    // Header written by hand (safetensors' writer keeps `__metadata__` in hash order), in the
-    // format's layout: u64 header length, JSON header padded with spaces to 8 bytes, data.
-    let json = |v: &str| serde_json::Value::String(v.to_string()).to_string();
-    let meta: Vec<String> = metadata
+    let views = tensors
         .iter()
-        .map(|(k, v)| format!("{}:{}", json(k), json(v)))
-        .collect();
-    let mut entries = vec![format!("\"__metadata__\":{{{}}}", meta.join(","))];
-    let mut data = Vec::new();
-    for (name, t) in &tensors {
-        let start = data.len();
-        for v in t
-            .to_dtype(DType::F16)?
-            .flatten_all()?
-            .to_vec1::<half::f16>()?
-        {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        let shape: Vec<String> = t.dims().iter().map(usize::to_string).collect();
-        entries.push(format!(
-            "{}:{{\"dtype\":\"F16\",\"shape\":[{}],\"data_offsets\":[{start},{}]}}",
-            json(name),
-            shape.join(","),
-            data.len()
-        ));
-    }
-    let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
-    while header.len() % 8 != 0 {
-        header.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + data.len());
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&data);
-    Ok(out)
+        .map(|(name, t)| {
+            let values = t
+                .to_dtype(DType::F16)?
+                .flatten_all()?
+                .to_vec1::<half::f16>()?;
+            Ok(TensorBytes {
+                name,
+                dtype: safetensors::Dtype::F16,
+                shape: t.dims(),
+                data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors_bytes(&views, &metadata)
+        .map_err(|e| candle_core::Error::msg(format!("{source_name}: safetensors: {e}")))
 }

@@ -447,7 +447,7 @@ pub fn import_stytr(
     extra: &[(String, String)],
 ) -> Result<Vec<u8>> {
     let tensors = read_weights(bytes, source)?;
-    let mut metadata: HashMap<String, String> = extra.iter().cloned().collect();
+    let mut metadata: std::collections::BTreeMap<String, String> = extra.iter().cloned().collect();
     match part {
         Part::Transformer => {
             let shapes = TransformerShapes::infer(&tensors, source)?;

@@ -41,8 +41,9 @@
 //! (checkpoints `vgg_normalised.pth` and `decoder.pth` of naoto0804/pytorch-AdaIN).
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
 use std::rc::Rc;
 
@@ -78,13 +79,16 @@ pub fn read_torch_checkpoint(bytes: &[u8], source_name: &str) -> Result<Vec<(Str
 /// same tensor names, dtypes and shapes. Fails on duplicate names after flattening.
 pub fn torch_to_safetensors(bytes: &[u8], source_name: &str) -> Result<Vec<u8>> {
     let tensors = read_raw(bytes, source_name)?;
-    let mut seen = std::collections::HashSet::new();
-    for t in &tensors {
-        if !seen.insert(t.name.as_str()) {
-            bail!("{source_name}: tensor name {} appears twice", t.name)
-        }
-    }
-    safetensors::tensor::serialize(tensors.iter().map(|t| (t.name.as_str(), t)), None)
+    let views: Vec<TensorBytes<'_>> = tensors
+        .iter()
+        .map(|t| TensorBytes {
+            name: &t.name,
+            dtype: t.safetensors_dtype(),
+            shape: &t.shape,
+            data: std::borrow::Cow::Borrowed(&t.data),
+        })
+        .collect();
+    safetensors_bytes(&views, &BTreeMap::new())
         .map_err(|e| candle_core::Error::Msg(format!("{source_name}: safetensors: {e}")))
 }
 
@@ -96,8 +100,9 @@ struct RawTensor {
     data: Vec<u8>,
 }
 
-impl safetensors::View for &RawTensor {
-    fn dtype(&self) -> safetensors::Dtype {
+impl RawTensor {
+    /// The safetensors element type of the tensor.
+    fn safetensors_dtype(&self) -> safetensors::Dtype {
         use safetensors::Dtype as D;
         match self.dtype {
             DType::F64 => D::F64,
@@ -110,15 +115,6 @@ impl safetensors::View for &RawTensor {
             // `storage_type` produces no other dtype.
             _ => D::F32,
         }
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
     }
 }
 

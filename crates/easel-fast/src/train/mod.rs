@@ -33,7 +33,7 @@
 pub mod checkpoint;
 pub mod data;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -645,12 +645,12 @@ impl FastTrainer {
                     Ok((key.to_string(), Dtype::F32, var.dims().to_vec(), bytes))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let meta = HashMap::from([
+            let meta = BTreeMap::from([
                 ("format".to_string(), format),
                 ("steps".to_string(), self.step.to_string()),
                 ("config".to_string(), config.clone()),
             ]);
-            safetensors_bytes(&data, meta)
+            safetensors_bytes(&data, &meta)
         };
         match self.config.kind {
             Kind::Adain => {
