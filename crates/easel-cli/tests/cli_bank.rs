@@ -342,13 +342,7 @@ fn stylize_with_a_bank_follows_its_vectors() {
     let params = easel_core::read_png_parameters(&tmp.path().join("a1.png"))
         .unwrap()
         .unwrap();
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(std::fs::read(&a).unwrap())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let sha = easel_core::hash::sha256_hex(&std::fs::read(&a).unwrap());
     assert!(params.contains("Bank: a.bank"), "{params}");
     assert!(params.contains(&format!("Bank sha256: {sha}")), "{params}");
     assert!(

@@ -13,17 +13,9 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use easel_fast::adain::{AdaIN, Config};
 use std::collections::HashMap;
-use std::time::Instant;
 
-fn picture(n: usize, phase: f32) -> Result<Tensor> {
-    let v: Vec<f32> = (0..3 * n * n)
-        .map(|i| {
-            let (c, y, x) = (i / (n * n), (i / n) % n, i % n);
-            0.5 + 0.45 * ((x as f32 * 0.031 + c as f32 + phase).sin() * (y as f32 * 0.017).cos())
-        })
-        .collect();
-    Tensor::from_vec(v, (1, 3, n, n), &Device::Cpu)
-}
+mod common;
+use common::{median_ms, picture, Args};
 
 /// `(module index, in, out, k)` of one conv.
 type ConvSpec = (usize, usize, usize, usize);
@@ -83,43 +75,17 @@ fn weights(plan: &[ConvSpec], seed: u64) -> Result<VarBuilder<'static>> {
     Ok(VarBuilder::from_tensors(map, DType::F32, &Device::Cpu))
 }
 
-fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..2 {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(easel_core::stats::Stats::of(&times)?.median_ms)
-}
-
 fn main() -> Result<()> {
-    let mut size = 512usize;
-    let mut runs = 5usize;
-    let mut native = true;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| candle_core::Error::msg(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--size" => size = value("--size")?.parse().map_err(candle_core::Error::msg)?,
-            "--runs" => runs = value("--runs")?.parse().map_err(candle_core::Error::msg)?,
-            "--candle" => native = false,
-            other => candle_core::bail!("unknown option {other}"),
-        }
-    }
-    let runs = runs.max(1);
+    let args = Args::parse(&["--size", "--runs"], &["--candle"])?;
+    let size = args.number("--size", 512)?;
+    let runs = args.number("--runs", 5)?.max(1);
+    let native = !args.switch("--candle");
     let cfg = Config::original();
     let (vgg, dec) = convs(&cfg);
     let net = AdaIN::new(weights(&vgg, 1)?, weights(&dec, 2)?, &cfg)?.with_native_cpu(native);
     let (content, style) = (picture(size, 0.0)?, picture(size, 1.0)?);
     let styles = [(style, 1.0)];
-    let stylize_ms = median_ms(runs, || {
+    let stylize_ms = median_ms(2, runs, || {
         net.stylize(&content, &styles, 1.0, None).map(|_| ())
     })?;
     println!(

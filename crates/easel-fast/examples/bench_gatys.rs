@@ -12,7 +12,9 @@
 use candle_core::{Device, Result};
 use easel_fast::efficientnet::EfficientNet;
 use easel_fast::gatys::{Objective, Settings};
-use std::time::Instant;
+
+mod common;
+use common::{time_ms, Args};
 
 /// A `/proc/self/status` field in MiB (0 where it cannot be read).
 fn status_mib(field: &str) -> f64 {
@@ -28,24 +30,13 @@ fn status_mib(field: &str) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let mut input = None;
-    let mut runs = 3usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| candle_core::Error::msg(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--input" => input = Some(value("--input")?),
-            "--runs" => runs = value("--runs")?.parse().map_err(candle_core::Error::msg)?,
-            other => candle_core::bail!("unknown option {other}"),
-        }
-    }
+    let args = Args::parse(&["--input", "--runs"], &[])?;
+    let runs = args.number("--runs", 3)?;
+    let input = args.value("--input");
     let Some(input) = input else {
         candle_core::bail!("--input FILE is required (see tools/ref/gatys_bench.py)")
     };
-    let t = candle_core::safetensors::load(&input, &Device::Cpu)?;
+    let t = candle_core::safetensors::load(input, &Device::Cpu)?;
     let net = EfficientNet::lite0_embedded(&Device::Cpu)?;
     let settings = Settings {
         tv_weight: 10.0,
@@ -53,18 +44,14 @@ fn main() -> Result<()> {
     };
     let objective = Objective::new(&net, &t["photo"], &[t["style"].clone()], None, &settings)?;
     let rss_before = status_mib("VmRSS:");
-    let mut times = Vec::new();
     let mut loss = 0.0;
-    for i in 0..=runs {
-        let start = Instant::now();
+    let times = time_ms(1, runs, || {
         let (l, g) = objective.evaluate(&t["x"])?;
         // Read the gradient, so that nothing is left pending.
         let _ = g.sum_all()?.to_scalar::<f32>()?;
-        if i > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
         loss = l.total;
-    }
+        Ok(())
+    })?;
     let median_ms = easel_core::stats::Stats::of(&times)?.median_ms;
     println!(
         "{{\"median_ms\": {:.1}, \"ms\": {:?}, \"loss\": {loss}, \"peak_mib\": {:.1}, \"rss_before_mib\": {:.1}}}",

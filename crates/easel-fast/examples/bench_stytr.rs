@@ -15,27 +15,20 @@ use candle_nn::VarBuilder;
 use easel_fast::import::torch_zip::read_torch_checkpoint;
 use easel_fast::stytr::{Config, StyTr};
 use std::path::PathBuf;
-use std::time::Instant;
+
+mod common;
+use common::{time_ms, Args};
 
 fn main() -> Result<()> {
-    let mut size = 512usize;
-    let mut runs = 3usize;
-    let mut dir: Option<PathBuf> = None;
-    let mut cfg = Config::original();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| candle_core::Error::msg(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--size" => size = value("--size")?.parse().map_err(candle_core::Error::msg)?,
-            "--runs" => runs = value("--runs")?.parse().map_err(candle_core::Error::msg)?,
-            "--dir" => dir = Some(value("--dir")?.into()),
-            "--pyramidal" => cfg = Config::original_pyramidal(),
-            other => candle_core::bail!("unknown option {other}"),
-        }
-    }
+    let args = Args::parse(&["--size", "--runs", "--dir"], &["--pyramidal"])?;
+    let size = args.number("--size", 512)?;
+    let runs = args.number("--runs", 3)?;
+    let dir = args.value("--dir").map(PathBuf::from);
+    let cfg = if args.switch("--pyramidal") {
+        Config::original_pyramidal()
+    } else {
+        Config::original()
+    };
     let Some(dir) = dir else {
         candle_core::bail!("--dir DIR is required (see tools/ref/stytr_bench.py)")
     };
@@ -60,12 +53,10 @@ fn main() -> Result<()> {
     )?;
     let (content, style) = (&input["content"], &input["style"]);
     let mut out = net.stylize(content, style)?; // warm-up
-    let mut times = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
+    let times = time_ms(0, runs, || {
         out = net.stylize(content, style)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+        Ok(())
+    })?;
     let stats = easel_core::stats::Stats::of(&times)?;
     out.save_safetensors("out", dir.join(format!("easel_{size}.safetensors")))?;
     println!(
