@@ -4,6 +4,8 @@
 //! NUL-separated JSON). It checks that no network request is attempted, that every image
 //! decodes, that the before/after slider moves by keyboard, and that the ratings download is
 //! valid JSON; a screenshot is kept under the test target folder.
+// This file pipes to Chromium (pipe(2), dup2 between fork and exec): each block has its SAFETY comment.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};

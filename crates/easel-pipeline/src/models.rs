@@ -550,8 +550,10 @@ fn mmap_checked(paths: &[PathBuf]) -> Result<MmapedSafetensors> {
             .unwrap_or_default();
         check_safetensors_bytes(&name, &head).map_err(|e| in_file(path, e))?;
     }
-    // SAFETY: memory-mapping is unsound only if the file is modified while mapped; model files
-    // are opened read-only and easel never writes them.
+    // SAFETY: a mapping is sound only while nobody writes or truncates the file. easel maps the
+    // weights read-only and never writes them, but another process can: that is the contract
+    // every memory-mapped loader (candle's, safetensors') leaves to the user. A file changed
+    // meanwhile can give wrong weights or a load error; names and shapes are checked on load.
     unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| match paths {
         [one] => in_file(one, e),
         _ => e,
