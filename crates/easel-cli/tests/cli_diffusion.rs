@@ -657,3 +657,32 @@ fn single_file_checkpoints_paint_like_their_folder() {
         "{err}"
     );
 }
+
+/// Photos whose canvas would overflow or explode the latent (an 8.4-megapixel × 1 PNG, which
+/// the 256 MP decode limit lets through, and a 100:1 strip) are refused before any model loads,
+/// with the fix, and nothing is written.
+#[test]
+fn extreme_aspect_photos_are_refused_through_stylize_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sd, cn) = (
+        fixtures().join("tiny-sd"),
+        fixtures().join("tiny-controlnet"),
+    );
+    for (w, h) in [(8_400_000u32, 1u32), (1, 8_400_000), (6400, 64)] {
+        let photo = tmp.path().join(format!("strip_{w}x{h}.png"));
+        image::RgbImage::from_pixel(w, h, image::Rgb([120, 60, 200]))
+            .save(&photo)
+            .unwrap();
+        let out = tmp.path().join(format!("out_{w}x{h}.png"));
+        let run = easel(&tiny_local_args(s(&photo), s(&out), s(&sd), s(&cn)), &[]);
+        let err = stderr(&run);
+        assert!(!run.status.success(), "{w}x{h}: {err}");
+        assert!(
+            err.contains(&format!("cannot paint a {w}x{h} photo"))
+                && err.contains("more elongated than 8:1; crop it first"),
+            "{w}x{h}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+}
