@@ -243,6 +243,26 @@ fn bad_input_is_a_one_line_error() {
         "cpu",
     ]);
     assert!(err.contains("--resume"), "{err}");
+    // A huge crop (or load size) is refused before anything is read or allocated.
+    let err = run(&[
+        "train-fast",
+        "--content",
+        s(&content),
+        "--styles",
+        s(&styles),
+        "--vgg",
+        s(&vgg()),
+        "--crop",
+        "4000000000",
+        "--load-size",
+        "4000000000",
+        "-o",
+        s(&out_file),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("must be at most 4096 and 2048"), "{err}");
+    assert!(!out_file.exists());
 }
 
 #[test]
