@@ -15,7 +15,7 @@ use easel_bank::preset::Preset;
 
 mod common;
 
-use common::banks::{lsast, save, tiny_hash, tiny_sd};
+use common::banks::{lsast, save, tiny_hash, tiny_sd, vector_bits};
 use common::{assert_success, easel_command, fixtures, s, stderr};
 
 const SNAPSHOT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -97,18 +97,6 @@ fn direct(bank: &Bank, slot: Option<Slot>, shift: f64) -> Bank {
         bank.init_word().to_string(),
     )
     .unwrap()
-}
-
-fn vector_bits(bank: &Bank) -> Vec<u32> {
-    bank.vectors()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
 }
 
 fn read(path: &Path) -> Bank {

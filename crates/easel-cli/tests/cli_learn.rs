@@ -57,16 +57,7 @@ fn learn(cache: &Path, coll: &Path, out: &Path, extra: &[&str]) -> Output {
 /// The bank's vectors as bits and its `training` metadata.
 fn contents(path: &Path) -> (Vec<u32>, serde_json::Value, String) {
     let (bank, meta) = read_bank(&std::fs::read(path).unwrap(), &Device::Cpu).unwrap();
-    let bits = bank
-        .vectors()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect();
+    let bits = common::banks::vector_bits(&bank);
     (bits, meta.training, meta.collection_hash)
 }
 

@@ -273,15 +273,7 @@ fn learn_killed_anywhere_resumes_to_the_same_bank() {
     let vectors = |path: &Path| {
         let (bank, _) = easel_bank::file::read_bank(&std::fs::read(path).unwrap(), &Device::Cpu)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        bank.vectors()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect::<Vec<u32>>()
+        common::banks::vector_bits(&bank)
     };
     let expected = vectors(&straight);
     let n = trials();

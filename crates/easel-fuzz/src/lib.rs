@@ -107,11 +107,10 @@ pub fn plugin_file(data: &[u8]) {
 
 /// The plugin store's `index.json`, read as `easel styles list` reads it.
 pub fn plugin_index(data: &[u8]) {
-    let home = scratch().join("store");
-    if std::fs::create_dir_all(&home).is_err() {
+    let store = easel_styles::store::Store::at(scratch().join("store"));
+    if std::fs::create_dir_all(store.dir()).is_err() {
         return;
     }
-    let store = easel_styles::store::Store::at(&home);
     if std::fs::write(store.dir().join("index.json"), data).is_ok() {
         let _ = store.list();
     }

@@ -66,3 +66,16 @@ pub fn metadata(hash: &str) -> BankMetadata {
 pub fn save(bank: &Bank, hash: &str, path: &Path) {
     std::fs::write(path, save_bank(bank, &metadata(hash)).unwrap()).unwrap();
 }
+
+/// The bank's vectors as bits, for exact comparisons.
+pub fn vector_bits(bank: &Bank) -> Vec<u32> {
+    bank.vectors()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
