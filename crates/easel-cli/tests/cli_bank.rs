@@ -15,7 +15,7 @@ use easel_bank::preset::Preset;
 
 mod common;
 
-use common::banks::{lsast, save, tiny_hash, tiny_sd, vector_bits};
+use common::banks::{lsast, save, tensor_bits, tiny_hash, tiny_sd, vector_bits};
 use common::{assert_success, easel_command, fixtures, s, stderr};
 
 const SNAPSHOT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -222,16 +222,7 @@ fn diffusers_export_imports_back_bit_for_bit() {
     assert_eq!(one.layout().num_slots(), 1);
     let expected = bank.slot_vectors(Slot { stage: 3, group: 1 }).unwrap();
     let got = one.slot_vectors(Slot { stage: 0, group: 0 }).unwrap();
-    let bits = |t: &Tensor| -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
-    };
-    assert_eq!(bits(&got), bits(&expected));
+    assert_eq!(tensor_bits(&got), tensor_bits(&expected));
 
     // Never over the input; pickles refused.
     let before = std::fs::read(&path).unwrap();

@@ -67,15 +67,18 @@ pub fn save(bank: &Bank, hash: &str, path: &Path) {
     std::fs::write(path, save_bank(bank, &metadata(hash)).unwrap()).unwrap();
 }
 
-/// The bank's vectors as bits, for exact comparisons.
-pub fn vector_bits(bank: &Bank) -> Vec<u32> {
-    bank.vectors()
-        .unwrap()
-        .flatten_all()
+/// The values of `t` as bits, for exact comparisons.
+pub fn tensor_bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
         .unwrap()
         .to_vec1::<f32>()
         .unwrap()
         .iter()
         .map(|x| x.to_bits())
         .collect()
+}
+
+/// The bank's vectors as bits, for exact comparisons.
+pub fn vector_bits(bank: &Bank) -> Vec<u32> {
+    tensor_bits(&bank.vectors().unwrap())
 }
