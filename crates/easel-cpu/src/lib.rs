@@ -1,6 +1,5 @@
 //! easel's CPU runtime: SIMD kernels, thread pool and buffers for every network that runs on the
-//! CPU, meant to be the one place with SIMD code (easel-fast's `conv.rs` and `attention_cpu.rs`,
-//! from which these kernels come, move onto it next).
+//! CPU, and the one place with SIMD code: easel-fast's networks run on it.
 //!
 //! - [`simd`]: instruction-set detection ([`Isa`]) and the vector abstraction every kernel is
 //!   written in (AVX-512F, AVX2 + FMA, portable), plus [`simd_fn!`] for element-wise loops;

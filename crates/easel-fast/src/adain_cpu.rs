@@ -1,12 +1,12 @@
 //! Native CPU path of AdaIN's networks: the VGG-19 encoder to relu4_1 and the decoder, on
-//! [`crate::conv`]'s direct convolution instead of candle ops.
+//! [`easel_cpu::conv`]'s direct convolution instead of candle ops.
 //!
 //! Huang & Belongie, "Arbitrary Style Transfer in Real-time with Adaptive Instance
 //! Normalization", ICCV 2017, <https://arxiv.org/abs/1703.06868>; the networks are those of
 //! [`crate::vgg`] and [`crate::adain`] (naoto0804/pytorch-AdaIN `net.py`), computed the same way:
 //!
 //! - each `ReflectionPad2d(1)` (after the decoder's nearest ×2 upsampling, when there is one) is
-//!   one gather ([`conv::pad`] with [`conv::reflect_map`]), so the upsampled picture is never
+//!   one gather ([`pad::pad`] with [`pad::reflect_map`]), so the upsampled picture is never
 //!   built;
 //! - each 3×3 conv has its bias and ReLU fused into the store ([`Epilogue`]);
 //! - `MaxPool2d(2, 2, ceil_mode=True)` keeps an odd last row/column as its own window;
@@ -16,9 +16,9 @@
 //! `VarMap` sees in-place updates) and packed for the kernel at each pass (a few ms).
 
 use crate::adain::Config;
-use crate::conv::{self, Conv2d, Epilogue, Scratch};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use easel_cpu::{pad, Conv2d, Epilogue, Scratch};
 
 /// One step of a network.
 #[derive(Debug, Clone, Copy)]
@@ -169,9 +169,9 @@ impl NativeNet {
                     let input = if pad == 0 && !up {
                         cur
                     } else {
-                        let rows = conv::reflect_map(h, s, pad, pad)?;
-                        let cols = conv::reflect_map(w, s, pad, pad)?;
-                        let padded = conv::pad(&cur, (c, h, w), &rows, &cols, scratch)?;
+                        let rows = pad::reflect_map(h, s, pad, pad)?;
+                        let cols = pad::reflect_map(w, s, pad, pad)?;
+                        let padded = pad::pad(&cur, (c, h, w), &rows, &cols, scratch)?;
                         scratch.give(cur);
                         padded
                     };
@@ -202,7 +202,7 @@ impl NativeNet {
 fn max_pool_ceil(x: &[f32], (c, h, w): (usize, usize, usize), scratch: &mut Scratch) -> Vec<f32> {
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
     let mut out = scratch.take(c * ho * wo);
-    conv::par_chunks_mut(&mut out, ho * wo, |p, dst| {
+    easel_cpu::par_chunks_mut(&mut out, ho * wo, |p, dst| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         for (y, drow) in dst.chunks_exact_mut(wo).enumerate() {
             let r0 = &plane[2 * y * w..(2 * y + 1) * w];
@@ -217,7 +217,7 @@ fn max_pool_ceil(x: &[f32], (c, h, w): (usize, usize, usize), scratch: &mut Scra
     out
 }
 
-conv::simd_fn! {
+easel_cpu::simd_fn! {
     /// One output row of the 2×2 ceil-mode pool from input rows `r0`, `r1`.
     fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
         let w = r0.len();

@@ -44,10 +44,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::conv::{self, sum64, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
 use crate::vgg::reflect_pad;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
+use easel_cpu::elementwise::sum64;
+use easel_cpu::{elementwise, pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
 
 /// Side of the square picture the style predictor was trained on.
 pub const STYLE_SIZE: usize = 256;
@@ -174,7 +175,7 @@ impl Quant {
 /// magnitudes < 2²², i.e. any clamped int8 value), times `scale`. It gives the CPU op's values
 /// wherever the device's f32 division and addition are IEEE round-to-nearest (CUDA's are).
 fn fake_quant_tensor_ops(x: &Tensor, op: Quantize) -> Result<Tensor> {
-    const MAGIC: f64 = conv::ROUND_MAGIC as f64;
+    const MAGIC: f64 = easel_cpu::ROUND_MAGIC as f64;
     let scale = Tensor::new(op.scale, x.device())?.to_dtype(x.dtype())?;
     let y = x.broadcast_div(&scale)?.clamp(op.lo, op.hi)?;
     ((y + MAGIC)? - MAGIC)?.broadcast_mul(&scale)
@@ -315,7 +316,7 @@ impl Conv {
     fn cpu(
         &self,
         x: &FeatureMap,
-        pad: Option<(conv::AxisMap, conv::AxisMap)>,
+        pad: Option<(pad::AxisMap, pad::AxisMap)>,
         ep: Epilogue,
         scratch: &mut Scratch,
     ) -> Result<FeatureMap> {
@@ -324,7 +325,7 @@ impl Conv {
         };
         let padded = match pad {
             Some((rows, cols)) => Some((
-                conv::pad(&x.v, (x.c, x.h, x.w), &rows, &cols, scratch)?,
+                pad::pad(&x.v, (x.c, x.h, x.w), &rows, &cols, scratch)?,
                 rows.len(),
                 cols.len(),
             )),
@@ -383,13 +384,13 @@ fn same_pad_maps(
     w: usize,
     k: usize,
     stride: usize,
-) -> Option<(conv::AxisMap, conv::AxisMap)> {
+) -> Option<(pad::AxisMap, pad::AxisMap)> {
     let total = |n: usize| ((n.div_ceil(stride.max(1)) - 1) * stride + k).saturating_sub(n);
     let (th, tw) = (total(h), total(w));
     (th > 0 || tw > 0).then(|| {
         (
-            conv::zero_map(h, th / 2, th - th / 2),
-            conv::zero_map(w, tw / 2, tw - tw / 2),
+            pad::zero_map(h, th / 2, th - th / 2),
+            pad::zero_map(w, tw / 2, tw - tw / 2),
         )
     })
 }
@@ -399,19 +400,19 @@ fn reflect_maps(
     x: &FeatureMap,
     up: usize,
     p: usize,
-) -> Result<Option<(conv::AxisMap, conv::AxisMap)>> {
+) -> Result<Option<(pad::AxisMap, pad::AxisMap)>> {
     if p == 0 && up == 1 {
         return Ok(None);
     }
     Ok(Some((
-        conv::reflect_map(x.h, up, p, p)?,
-        conv::reflect_map(x.w, up, p, p)?,
+        pad::reflect_map(x.h, up, p, p)?,
+        pad::reflect_map(x.w, up, p, p)?,
     )))
 }
 
 /// `dst = q(dst + src)`.
 fn add_quant(dst: &mut [f32], src: &[f32], q: &Quant) {
-    conv::add_assign(dst, src);
+    elementwise::add_assign(dst, src);
     q.slice(dst);
 }
 
@@ -436,7 +437,7 @@ fn quant_fn(q: &Quant) -> impl Fn(f32) -> f32 {
     move |x: f32| if on { op.apply(x) } else { x }
 }
 
-conv::simd_fn! {
+easel_cpu::simd_fn! {
     /// Conditional instance norm, ReLU and output quantization of one channel, in place.
     fn norm_channel(n: &NormChannel, xs: &mut [f32], gamma: f32, beta: f32) {
         let q = &n.q;
@@ -906,7 +907,7 @@ impl ConditionalInstanceNorm {
             out_q: *out_q,
             relu_lo: if relu { 0.0 } else { f32::NEG_INFINITY },
         };
-        conv::par_chunks_mut(&mut y.v, plane, |c, xs| {
+        easel_cpu::par_chunks_mut(&mut y.v, plane, |c, xs| {
             norm_channel(&norm, xs, gamma[c], beta[c])
         });
     }
@@ -1185,10 +1186,10 @@ impl StyleTransformer {
             };
             let mut x = FeatureMap::image(all, (c, h, w), i);
             if ph + pw > 0 {
-                let rows = conv::reflect_map(h, 1, 0, ph)?;
-                let cols = conv::reflect_map(w, 1, 0, pw)?;
+                let rows = pad::reflect_map(h, 1, 0, ph)?;
+                let cols = pad::reflect_map(w, 1, 0, pw)?;
                 x = FeatureMap {
-                    v: conv::pad(&x.v, (c, h, w), &rows, &cols, s)?,
+                    v: pad::pad(&x.v, (c, h, w), &rows, &cols, s)?,
                     c,
                     h: h + ph,
                     w: w + pw,
@@ -1214,7 +1215,7 @@ impl StyleTransformer {
             if x.c != 3 || x.h < h || x.w < w {
                 bail!("internal error: transformer output {}x{}x{}", x.c, x.h, x.w);
             }
-            conv::par_chunks_mut(&mut x.v, x.w, |_, row| {
+            easel_cpu::par_chunks_mut(&mut x.v, x.w, |_, row| {
                 for v in row.iter_mut() {
                     *v = 1.0 / (1.0 + (-*v).exp());
                 }

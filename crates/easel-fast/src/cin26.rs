@@ -21,9 +21,10 @@
 //! H×W and ε = 1e-5. Preset names: the upstream package ships none ("I did not invent names for
 //! them, because the model I started from never came with any"), so presets are known by index.
 
-use crate::conv::{self, sum64, Epilogue, Scratch};
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use easel_cpu::elementwise::sum64;
+use easel_cpu::{elementwise, pad, Epilogue, Scratch};
 
 /// Number of preset styles in the embedded network.
 pub const NUM_PRESETS: usize = 26;
@@ -197,7 +198,7 @@ impl ConditionalInstanceNorm {
                 .sum()
         };
         let eps = self.eps;
-        conv::par_chunks_mut(y, plane, |ch, xs| {
+        easel_cpu::par_chunks_mut(y, plane, |ch, xs| {
             let (gamma, beta) = (mix(&self.gamma_table, ch), mix(&self.beta_table, ch));
             norm_channel(xs, gamma, beta, eps, act);
         });
@@ -212,7 +213,7 @@ enum Activation {
     Sigmoid,
 }
 
-conv::simd_fn! {
+easel_cpu::simd_fn! {
     /// Instance norm of one channel with the biased variance, then `gamma`, `beta` and the
     /// activation, in place.
     fn norm_channel(xs: &mut [f32], gamma: f32, beta: f32, eps: f64, act: Activation) {
@@ -249,7 +250,7 @@ struct ConvLayer {
     conv: Conv2d,
     /// The same weights packed for the direct CPU kernel (`None` off the CPU, where candle's
     /// `conv2d` runs).
-    direct: Option<crate::conv::Conv2d>,
+    direct: Option<easel_cpu::Conv2d>,
     norm: ConditionalInstanceNorm,
     pad: usize,
 }
@@ -262,7 +263,7 @@ impl ConvLayer {
     ) -> Result<Self> {
         let w = vb.get((out_c, in_c, kernel, kernel), "w")?;
         let direct = if w.device().is_cpu() {
-            Some(crate::conv::Conv2d::new(
+            Some(easel_cpu::Conv2d::new(
                 &w.flatten_all()?.to_vec1::<f32>()?,
                 None,
                 (in_c, out_c, kernel),
@@ -301,10 +302,10 @@ impl ConvLayer {
         let Some(d) = &self.direct else {
             bail!("internal error: conv weights are not on the CPU")
         };
-        let rows = conv::reflect_map(h, up, self.pad, self.pad)?;
-        let cols = conv::reflect_map(w, up, self.pad, self.pad)?;
+        let rows = pad::reflect_map(h, up, self.pad, self.pad)?;
+        let cols = pad::reflect_map(w, up, self.pad, self.pad)?;
         let (hp, wp) = (rows.len(), cols.len());
-        let padded = conv::pad(x, (c, h, w), &rows, &cols, s)?;
+        let padded = pad::pad(x, (c, h, w), &rows, &cols, s)?;
         let (ho, wo) = d.out_size(hp, wp)?;
         let mut y = s.take(d.c_out() * ho * wo);
         d.forward_into(&padded, (1, c, hp, wp), &Epilogue::default(), &mut y, s)?;
@@ -317,9 +318,9 @@ impl ConvLayer {
         let x = reflect_pad(x, self.pad, self.pad, self.pad, self.pad)?;
         let y = match &self.direct {
             Some(direct) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op1_no_bwd(&crate::conv::Conv2dOp {
+                x.contiguous()?.apply_op1_no_bwd(&easel_cpu::Conv2dOp {
                     conv: direct,
-                    ep: crate::conv::Epilogue::default(),
+                    ep: easel_cpu::Epilogue::default(),
                 })?
             }
             _ => self.conv.forward(&x)?,
@@ -446,7 +447,7 @@ impl PresetNet {
             for (first, second) in &self.residual {
                 let (y, ho, wo) = first.cpu(&x, dims, 1, sw, Activation::Relu, s)?;
                 let (z, _, _) = second.cpu(&y, (dims.0, ho, wo), 1, sw, Activation::None, s)?;
-                conv::add_assign(&mut x, &z);
+                elementwise::add_assign(&mut x, &z);
                 s.give(y);
                 s.give(z);
             }

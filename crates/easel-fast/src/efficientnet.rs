@@ -31,9 +31,9 @@
 //!   convolutions backwards by hand (weights are frozen, so only the picture's gradient is
 //!   computed), stopping at the deepest requested feature; elsewhere it uses candle's autograd.
 
-use crate::conv::{self, Conv2d, Epilogue, Scratch};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch};
 
 /// The embedded EfficientNet-Lite0 ImageNet weights (f16, lukemelas state-dict keys; see
 /// `weights/README.md`).
@@ -294,9 +294,9 @@ impl ConvBn {
         if pt + pb + pl + pr == 0 {
             fwd.forward_into(&x.v, (x.n, self.c_in, hp, wp), &ep, &mut out, scratch)?;
         } else {
-            let rows = conv::zero_map(x.h, pt, pb);
-            let cols = conv::zero_map(x.w, pl, pr);
-            let padded = conv::pad(&x.v, (x.n * self.c_in, x.h, x.w), &rows, &cols, scratch)?;
+            let rows = pad::zero_map(x.h, pt, pb);
+            let cols = pad::zero_map(x.w, pl, pr);
+            let padded = pad::pad(&x.v, (x.n * self.c_in, x.h, x.w), &rows, &cols, scratch)?;
             fwd.forward_into(&padded, (x.n, self.c_in, hp, wp), &ep, &mut out, scratch)?;
             scratch.give(padded);
         }
@@ -348,7 +348,7 @@ impl ConvBn {
                 scratch,
             )?;
         } else {
-            let map = |len: usize, before: usize, outs: usize| -> conv::AxisMap {
+            let map = |len: usize, before: usize, outs: usize| -> pad::AxisMap {
                 (0..len + self.k - 1)
                     .map(|r| {
                         let d = (r + before) as i64 - (self.k as i64 - 1);
@@ -360,7 +360,7 @@ impl ConvBn {
             };
             let rows = map(h, pt, ho);
             let cols = map(w, pl, wo);
-            let gp = conv::pad(&g, (n * self.c_out, ho, wo), &rows, &cols, scratch)?;
+            let gp = pad::pad(&g, (n * self.c_out, ho, wo), &rows, &cols, scratch)?;
             let dims = (n, self.c_out, h + self.k - 1, w + self.k - 1);
             bwd.forward_into(&gp, dims, &Epilogue::default(), &mut out, scratch)?;
             scratch.give(gp);
@@ -685,7 +685,7 @@ impl EfficientNet {
                 .cpu_forward(e.as_ref().unwrap_or(x_in), &mut scratch)?;
             let mut p = b.project.cpu_forward(&d, &mut scratch)?;
             if b.residual {
-                conv::add_assign(&mut p.v, &x_in.v);
+                elementwise::add_assign(&mut p.v, &x_in.v);
             }
             saved.blocks.push(SavedBlock {
                 in_hw,
@@ -811,14 +811,14 @@ impl FeatureTape<'_> {
                 }
                 let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 match &mut acc {
-                    Some(a) => conv::add_assign(a, &v),
+                    Some(a) => elementwise::add_assign(a, &v),
                     None => acc = Some(v),
                 }
             }
             Ok(acc)
         };
         let add = |dst: &mut Option<Vec<f32>>, src: Option<Vec<f32>>| match (dst.as_mut(), src) {
-            (Some(d), Some(s)) => conv::add_assign(d, &s),
+            (Some(d), Some(s)) => elementwise::add_assign(d, &s),
             (None, Some(s)) => *dst = Some(s),
             (_, None) => {}
         };

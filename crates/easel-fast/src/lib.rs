@@ -22,9 +22,7 @@
 pub mod adain;
 mod adain_cpu;
 pub mod arbitrary;
-mod attention_cpu;
 pub mod cin26;
-mod conv;
 pub mod efficientnet;
 pub mod gatys;
 pub mod import;

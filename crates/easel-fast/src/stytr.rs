@@ -41,9 +41,9 @@
 //! number of tokens (the largest buffer is the feed-forward's `tokens × 2048` floats).
 //!
 //! On the CPU in f32 the inference path runs each attention as one fused kernel
-//! ([`crate::attention_cpu`]: score tiles in cache, online softmax, no score matrix; its memory
+//! ([`easel_cpu::attention`]: score tiles in cache, online softmax, no score matrix; its memory
 //! is a few tiles per thread), candle's fused LayerNorm, and the CNN decoder on
-//! [`crate::conv`]'s direct convolution ([`crate::adain_cpu`]). [`StyTr::with_native_cpu`]
+//! [`easel_cpu::conv`]'s direct convolution ([`crate::adain_cpu`]). [`StyTr::with_native_cpu`]
 //! `(false)` turns these off (candle ops only, as on CUDA: matmul, softmax, chunked queries).
 //! When a tensor tracks gradients (training with `Var` weights) the same forward uses
 //! differentiable candle ops instead, so it can be trained with candle's autograd.
@@ -72,11 +72,11 @@
 
 use crate::adain;
 use crate::adain_cpu::NativeNet;
-use crate::attention_cpu::FusedAttention;
 use crate::stytr_pe::{linear, Cape, Pyramidal};
 use crate::vgg::reflect_pad;
 use candle_core::{bail, DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use easel_cpu::FusedAttention;
 use serde::{Deserialize, Serialize};
 
 /// LayerNorm epsilon (`nn.LayerNorm` default).
@@ -459,7 +459,7 @@ pub struct StyTr {
     decoder_norm: LayerNorm,
     pos: PosEncoder,
     decoder: adain::Decoder,
-    /// The CNN decoder on [`crate::conv`]'s direct convolution (weights on the CPU, not
+    /// The CNN decoder on [`easel_cpu::conv`]'s direct convolution (weights on the CPU, not
     /// trainable).
     native_decoder: Option<NativeNet>,
     /// Whether CPU inference uses the native kernels (see [`StyTr::with_native_cpu`]).
