@@ -47,8 +47,10 @@
 use crate::vgg::reflect_pad;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
-use easel_cpu::elementwise::sum64;
-use easel_cpu::{elementwise, pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch};
+use easel_cpu::{
+    elementwise::{self, sum64},
+    pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch,
+};
 
 /// Side of the square picture the style predictor was trained on.
 pub const STYLE_SIZE: usize = 256;

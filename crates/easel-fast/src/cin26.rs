@@ -23,8 +23,10 @@
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use easel_cpu::elementwise::sum64;
-use easel_cpu::{elementwise, pad, Epilogue, Scratch};
+use easel_cpu::{
+    elementwise::{self, sum64},
+    pad, Epilogue, Scratch,
+};
 
 /// Number of preset styles in the embedded network.
 pub const NUM_PRESETS: usize = 26;
