@@ -68,6 +68,7 @@ fn setting_flag(setting: Setting) -> &'static str {
         Setting::TvWeight => "--tv-weight",
         Setting::Mask => "--mask",
         Setting::Color => "--keep-colors/--color-transfer",
+        Setting::VaeTiling => "--vae-tiling",
     }
 }
 
@@ -98,6 +99,10 @@ pub fn word(err: HostError) -> anyhow::Error {
             problem,
         } => anyhow::anyhow!("{} {value} {problem}", setting_flag(setting)),
         HostError::Source { role, problem } => anyhow::anyhow!("{}: {problem}", role_flag(role)),
+        HostError::Memory { error, relief } => {
+            let flags: Vec<&str> = relief.iter().map(|&s| setting_flag(s)).collect();
+            anyhow::anyhow!("{error}; change {} to need less", or_list(&flags))
+        }
         HostError::Bank(bank) => match *bank {
             easel_bank::conditioning::ConditioningError::Fit(
                 e @ easel_bank::file::BankFitError::BaseModel { .. },
@@ -108,6 +113,15 @@ pub fn word(err: HostError) -> anyhow::Error {
             other => anyhow::Error::new(other),
         },
         other => anyhow::Error::new(other),
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
 

@@ -292,3 +292,46 @@ fn preset_contact_sheet_has_all_presets() {
     // The strip of the empty cells after preset 25 stays blank.
     assert!(strip(26).pixels().all(|p| p.0 == [255, 255, 255]));
 }
+
+/// `--max-size` is bounded on both sides, for the fast methods, gatys and compare.
+#[test]
+fn max_size_outside_its_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let photo = example("chelsea_cat.png");
+    let starry = example("vangogh_starry_night.jpg");
+    for (method, size, expected) in [
+        ("preset", "8", "--max-size 8 is outside 16..=16384"),
+        ("preset", "20000", "--max-size 20000 is outside 16..=16384"),
+        ("gatys", "70000", "--max-size 70000 is outside 16..=16384"),
+    ] {
+        let mut args = vec!["stylize", &photo, "--method", method, "--max-size", size];
+        args.extend(["-o", s(&out)]);
+        if method == "preset" {
+            args.extend(["--preset", "3"]);
+        } else {
+            args.extend(["--style", &starry]);
+        }
+        let run = easel(&args);
+        let err = stderr(&run);
+        assert!(!run.status.success() && err.contains(expected), "{err}");
+    }
+    let report = dir.path().join("report");
+    let run = easel(&[
+        "compare",
+        &photo,
+        "--style",
+        &starry,
+        "--use",
+        "arbitrary",
+        "--max-size",
+        "20000",
+        "-o",
+        s(&report),
+    ]);
+    let err = stderr(&run);
+    assert!(
+        !run.status.success() && err.contains("--max-size 20000 is outside 64..=16384"),
+        "{err}"
+    );
+}

@@ -39,7 +39,7 @@ fn all_workloads_report_positive_finite_figures() {
     assert_eq!(report["warmup"], 1);
     assert_eq!(report["weights"]["kind"], "random");
     assert_eq!(report["weights"]["config"], "tiny");
-    assert_eq!(report["attention"], "full");
+    assert_eq!(report["attention"], "max-score-bytes-1073741824");
     assert_eq!(report["parity"], Value::Null);
     let workloads = report["workloads"].as_array().expect("a workloads array");
     let names: Vec<&str> = workloads

@@ -686,3 +686,33 @@ fn extreme_aspect_photos_are_refused_through_stylize_prompt() {
         assert!(!out.exists());
     }
 }
+
+/// A canvas whose estimated activations exceed the machine's available memory is refused
+/// before the first step, with both figures and the flags that lower the need, and nothing is
+/// written. (The tiny model keeps every attention score: 4096² pixels are ~4 M latent tokens.)
+#[test]
+fn canvases_beyond_the_available_memory_are_refused_with_the_flags_that_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sd, cn) = (
+        fixtures().join("tiny-sd"),
+        fixtures().join("tiny-controlnet"),
+    );
+    let photo = tmp.path().join("photo.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([120, 60, 200]))
+        .save(&photo)
+        .unwrap();
+    let out = tmp.path().join("out.png");
+    let mut args = tiny_local_args(s(&photo), s(&out), s(&sd), s(&cn));
+    args.extend(["--size", "4096"]);
+    let run = easel(&args, &[]);
+    let err = stderr(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("painting 1 image of 4096×4096 pixels needs about ")
+            && err.contains(
+                "is available on the CPU; change --size, --batch or --vae-tiling to need less"
+            ),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

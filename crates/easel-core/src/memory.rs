@@ -6,6 +6,11 @@
 //! every millisecond by a thread. On the CPU, the process's resident-set high-water mark
 //! (`VmHWM` of `/proc/self/status`), reset at the start by writing `5` to
 //! `/proc/self/clear_refs` (Linux ≥ 4.0).
+//!
+//! Before large work, [`available_bytes`] says how much the device can still allocate and
+//! [`ensure_fits`] turns an estimate that does not fit into an [`OutOfMemory`] error, so that
+//! an oversized request fails with a message instead of being killed by the kernel's OOM killer
+//! (or failing inside a CUDA kernel launch).
 
 use candle_core::{Device, Result};
 
@@ -107,6 +112,124 @@ fn vm_hwm_bytes(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// An estimated need that does not fit in what the device has available.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} needs about {} of memory, but only {} is available on the {device}",
+    gib(*needed_bytes),
+    gib(*available_bytes)
+)]
+pub struct OutOfMemory {
+    /// The work, in words (`painting a 4096×4096 canvas`).
+    pub what: String,
+    /// The estimated need in bytes.
+    pub needed_bytes: u64,
+    /// What the device had available in bytes.
+    pub available_bytes: u64,
+    /// The device (`CPU`, `GPU`).
+    pub device: &'static str,
+}
+
+/// `bytes` in GiB with one decimal (`12.5 GiB`), or MiB under one GiB.
+pub fn gib(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let mib = bytes as f64 / MIB;
+    if mib < 1024.0 {
+        format!("{mib:.0} MiB")
+    } else {
+        format!("{:.1} GiB", mib / 1024.0)
+    }
+}
+
+/// The bytes `device` can still allocate, when it can be told: on the CPU the kernel's
+/// `MemAvailable`, lowered to the room left under the process's cgroup memory limit (v2
+/// `memory.max − memory.current`, v1 `memory.limit_in_bytes − memory.usage_in_bytes`); on CUDA
+/// the driver's free memory plus what candle's memory pool holds unused.
+pub fn available_bytes(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => cuda_probe::available_bytes(dev),
+        _ => {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let available = mem_available_bytes(&meminfo)?;
+            Some(match cgroup_room_bytes() {
+                Some(room) => available.min(room),
+                None => available,
+            })
+        }
+    }
+}
+
+/// Fails with [`OutOfMemory`] when `needed_bytes` exceeds `available` (`None`: unknown, so
+/// nothing is refused). `what` names the work for the message.
+pub fn ensure_fits_in(
+    what: impl FnOnce() -> String,
+    needed_bytes: u64,
+    available: Option<u64>,
+    device: &'static str,
+) -> std::result::Result<(), OutOfMemory> {
+    match available {
+        Some(available_bytes) if needed_bytes > available_bytes => Err(OutOfMemory {
+            what: what(),
+            needed_bytes,
+            available_bytes,
+            device,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// [`ensure_fits_in`] against [`available_bytes`] of `device`.
+pub fn ensure_fits(
+    what: impl FnOnce() -> String,
+    needed_bytes: u64,
+    device: &Device,
+) -> std::result::Result<(), OutOfMemory> {
+    ensure_fits_in(
+        what,
+        needed_bytes,
+        available_bytes(device),
+        device_label(device),
+    )
+}
+
+/// `device` for [`OutOfMemory`]'s message: `CPU` or `GPU`.
+pub fn device_label(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "CPU"
+    } else {
+        "GPU"
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Room left under the cgroup memory limit of this process's namespace, if it has one.
+fn cgroup_room_bytes() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
+        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
+        None => (
+            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+        ),
+    };
+    cgroup_room(&limit, &usage)
+}
+
+/// `limit − usage` of two cgroup files' texts; `None` for no limit (`max`, or v1's page-rounded
+/// `i64::MAX`).
+fn cgroup_room(limit: &str, usage: &str) -> Option<u64> {
+    let limit: u64 = limit.trim().parse().ok()?;
+    let usage: u64 = usage.trim().parse().ok()?;
+    (limit < 1 << 62).then(|| limit.saturating_sub(usage))
+}
+
 #[cfg(feature = "cuda")]
 mod cuda_probe {
     //! The CUDA memory probe: memory-pool high-water mark and a sampling thread.
@@ -150,18 +273,21 @@ mod cuda_probe {
         Ok(Some(unsafe { pool.assume_init() }))
     }
 
-    fn used_high(pool: sys::CUmemoryPool) -> Result<u64> {
+    /// A cuuint64_t attribute of `pool` (the USED / RESERVED memory counters).
+    fn pool_attribute(pool: sys::CUmemoryPool, attribute: sys::CUmemPool_attribute) -> Result<u64> {
         let mut value: u64 = 0;
-        // SAFETY: USED_MEM_HIGH is a cuuint64_t attribute; `value` outlives the call.
-        let r = unsafe {
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut value as *mut u64).cast(),
-            )
-        };
-        check("cuMemPoolGetAttribute(USED_MEM_HIGH)", r)?;
+        // SAFETY: the attributes read here are cuuint64_t ones; `value` outlives the call.
+        let r =
+            unsafe { sys::cuMemPoolGetAttribute(pool, attribute, (&mut value as *mut u64).cast()) };
+        check("cuMemPoolGetAttribute", r)?;
         Ok(value)
+    }
+
+    fn used_high(pool: sys::CUmemoryPool) -> Result<u64> {
+        pool_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        )
     }
 
     fn reset_used_high(pool: sys::CUmemoryPool) -> Result<()> {
@@ -175,6 +301,29 @@ mod cuda_probe {
             )
         };
         check("cuMemPoolSetAttribute(USED_MEM_HIGH)", r)
+    }
+
+    /// Free device memory plus the pool's reserved but unused bytes (candle frees into the pool).
+    pub(super) fn available_bytes(dev: &CudaDevice) -> Option<u64> {
+        let ctx = dev.cuda_stream().context().clone();
+        let (free, _total) = ctx.mem_get_info().ok()?;
+        let pooled_unused = match current_pool(&ctx).ok().flatten() {
+            Some(pool) => {
+                let reserved = pool_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                )
+                .ok()?;
+                let used = pool_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+                )
+                .ok()?;
+                reserved.saturating_sub(used)
+            }
+            None => 0,
+        };
+        Some((free as u64).saturating_add(pooled_unused))
     }
 
     impl CudaProbe {
@@ -236,5 +385,50 @@ mod tests {
         let status = "Name:\teasel\nVmPeak:\t  200 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(vm_hwm_bytes(status), Some(1234 * 1024));
         assert_eq!(vm_hwm_bytes("Name: x\n"), None);
+    }
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo =
+            "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   23695384 kB\n";
+        assert_eq!(mem_available_bytes(meminfo), Some(23_695_384 * 1024));
+        assert_eq!(mem_available_bytes("MemTotal: 5 kB\n"), None);
+    }
+
+    #[test]
+    fn cgroup_room_is_limit_minus_usage_and_no_limit_is_none() {
+        assert_eq!(
+            cgroup_room("8589934592\n", "4138700800\n"),
+            Some(4_451_233_792)
+        );
+        assert_eq!(cgroup_room("1000", "2000"), Some(0));
+        // v2 without a limit, and v1's page-rounded i64::MAX.
+        assert_eq!(cgroup_room("max\n", "4138700800\n"), None);
+        assert_eq!(cgroup_room("9223372036854771712\n", "4138700800\n"), None);
+    }
+
+    #[test]
+    fn needs_over_the_available_memory_are_refused_with_both_figures() {
+        let what = || "painting a 4096×4096 canvas".to_string();
+        let err = ensure_fits_in(what, 20 << 30, Some(12 << 30), "CPU").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "painting a 4096×4096 canvas needs about 20.0 GiB of memory, but only 12.0 GiB is \
+             available on the CPU"
+        );
+        assert_eq!(
+            ensure_fits_in(what, 12 << 30, Some(12 << 30), "CPU"),
+            Ok(())
+        );
+        // Unknown availability refuses nothing.
+        assert_eq!(ensure_fits_in(what, u64::MAX, None, "GPU"), Ok(()));
+        assert_eq!(gib(300 << 20), "300 MiB");
+    }
+
+    #[test]
+    fn this_machine_reports_available_memory() {
+        // Linux CI and development machines have /proc/meminfo.
+        let available = available_bytes(&Device::Cpu).expect("MemAvailable on Linux");
+        assert!(available > 64 << 20, "{available} bytes available");
     }
 }

@@ -29,6 +29,35 @@ pub enum AttentionSlicing {
     /// of 16 GiB for the whole matrix. (Under autograd every chunk is kept for the backward
     /// pass, so slicing saves memory in inference only.)
     QueryChunks(usize),
+    /// Query chunks sized at run time so that each chunk's score matrix takes at most this many
+    /// bytes; the whole matrix at once when it fits. Small canvases run as fast as with
+    /// [`AttentionSlicing::Full`]; large ones no longer need memory that grows with the square
+    /// of the token count.
+    MaxScoreBytes(u64),
+}
+
+impl AttentionSlicing {
+    /// What painting uses: score matrices of at most 1 GiB, so that a 512² canvas (1 GiB of
+    /// scores with guidance) runs in one chunk, 768² in six and 1024² in 16 (see
+    /// [`AttentionSlicing::QueryChunks`]).
+    pub const PAINTING: Self = Self::MaxScoreBytes(1 << 30);
+
+    /// The queries handled at once among `queries`, for `rows` (`batch · heads`) score matrices
+    /// of `keys` columns with `elem_bytes`-byte elements.
+    pub fn chunk_len(self, rows: usize, queries: usize, keys: usize, elem_bytes: usize) -> usize {
+        match self {
+            Self::Full => queries,
+            Self::QueryChunks(chunk) => chunk.clamp(1, queries.max(1)),
+            Self::MaxScoreBytes(budget) => {
+                let per_query = (rows as u64)
+                    .saturating_mul(keys as u64)
+                    .saturating_mul(elem_bytes as u64)
+                    .max(1);
+                let fit = usize::try_from(budget / per_query).unwrap_or(usize::MAX);
+                fit.clamp(1, queries.max(1))
+            }
+        }
+    }
 }
 
 /// diffusers' `Attention` with the default processor: `to_q`, `to_k`, `to_v` (no bias) and
@@ -62,7 +91,10 @@ impl CrossAttention {
                 "CrossAttention: heads ({heads}) and head_dim ({head_dim}) must be positive"
             )
         }
-        if slicing == AttentionSlicing::QueryChunks(0) {
+        if matches!(
+            slicing,
+            AttentionSlicing::QueryChunks(0) | AttentionSlicing::MaxScoreBytes(0)
+        ) {
             candle_core::bail!("CrossAttention: a query chunk size of 0")
         }
         let inner = heads * head_dim;
@@ -121,9 +153,13 @@ impl CrossAttention {
             .split_heads(&self.to_v.forward(context)?)?
             .contiguous()?;
         let q = q.contiguous()?;
-        let tokens = q.dim(1)?;
-        let out = match self.slicing {
-            AttentionSlicing::QueryChunks(chunk) if chunk < tokens => {
+        let (rows, tokens, _) = q.dims3()?;
+        let keys = k_t.dim(2)?;
+        let chunk = self
+            .slicing
+            .chunk_len(rows, tokens, keys, q.dtype().size_in_bytes());
+        let out = match chunk {
+            chunk if chunk < tokens => {
                 let mut parts = Vec::with_capacity(tokens.div_ceil(chunk));
                 let mut start = 0;
                 while start < tokens {
@@ -365,6 +401,34 @@ mod tests {
         CrossAttention::new(vb, dim, Some(ctx), heads, head_dim, slicing).unwrap()
     }
 
+    #[test]
+    fn score_budgets_become_query_chunks() {
+        let budget = AttentionSlicing::MaxScoreBytes(1000);
+        assert_eq!(budget.chunk_len(6, 37, 5, 4), 8);
+        // A budget below one query's scores still makes progress, one query at a time.
+        assert_eq!(budget.chunk_len(6, 37, 500, 4), 1);
+        // SD 1.x with guidance, 2·8 rows in f32: 512² (4096 tokens) is 1 GiB of scores, one
+        // chunk; 768² (9216) is 5.1 GiB, 1820 queries a chunk; 1024² (16384) 16 GiB, 1024.
+        assert_eq!(
+            AttentionSlicing::PAINTING.chunk_len(16, 4096, 4096, 4),
+            4096
+        );
+        assert_eq!(
+            AttentionSlicing::PAINTING.chunk_len(16, 9216, 9216, 4),
+            1820
+        );
+        assert_eq!(
+            AttentionSlicing::PAINTING.chunk_len(16, 16384, 16384, 4),
+            1024
+        );
+        assert_eq!(AttentionSlicing::PAINTING.chunk_len(16, 64, 77, 4), 64);
+        assert_eq!(AttentionSlicing::Full.chunk_len(16, 4096, 4096, 4), 4096);
+        assert_eq!(
+            AttentionSlicing::QueryChunks(10_000).chunk_len(1, 37, 5, 4),
+            37
+        );
+    }
+
     /// Query chunks (with a ragged last chunk) give the full path's output and gradients.
     #[test]
     fn sliced_attention_matches_full_with_gradients() {
@@ -378,9 +442,18 @@ mod tests {
             (out, grads.get(context.as_tensor()).unwrap().clone())
         };
         let (full, full_grad) = run(AttentionSlicing::Full);
-        let (sliced, sliced_grad) = run(AttentionSlicing::QueryChunks(8));
-        assert!(max_abs_diff(&full, &sliced) <= 1e-5);
-        assert!(max_abs_diff(&full_grad, &sliced_grad) <= 1e-4);
+        // B·heads = 6 score rows of 5 keys in f32: 120 bytes a query, so 1000 bytes hold 8.
+        for slicing in [
+            AttentionSlicing::QueryChunks(8),
+            AttentionSlicing::MaxScoreBytes(1000),
+        ] {
+            let (sliced, sliced_grad) = run(slicing);
+            assert!(max_abs_diff(&full, &sliced) <= 1e-5, "{slicing:?}");
+            assert!(
+                max_abs_diff(&full_grad, &sliced_grad) <= 1e-4,
+                "{slicing:?}"
+            );
+        }
         assert!(attention(AttentionSlicing::Full)
             .forward(&xs, Some(&randn(&[1, 5, 6], 8)))
             .is_err());

@@ -14,6 +14,7 @@
 //!   residuals.
 //! - [`controlnet`]: `ControlNetModel`, producing those residuals from a conditioning image.
 //! - [`vae`]: the SD1.x variational autoencoder (`AutoencoderKL`), whole or tiled.
+//! - [`memory`]: activation-memory estimates of one pass of the UNet, ControlNet and VAE.
 //! - [`weights`]: key maps for original single-file checkpoints, a checked `VarBuilder`
 //!   backend, `config.json` parsing and weight file names.
 
@@ -23,6 +24,7 @@ pub mod contexts;
 pub mod controlnet;
 pub mod embeddings;
 pub mod frozen;
+pub mod memory;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;

@@ -382,6 +382,7 @@ pub(crate) fn route_contexts<'a>(
 /// no class or additional embeddings).
 #[derive(Debug, Clone)]
 pub struct UNet2DConditionModel {
+    config: UNet2DConditionModelConfig,
     encoder: Encoder,
     up_blocks: Vec<UpBlock2D>,
     conv_norm_out: GroupNorm,
@@ -431,11 +432,17 @@ impl UNet2DConditionModel {
         )?;
         let conv_out = conv3x3(vb.pp("conv_out"), c0, cfg.out_channels)?;
         Ok(Self {
+            config: cfg.clone(),
             encoder,
             up_blocks,
             conv_norm_out,
             conv_out,
         })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &UNet2DConditionModelConfig {
+        &self.config
     }
 
     /// Where the cross-attention layers are (see [`crate::contexts`] for the numbering).

@@ -55,7 +55,7 @@ pub struct DiffusionOptions {
     pub control: Option<ControlOptions>,
     /// Model dtype (default f16 on CUDA, f32 on the CPU).
     pub dtype: Option<DType>,
-    /// Decode the latents tile by tile.
+    /// Encode the photo and decode the latents tile by tile.
     pub vae_tiling: bool,
 }
 
@@ -123,7 +123,7 @@ pub struct DiffusionSettings {
     pub control: Option<ControlChoice>,
     /// Model dtype.
     pub dtype: DType,
-    /// Tiled VAE decoding.
+    /// Tiled VAE encoding and decoding.
     pub vae_tiling: bool,
 }
 
@@ -414,6 +414,11 @@ pub fn paint_photo(
     request.seed = seed;
     request.batch = settings.batch;
     request.vae_tiling = settings.vae_tiling;
+    sd.check_memory(&request)
+        .map_err(|error| HostError::Memory {
+            error,
+            relief: &[Setting::Size, Setting::Batch, Setting::VaeTiling],
+        })?;
     let images = sd
         .stylize_with_noise(&request, conditioning, noise, progress)
         .map_err(HostError::compute("denoising"))?;

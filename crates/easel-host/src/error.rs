@@ -66,6 +66,8 @@ pub enum Setting {
     Mask,
     /// Gatys: the colour controls (luminance only, histogram matching).
     Color,
+    /// Tile-by-tile VAE encoding and decoding.
+    VaeTiling,
 }
 
 impl Setting {
@@ -95,6 +97,7 @@ impl Setting {
             Setting::TvWeight => "TV weight",
             Setting::Mask => "mask",
             Setting::Color => "colour control",
+            Setting::VaeTiling => "VAE tiling",
         }
     }
 }
@@ -177,6 +180,14 @@ pub enum HostError {
     /// A bank cannot condition the model.
     #[error(transparent)]
     Bank(Box<easel_bank::conditioning::ConditioningError>),
+    /// The work's estimated memory exceeds what the device has available; nothing was started.
+    #[error("{error}")]
+    Memory {
+        /// The estimate and what was available.
+        error: easel_core::memory::OutOfMemory,
+        /// The settings that lower the need.
+        relief: &'static [Setting],
+    },
     /// A model computation failed.
     #[error("{what}: {source}")]
     Compute {

@@ -601,6 +601,7 @@ impl FastPainter {
                 "is outside 0..1",
             ));
         }
+        self.check_memory(photo)?;
         let painting = HostError::compute("painting");
         let blend = |painted: Tensor| -> candle_core::Result<Tensor> {
             if strength < 1.0 {
@@ -643,6 +644,58 @@ impl FastPainter {
         } else {
             Ok(painted)
         }
+    }
+}
+
+impl FastPainter {
+    /// Activation bytes one photo pixel costs at the peak of a stylization in f32.
+    /// Arbitrary and presets: the slope of `easel stylize`'s peak RSS between 1024 and 2048
+    /// long sides, measured on the CPU (about 280 and 490 bytes; docs/reliability.md). AdaIN:
+    /// counted from VGG-19 to relu4_1 and its mirror decoder, about six 64-channel maps at
+    /// full size. StyTr²: its CNN decoder likewise plus the 512-wide tokens at 1/64 of the
+    /// pixels (its attention scores are bounded apart, at most 128 MiB).
+    fn bytes_per_pixel(&self) -> u64 {
+        match &self.loaded {
+            Loaded::Arbitrary { .. } => 320,
+            Loaded::Preset { .. } => 512,
+            Loaded::Adain { .. } => 1536,
+            Loaded::Transformer { .. } => 2048,
+        }
+    }
+
+    /// The estimated activation peak of painting `photo` (`[.., H, W]`), in bytes.
+    pub fn estimate_memory_bytes(&self, photo: &Tensor) -> u64 {
+        let pixels = match photo.dims() {
+            [.., h, w] => (*h as u64).saturating_mul(*w as u64),
+            _ => 0,
+        };
+        let scores = match &self.loaded {
+            Loaded::Transformer { model, .. } => {
+                // The scores and their softmax, in f32.
+                (model.config().max_attention_scores as u64).saturating_mul(8)
+            }
+            _ => 0,
+        };
+        pixels
+            .saturating_mul(self.bytes_per_pixel())
+            .saturating_add(scores)
+    }
+
+    /// Refuses `photo` when [`Self::estimate_memory_bytes`] exceeds what its device has.
+    fn check_memory(&self, photo: &Tensor) -> Result<()> {
+        let (h, w) = match photo.dims() {
+            [.., h, w] => (*h, *w),
+            _ => (0, 0),
+        };
+        easel_core::memory::ensure_fits(
+            || format!("painting a {w}×{h} photo"),
+            self.estimate_memory_bytes(photo),
+            photo.device(),
+        )
+        .map_err(|error| HostError::Memory {
+            error,
+            relief: &[Setting::MaxSize],
+        })
     }
 }
 
@@ -707,5 +760,45 @@ mod tests {
         }
         let err = WeightedPath::parse("a.jpg:-1").unwrap_err().to_string();
         assert!(err.contains("non-negative"), "{err}");
+    }
+
+    /// A photo whose tensors would outgrow the machine is refused before any work, naming
+    /// the size, the need and what is available, with the setting that lowers it.
+    #[test]
+    fn photos_beyond_the_available_memory_are_refused_before_painting() {
+        let painter = FastPainter::build(
+            &FastStyle::Preset {
+                spec: "3".to_string(),
+            },
+            &Device::Cpu,
+            16384,
+        )
+        .unwrap();
+        // 16384² pixels at 512 bytes: 128 GiB, more than any machine this runs on has free;
+        // a broadcast photo holds one value, so only the check can fail.
+        let huge = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu)
+            .and_then(|t| t.broadcast_as((1, 3, 16384, 16384)))
+            .unwrap();
+        assert_eq!(painter.estimate_memory_bytes(&huge), 128 << 30);
+        match painter.paint(&huge, 1.0, false) {
+            Err(HostError::Memory { error, relief }) => {
+                assert_eq!(relief, &[Setting::MaxSize]);
+                assert_eq!(error.needed_bytes, 128 << 30);
+                assert!(
+                    error
+                        .to_string()
+                        .starts_with("painting a 16384×16384 photo needs about 128.0 GiB"),
+                    "{error}"
+                );
+            }
+            other => panic!(
+                "expected a memory error, got {:?}",
+                other.map(|t| t.dims().to_vec())
+            ),
+        }
+        // A small photo fits.
+        let small = Tensor::zeros((1, 3, 32, 48), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(painter.estimate_memory_bytes(&small), 32 * 48 * 512);
+        painter.paint(&small, 1.0, false).unwrap();
     }
 }

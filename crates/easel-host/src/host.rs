@@ -242,7 +242,7 @@ impl Host {
         let sd: &StableDiffusion = match self.sd.take() {
             Some((cached, sd)) if cached == key => &self.sd.insert((cached, sd)).1,
             _ => {
-                let sd = resolved.load(&self.device, settings.dtype, AttentionSlicing::Full)?;
+                let sd = resolved.load(&self.device, settings.dtype, AttentionSlicing::PAINTING)?;
                 &self.sd.insert((key, sd)).1
             }
         };

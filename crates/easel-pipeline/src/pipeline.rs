@@ -19,10 +19,13 @@
 //!
 //! **Failures.** Latents that turn NaN or infinite stop the run with the step number; a decode
 //! that overflows in f16 / bf16 is redone in f32 before giving up. Photos smaller than
-//! [`MIN_SIDE`] pixels are refused. Randomness comes from a [`NoiseSource`]
+//! [`MIN_SIDE`] pixels are refused, and so is a run whose estimated activation memory
+//! ([`StableDiffusion::estimate_memory_bytes`]) exceeds what the device has available, before
+//! any work instead of by the OOM killer. Randomness comes from a [`NoiseSource`]
 //! ([`SeededNoise`] for a seed: the same image for the same seed on the CPU).
 
 use candle_core::{bail, DType, Result, Tensor};
+use easel_core::memory::{self, OutOfMemory};
 use easel_diffusion::contexts::{CrossAttentionLayout, LayerGroups, UNetContexts};
 use easel_diffusion::schedulers::{build, img2img_start, Ddim, Scheduler, SchedulerKind};
 use easel_diffusion::unet::ControlResiduals;
@@ -88,14 +91,20 @@ pub struct StylizeRequest {
     pub seed: u64,
     /// Number of images painted from the photo (each with its own noise).
     pub batch: usize,
-    /// Decode the latents tile by tile (bounded memory for large images, slightly different
-    /// pixels at tile seams; the VAE's own tile size).
+    /// Encode the photo and decode the latents tile by tile (bounded memory for large images,
+    /// slightly different pixels at tile seams; the VAE's own tile size), as diffusers'
+    /// `enable_vae_tiling` does.
     pub vae_tiling: bool,
+    /// The bytes the run may use for activations; `None`: what the device has available when
+    /// the run starts ([`easel_core::memory::available_bytes`]). A run whose estimate
+    /// ([`StableDiffusion::estimate_memory_bytes`]) exceeds it is refused before any work.
+    pub memory_limit: Option<u64>,
 }
 
 impl StylizeRequest {
     /// A request with the defaults: strength 0.7, 50 steps, guidance 7.5, DDIM (eta 0),
-    /// default [`ControlSettings`], seed 0, one image, no VAE tiling.
+    /// default [`ControlSettings`], seed 0, one image, no VAE tiling, the device's available
+    /// memory as the limit.
     pub fn new(image: Tensor) -> Self {
         Self {
             image,
@@ -109,6 +118,7 @@ impl StylizeRequest {
             seed: 0,
             batch: 1,
             vae_tiling: false,
+            memory_limit: None,
         }
     }
 }
@@ -158,7 +168,8 @@ impl StableDiffusion {
         let n = timesteps.len();
         let Some(&first) = timesteps.first() else {
             bail!(
-                "strength {} with {} steps runs no denoising step; raise --strength or --steps",
+                "strength {} with {} steps runs no denoising step; raise the strength or the \
+                 steps",
                 request.strength,
                 request.steps
             )
@@ -166,7 +177,12 @@ impl StableDiffusion {
 
         // 1-2. Photo latents, noised to the first timestep.
         let photo = request.image.to_device(device)?.to_dtype(dtype)?;
-        let posterior = self.vae.encode(&photo.affine(2.0, -1.0)?)?;
+        let photo = photo.affine(2.0, -1.0)?;
+        let posterior = if request.vae_tiling {
+            self.vae.encode_tiled(&photo, &self.vae.config().tiling())?
+        } else {
+            self.vae.encode(&photo)?
+        };
         let vae_noise = noise
             .next(NoiseUse::VaeSample, posterior.mean().dims(), device)?
             .to_dtype(dtype)?;
@@ -264,8 +280,8 @@ impl StableDiffusion {
             latents = scheduler.step(&prediction, t, &latents, step_noise.as_ref())?;
             if !all_finite(&latents)? {
                 bail!(
-                    "the model produced NaN at step {} of {n}; try --dtype f32 or a lower \
-                     --guidance",
+                    "the model produced NaN at step {} of {n}; try f32 weights or a lower \
+                     guidance scale",
                     i + 1
                 )
             }
@@ -294,8 +310,8 @@ impl StableDiffusion {
         }
         if !all_finite(&images)? {
             bail!(
-                "the VAE decoder produced NaN or infinite values; try --dtype f32 or a lower \
-                 --guidance"
+                "the VAE decoder produced NaN or infinite values; try f32 weights or a lower \
+                 guidance scale"
             )
         }
         images.affine(0.5, 0.5)?.clamp(0f32, 1f32)
@@ -316,8 +332,8 @@ impl StableDiffusion {
         }
         if h < MIN_SIDE || w < MIN_SIDE {
             bail!(
-                "the photo is {w}×{h} pixels, smaller than {MIN_SIDE} on a side; give a larger \
-                 --size (at least {MIN_SIDE})"
+                "the photo is {w}×{h} pixels, smaller than {MIN_SIDE} on a side; paint a \
+                 larger canvas (at least {MIN_SIDE} on a side)"
             )
         }
         let factor = self.vae.config().downsampling_factor();
@@ -356,7 +372,7 @@ impl StableDiffusion {
                 control.end
             )
         }
-        match (&self.controlnet, &request.control_image) {
+        let control_checked: Result<()> = match (&self.controlnet, &request.control_image) {
             (Some(_), None) => bail!("a ControlNet is loaded but no control image was given"),
             (None, Some(_)) => bail!("a control image was given but no ControlNet is loaded"),
             (Some(_), Some(image)) if image.dims() != [1, 3, h, w] => bail!(
@@ -364,7 +380,95 @@ impl StableDiffusion {
                 image.dims()
             ),
             _ => Ok(()),
-        }
+        };
+        control_checked?;
+        self.check_memory(request).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "{e}; a smaller canvas, fewer images at once or VAE tiling need less"
+            ))
+        })
+    }
+
+    /// The estimated activation peak of `request` in bytes, weights excluded (they are loaded
+    /// already): the largest of the photo's encoding, a denoising step (the UNet on the
+    /// guided batch, the ControlNet before it and its residuals held while the UNet runs) and
+    /// the decoding, plus the photo, control image and latents kept throughout. The model
+    /// behind each term is [`easel_diffusion::memory`]'s. A photo that is not `[.., H, W]`
+    /// counts as empty (it is refused by the run's other checks).
+    pub fn estimate_memory_bytes(&self, request: &StylizeRequest) -> u64 {
+        let (h, w) = match request.image.dims() {
+            [.., h, w] => (*h, *w),
+            _ => (0, 0),
+        };
+        let elem = self.dtype.size_in_bytes();
+        let e = elem as u64;
+        let vae = self.vae.config();
+        let factor = vae.downsampling_factor().max(1);
+        let (lh, lw) = (h.div_ceil(factor), w.div_ceil(factor));
+        let batch = request.batch;
+        let guided_batch = batch.saturating_mul(if request.guidance_scale > 1.0 { 2 } else { 1 });
+        let tiles = request.vae_tiling.then(|| vae.tiling());
+        let mul = |values: &[u64]| values.iter().fold(1u64, |a, &v| a.saturating_mul(v));
+        let pixels = mul(&[h as u64, w as u64]);
+
+        let encode = vae.encode_bytes(1, h, w, elem, tiles.as_ref());
+        let unet = self
+            .unet
+            .config()
+            .inference_bytes(guided_batch, lh, lw, elem);
+        let denoise = match &self.controlnet {
+            Some(controlnet) => {
+                let cfg = &controlnet.config;
+                let image = mul(&[guided_batch as u64, 3, pixels, e]);
+                let residuals = cfg.residual_bytes(guided_batch, lh, lw, elem);
+                image.saturating_add(
+                    cfg.inference_bytes(guided_batch, lh, lw, elem)
+                        .max(residuals.saturating_add(unet)),
+                )
+            }
+            None => unet,
+        };
+        // The decoded images and their f32 copy.
+        let images = mul(&[batch as u64, 3, pixels, e.saturating_add(4)]);
+        let decode = vae
+            .decode_bytes(batch, lh, lw, elem, tiles.as_ref())
+            .saturating_add(images);
+        // The photo (f32 and model dtype) and about four latent tensors of the guided batch.
+        let photo = mul(&[3, pixels, e.saturating_add(4)]);
+        let latents = mul(&[
+            4,
+            guided_batch as u64,
+            vae.latent_channels as u64,
+            lh as u64,
+            lw as u64,
+            e,
+        ]);
+        encode
+            .max(denoise)
+            .max(decode)
+            .saturating_add(photo)
+            .saturating_add(latents)
+    }
+
+    /// Refuses `request` when [`Self::estimate_memory_bytes`] exceeds its `memory_limit`, or
+    /// without one what the models' device has available.
+    pub fn check_memory(&self, request: &StylizeRequest) -> std::result::Result<(), OutOfMemory> {
+        let needed = self.estimate_memory_bytes(request);
+        let available = request
+            .memory_limit
+            .or_else(|| memory::available_bytes(&self.device));
+        let what = || {
+            let (h, w) = match request.image.dims() {
+                [.., h, w] => (*h, *w),
+                _ => (0, 0),
+            };
+            let images = match request.batch {
+                1 => "1 image".to_string(),
+                n => format!("{n} images"),
+            };
+            format!("painting {images} of {w}×{h} pixels")
+        };
+        memory::ensure_fits_in(what, needed, available, memory::device_label(&self.device))
     }
 }
 

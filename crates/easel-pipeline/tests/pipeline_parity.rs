@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
+use easel_diffusion::attention::AttentionSlicing;
 use easel_diffusion::contexts::{LayerGroups, UNetContexts};
 use easel_diffusion::schedulers::SchedulerKind;
 use easel_pipeline::conditioning::{
@@ -179,7 +180,7 @@ fn nan_contexts_stop_with_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("NaN at step 1 of 7") && err.contains("--dtype f32"),
+        err.contains("NaN at step 1 of 7") && err.contains("try f32 weights"),
         "{err}"
     );
 }
@@ -196,7 +197,10 @@ fn refuses_small_photos_and_bad_requests() {
         .stylize(&req, &mut conditioning, &mut |_, _| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("64×56") && err.contains("--size"), "{err}");
+    assert!(
+        err.contains("64×56") && err.contains("larger canvas"),
+        "{err}"
+    );
 
     let base = request(&fx, &fx.cases["ddim"]);
     type Change = Box<dyn Fn(&mut StylizeRequest)>;
@@ -235,6 +239,61 @@ fn refuses_small_photos_and_bad_requests() {
             .to_string();
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
     }
+}
+
+/// The estimate is checked before any work: one byte under it refuses the run with both
+/// figures, the estimate itself lets it through.
+#[test]
+fn runs_over_their_memory_limit_are_refused_before_any_work() {
+    let fx = fixture();
+    let sd = &fx.sd;
+    let mut conditioning = PromptConditioning::new(sd, "a cat", "").unwrap();
+    let mut req = request(&fx, &fx.cases["ddim"]);
+    let needed = sd.estimate_memory_bytes(&req);
+    req.memory_limit = Some(needed - 1);
+    let mut steps = 0;
+    let err = sd
+        .stylize(&req, &mut conditioning, &mut |_, _| steps += 1)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(steps, 0);
+    let (h, w) = (req.image.dim(2).unwrap(), req.image.dim(3).unwrap());
+    assert!(
+        err.starts_with(&format!("painting 1 image of {w}×{h} pixels needs about "))
+            && err.contains("available on the CPU")
+            && err.contains("a smaller canvas, fewer images at once or VAE tiling"),
+        "{err}"
+    );
+    req.memory_limit = Some(needed);
+    sd.stylize(&req, &mut conditioning, &mut |_, _| {}).unwrap();
+
+    // What the estimate follows: guidance doubles the UNet's batch, more images and larger
+    // photos need more, tiling bounds the VAE's quadratic attention.
+    let estimate = |change: &dyn Fn(&mut StylizeRequest)| {
+        let mut r = request(&fx, &fx.cases["ddim"]);
+        change(&mut r);
+        sd.estimate_memory_bytes(&r)
+    };
+    let unguided = estimate(&|r| r.guidance_scale = 1.0);
+    let guided = estimate(&|r| r.guidance_scale = 7.5);
+    assert!(unguided < guided, "{unguided} {guided}");
+    assert!(estimate(&|r| r.batch = 2) > needed);
+    let large = |r: &mut StylizeRequest| {
+        r.image = Tensor::zeros((1, 3, 512, 512), DType::F32, &Device::Cpu).unwrap();
+        r.control_image = Some(r.image.clone());
+    };
+    assert!(estimate(&large) > needed);
+
+    // With one-query attention chunks the VAE's untiled attention dominates; tiles bound it.
+    let dir = fixtures();
+    let opts = LoadOptions::cpu().with_attention_slicing(AttentionSlicing::QueryChunks(1));
+    let sliced = StableDiffusion::from_diffusers_dir(&dir.join("tiny-sd"), &opts).unwrap();
+    let mut r =
+        StylizeRequest::new(Tensor::zeros((1, 3, 512, 512), DType::F32, &Device::Cpu).unwrap());
+    let whole = sliced.estimate_memory_bytes(&r);
+    r.vae_tiling = true;
+    let tiled = sliced.estimate_memory_bytes(&r);
+    assert!(tiled < whole / 4, "{whole} {tiled}");
 }
 
 #[test]

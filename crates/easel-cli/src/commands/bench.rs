@@ -115,8 +115,8 @@ pub struct BenchArgs {
     vae_tiling: bool,
 
     /// Attention query chunk of the UNet and ControlNet: 0 materialises all scores at once;
-    /// default: all at once up to 4096 latent tokens (512²), chunks of 1024 queries above
-    /// (bounded memory at 1024² and larger).
+    /// default: what painting uses, chunks that keep each score matrix under 1 GiB (all at
+    /// once at 512² with guidance, 1024 queries at 1024²).
     #[arg(long, value_name = "TOKENS")]
     attention_chunk: Option<usize>,
 
@@ -156,14 +156,12 @@ struct WorkloadReport {
     sampled_device_peak_bytes: Option<u64>,
 }
 
-/// The attention evaluation for `--attention-chunk` at `size` (latent tokens = (size / 8)²).
-fn attention_slicing(chunk: Option<usize>, size: usize) -> AttentionSlicing {
-    let tokens = (size / 8) * (size / 8);
+/// The attention evaluation for `--attention-chunk`.
+fn attention_slicing(chunk: Option<usize>) -> AttentionSlicing {
     match chunk {
         Some(0) => AttentionSlicing::Full,
         Some(n) => AttentionSlicing::QueryChunks(n),
-        None if tokens > 4096 => AttentionSlicing::QueryChunks(1024),
-        None => AttentionSlicing::Full,
+        None => AttentionSlicing::PAINTING,
     }
 }
 
@@ -171,6 +169,7 @@ fn slicing_name(slicing: AttentionSlicing) -> String {
     match slicing {
         AttentionSlicing::Full => "full".to_string(),
         AttentionSlicing::QueryChunks(n) => format!("query-chunks-{n}"),
+        AttentionSlicing::MaxScoreBytes(n) => format!("max-score-bytes-{n}"),
     }
 }
 
@@ -350,7 +349,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         DType::F16
     });
     check_dtype(&device, dtype)?;
-    let slicing = attention_slicing(args.attention_chunk, args.size);
+    let slicing = attention_slicing(args.attention_chunk);
 
     // The diffusion models are built only when a diffusion workload or --parity needs them.
     let needs_sd = args.parity.is_some()
@@ -555,16 +554,16 @@ mod tests {
     }
 
     #[test]
-    fn attention_is_chunked_above_512() {
-        assert_eq!(attention_slicing(None, 512), AttentionSlicing::Full);
+    fn attention_defaults_to_what_painting_uses() {
+        assert_eq!(attention_slicing(None), AttentionSlicing::PAINTING);
+        assert_eq!(attention_slicing(Some(0)), AttentionSlicing::Full);
         assert_eq!(
-            attention_slicing(None, 1024),
-            AttentionSlicing::QueryChunks(1024)
-        );
-        assert_eq!(attention_slicing(Some(0), 1024), AttentionSlicing::Full);
-        assert_eq!(
-            attention_slicing(Some(256), 512),
+            attention_slicing(Some(256)),
             AttentionSlicing::QueryChunks(256)
+        );
+        assert_eq!(
+            slicing_name(AttentionSlicing::PAINTING),
+            "max-score-bytes-1073741824"
         );
     }
 }

@@ -66,7 +66,7 @@ pub struct CompareArgs {
     pub output: PathBuf,
 
     /// Every photo is painted with this long side (then centre-cropped to multiples of 8, so
-    /// that fast and diffusion methods paint the same pixels); at least 64.
+    /// that fast and diffusion methods paint the same pixels); 64 to 16384.
     #[arg(long, value_name = "PIXELS", default_value_t = 512)]
     pub max_size: u32,
 
@@ -166,8 +166,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(results) = &args.set {
         return run_set(&args, results);
     }
-    if args.max_size < 64 {
-        bail!("--max-size {} is too small; use at least 64", args.max_size);
+    if !(64..=16384).contains(&args.max_size) {
+        bail!("--max-size {} is outside 64..=16384", args.max_size);
     }
     let photos = easel_core::collect_images(&args.inputs)?;
     let paintings = args

@@ -95,8 +95,9 @@ pub struct StylizeArgs {
     #[arg(long)]
     keep_colors: bool,
 
-    /// Downscale photos so their long side is at most this many pixels (the networks run at the
-    /// photo's own resolution; larger means more detail and more time and memory).
+    /// Downscale photos so their long side is at most this many pixels, 16 to 16384 (the
+    /// networks run at the photo's own resolution; larger means more detail and more time and
+    /// memory).
     #[arg(long, default_value_t = 1024, value_name = "PIXELS")]
     max_size: u32,
 
@@ -598,9 +599,7 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&strength) {
         bail!("--strength {strength} is outside 0..1");
     }
-    if args.max_size < 16 {
-        bail!("--max-size {} is too small; use at least 16", args.max_size);
-    }
+    check_max_size(args.max_size)?;
     let photos = photo_inputs(&args.inputs)?;
     let inputs: Vec<PathBuf> = photos.iter().map(PhotoInput::path).collect();
     let outputs = output_paths(&inputs, &args.output)?;
@@ -657,12 +656,25 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The range of `--max-size`: the networks need a few pixels, and beyond 16384 a photo's
+/// tensors alone outgrow any machine (the memory check refuses most sizes well below).
+const MAX_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=16384;
+
+fn check_max_size(max_size: u32) -> Result<()> {
+    if !MAX_SIZE_RANGE.contains(&max_size) {
+        bail!(
+            "--max-size {max_size} is outside {}..={}",
+            MAX_SIZE_RANGE.start(),
+            MAX_SIZE_RANGE.end()
+        );
+    }
+    Ok(())
+}
+
 /// `--method gatys`: each photo optimised in turn with a progress bar of the losses; Ctrl-C
 /// keeps the best picture so far (and paints no further photos).
 fn run_gatys(args: &StylizeArgs) -> Result<()> {
-    if args.max_size < 16 {
-        bail!("--max-size {} is too small; use at least 16", args.max_size);
-    }
+    check_max_size(args.max_size)?;
     let paintings = args
         .styles
         .iter()

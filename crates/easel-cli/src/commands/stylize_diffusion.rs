@@ -163,8 +163,8 @@ pub struct DiffusionArgs {
     #[arg(long)]
     pub offline: bool,
 
-    /// Decode the latents tile by tile: bounded memory for large sizes, slight differences at
-    /// tile seams.
+    /// Encode the photo and decode the latents tile by tile: bounded memory for large sizes,
+    /// slight differences at tile seams.
     #[arg(long)]
     pub vae_tiling: bool,
 
@@ -405,7 +405,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
         .resolve(prefer_fp16, Some(progress::download_hook()))
         .map_err(word)?;
     let sd = resolved
-        .load(&device, s.dtype, AttentionSlicing::Full)
+        .load(&device, s.dtype, AttentionSlicing::PAINTING)
         .map_err(word)?;
     let mut bank_record = None;
     let mut conditioning: Box<dyn Conditioning> = match &d.bank {
