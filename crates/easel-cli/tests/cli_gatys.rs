@@ -1,6 +1,6 @@
 //! `easel stylize --method gatys` on the shared photos at a tiny size: the PNG's size, the loss
-//! going down, a mask with two styles, `--use gatys`, previews, and bad inputs refused with
-//! nothing written.
+//! going down, a mask with two styles, `--use gatys`, previews, Ctrl-C keeping the best picture,
+//! and bad inputs refused with nothing written.
 
 mod common;
 
@@ -257,4 +257,70 @@ fn a_noise_start_is_drawn_from_the_seed() {
     );
     assert_eq!(a, again, "the same seed paints the same picture");
     assert_ne!(a, b, "another seed starts from other noise");
+}
+
+/// Ctrl-C (SIGINT) during a long optimisation stops it at the next iteration and still writes
+/// the best picture so far, a complete PNG, and says so; the exit status is success.
+#[test]
+fn ctrl_c_keeps_the_best_picture_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cat.png");
+    let preview = dir.path().join("cat.preview.png");
+    let (photo, starry) = (photo(), painting("vangogh_starry_night.jpg"));
+    let mut child = easel_command(&[
+        "stylize",
+        &photo,
+        "--method",
+        "gatys",
+        "--style",
+        &starry,
+        "--max-size",
+        "48",
+        "--iterations",
+        "100000",
+        "--preview-every",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "-o",
+        s(&out),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The first preview means the optimisation is under way (the handler is set before it).
+    let started = std::time::Instant::now();
+    while !preview.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let run = child.wait_with_output().unwrap();
+            panic!(
+                "exited with {status} before its first preview: {}",
+                stderr(&run)
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no preview after two minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let run = child.wait_with_output().unwrap();
+    let record = &summary(&run)["outputs"][0];
+    assert_eq!(record["cancelled"], true, "{record}");
+    let iterations = record["iterations"].as_u64().unwrap();
+    assert!((1..100_000).contains(&iterations), "{record}");
+    assert!(
+        record["final_loss"]["total"].as_f64().unwrap()
+            <= record["initial_loss"]["total"].as_f64().unwrap(),
+        "{record}"
+    );
+    let img = image::open(&out).unwrap();
+    assert_eq!(img.width().max(img.height()), 48);
 }
