@@ -351,3 +351,61 @@ fn import_torch_refuses_code_and_wrong_networks() {
     );
     assert!(!out.exists());
 }
+
+/// `--style-scale` changes the brush strokes of the arbitrary network and AdaIN (another
+/// picture, the scale in the PNG's parameters; 1 is the painting as given), and is refused by
+/// the presets.
+#[test]
+fn style_scale_changes_the_strokes_of_arbitrary_and_adain() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = weights_dir(dir.path());
+    let starry = example("vangogh_starry_night.jpg");
+    let photo = example("chelsea_cat.png");
+    let paint = |method: &str, scale: Option<&str>, name: &str| {
+        let out = dir.path().join(name);
+        let mut args = vec!["stylize", &photo, "--method", method, "--style", &starry];
+        args.extend(["--max-size", "96", "--device", "cpu", "-o", s(&out)]);
+        if method == "adain" {
+            args.extend(["--weights", s(&weights)]);
+        }
+        if let Some(scale) = scale {
+            args.extend(["--style-scale", scale]);
+        }
+        assert_success(&easel(&args));
+        let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+        (image::open(&out).unwrap().to_rgb8(), params)
+    };
+    for method in ["arbitrary", "adain"] {
+        let (plain, plain_params) = paint(method, None, &format!("{method}.png"));
+        let (one, _) = paint(method, Some("1"), &format!("{method}-1.png"));
+        assert!(plain == one, "{method}: scale 1 is the painting as given");
+        assert!(!plain_params.contains("Style scale"), "{plain_params}");
+        for scale in ["2", "0.5"] {
+            let (scaled, params) = paint(method, Some(scale), &format!("{method}-{scale}.png"));
+            assert_eq!(scaled.dimensions(), plain.dimensions());
+            assert!(
+                scaled != plain,
+                "{method}: scale {scale} paints the same picture"
+            );
+            assert!(
+                params.contains(&format!("Style scale: {scale}")),
+                "{params}"
+            );
+        }
+    }
+    let out = dir.path().join("preset.png");
+    let run = easel(&[
+        "stylize",
+        &photo,
+        "--preset",
+        "3",
+        "--style-scale",
+        "2",
+        "-o",
+        s(&out),
+    ]);
+    fails_with(
+        &run,
+        "--style-scale applies to --method gatys, arbitrary or adain only, not preset",
+    );
+}

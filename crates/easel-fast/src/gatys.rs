@@ -783,7 +783,7 @@ fn noise(len: usize, seed: u64) -> Vec<f32> {
 
 /// Size of a picture scaled so its long side is `scale ×` `long`, keeping the aspect of `(h, w)`;
 /// at least 16 pixels a side.
-fn scaled_size((h, w): (usize, usize), long: f64) -> (usize, usize) {
+pub fn scaled_size((h, w): (usize, usize), long: f64) -> (usize, usize) {
     let f = long / h.max(w) as f64;
     (
         ((h as f64 * f).round() as usize).max(16),

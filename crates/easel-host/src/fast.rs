@@ -319,6 +319,8 @@ impl FastStyle {
 /// A loaded fast method, ready to paint photos.
 pub struct FastPainter {
     loaded: Loaded,
+    /// Brush-stroke size relative to the painting's own (1: as painted).
+    style_scale: f64,
     /// Every file the style was read from (no output may replace one).
     read: Vec<PathBuf>,
     params: Parameters,
@@ -367,6 +369,40 @@ impl FastPainter {
     /// Resolves and loads `style` on `device`; paintings are read with their long side at most
     /// `max_side` (the photos' scale, so that brush strokes keep their relative size).
     pub fn build(style: &FastStyle, device: &Device, max_side: u32) -> Result<Self> {
+        Self::build_scaled(style, device, max_side, 1.0)
+    }
+
+    /// [`Self::build`] with brush strokes `style_scale` times their painted size (0.05 to 8),
+    /// for the methods where a painting's scale means something: the arbitrary network (its
+    /// predictor sees the centre `1/scale` of each painting, or the painting shrunk and tiled:
+    /// [`easel_fast::arbitrary::scaled_style_view`]) and AdaIN (each painting resized so its
+    /// long side is `scale ×` the photo's, as Gatys' `style_scale`). Presets, stored style codes
+    /// and StyTr² refuse a scale other than 1.
+    pub fn build_scaled(
+        style: &FastStyle,
+        device: &Device,
+        max_side: u32,
+        style_scale: f64,
+    ) -> Result<Self> {
+        if !(style_scale.is_finite() && (0.05..=8.0).contains(&style_scale)) {
+            return Err(HostError::setting(
+                Setting::StyleScale,
+                style_scale,
+                "is outside 0.05..=8",
+            ));
+        }
+        let scales = matches!(style, FastStyle::Arbitrary { .. } | FastStyle::Adain { .. });
+        if style_scale != 1.0 && !scales {
+            return Err(HostError::setting(
+                Setting::StyleScale,
+                style_scale,
+                format!(
+                    "does not apply to {}: only the arbitrary network and AdaIN see the \
+                     painting's scale",
+                    style.method()
+                ),
+            ));
+        }
         let mut params = Parameters::new(style.method());
         let mut read = Vec::new();
         let weighted = |paintings: &[WeightedPath]| -> Vec<String> {
@@ -394,6 +430,8 @@ impl FastPainter {
                     // Style images are resized to the predictor's input anyway; the cap only
                     // bounds decoding.
                     let painting = load_picture(&source.path, 1024, device)?;
+                    let painting = easel_fast::arbitrary::scaled_style_view(&painting, style_scale)
+                        .map_err(compute("scaling the painting"))?;
                     let code = model
                         .style_code(&painting)
                         .map_err(compute(&format!("the style of {}", source.path.display())))?;
@@ -485,8 +523,14 @@ impl FastPainter {
                         }
                     })?;
                 let mut styles = Vec::with_capacity(paintings.len());
+                // Enlarged paintings are read at the size they will be painted at (at most 4096).
+                let painting_side = if style_scale > 1.0 {
+                    (f64::from(max_side) * style_scale).min(4096.0).round() as u32
+                } else {
+                    max_side
+                };
                 for source in paintings {
-                    let painting = load_picture(&source.path, max_side, device)?;
+                    let painting = load_picture(&source.path, painting_side, device)?;
                     styles.push((painting, f64::from(source.weight)));
                 }
                 let mask_image = match mask {
@@ -565,8 +609,14 @@ impl FastPainter {
                 }
             }
         };
+        if style_scale != 1.0 {
+            params
+                .extra
+                .push(("Style scale".into(), style_scale.to_string()));
+        }
         Ok(Self {
             loaded,
+            style_scale,
             read,
             params,
         })
@@ -635,6 +685,14 @@ impl FastPainter {
                     }
                     None => None,
                 };
+                let scaled;
+                let styles = if self.style_scale == 1.0 {
+                    styles
+                } else {
+                    scaled = scale_paintings(styles, photo, self.style_scale)
+                        .map_err(HostError::compute("scaling the paintings"))?;
+                    &scaled
+                };
                 model.stylize(photo, styles, strength, mask.as_ref())
             }
         }
@@ -697,6 +755,24 @@ impl FastPainter {
             relief: &[Setting::MaxSize],
         })
     }
+}
+
+/// `styles` resized so that each long side is `scale ×` `photo`'s (`[.., H, W]`).
+fn scale_paintings(
+    styles: &[(Tensor, f64)],
+    photo: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Vec<(Tensor, f64)>> {
+    let (_, _, h, w) = photo.dims4()?;
+    let long = scale * h.max(w) as f64;
+    styles
+        .iter()
+        .map(|(painting, weight)| {
+            let (_, _, sh, sw) = painting.dims4()?;
+            let size = easel_fast::gatys::scaled_size((sh, sw), long);
+            Ok((easel_fast::gatys::resize(painting, size)?, *weight))
+        })
+        .collect()
 }
 
 fn check_stytr_settings(settings: &StytrSettings) -> Result<()> {

@@ -186,8 +186,19 @@ impl MethodKind {
             }
         }
         if kind != MethodKind::Gatys {
-            if let [flag, ..] = args.gatys.given_flags().as_slice() {
-                bail!("{flag} applies to --method gatys only, not {name}");
+            let scales = matches!(kind, MethodKind::Arbitrary | MethodKind::Adain);
+            let refused = args
+                .gatys
+                .given_flags()
+                .into_iter()
+                .find(|f| !(scales && *f == "--style-scale"));
+            if let Some(flag) = refused {
+                let methods = if flag == "--style-scale" {
+                    "gatys, arbitrary or adain"
+                } else {
+                    "gatys"
+                };
+                bail!("{flag} applies to --method {methods} only, not {name}");
             }
         }
         if kind == MethodKind::Gatys && args.strength.is_some() {
@@ -608,8 +619,13 @@ pub fn run(mut args: StylizeArgs) -> Result<()> {
     }
     let device = easel_core::select_device(args.device)?;
     let style = fast_style(&args, kind)?;
-    let painter =
-        FastPainter::build(&style, &device, args.max_size).map_err(|e| word_fast(e, kind))?;
+    let painter = FastPainter::build_scaled(
+        &style,
+        &device,
+        args.max_size,
+        args.gatys.style_scale.unwrap_or(1.0),
+    )
+    .map_err(|e| word_fast(e, kind))?;
     let params = painter.parameters(strength, args.keep_colors, args.max_size);
     create_output_dirs(&args.output)?;
 

@@ -47,8 +47,10 @@ pub struct GatysArgs {
     #[arg(long, value_name = "N")]
     pub octaves: Option<usize>,
 
-    /// Gatys: the painting's long side relative to the photo's; above 1 paints larger brush
-    /// strokes, below 1 smaller (default 1; 0.05 to 8).
+    /// Gatys, arbitrary and adain: brush strokes this many times their painted size; above 1
+    /// larger, below 1 smaller (default 1; 0.05 to 8). Gatys and AdaIN resize the painting so
+    /// its long side is this times the photo's; the arbitrary network's style predictor sees
+    /// the centre 1/F of the painting, or the painting shrunk and tiled.
     #[arg(long, value_name = "F")]
     pub style_scale: Option<f64>,
 
@@ -89,7 +91,8 @@ pub enum ColorTransferArg {
 }
 
 impl GatysArgs {
-    /// The Gatys-only flags that were given (refused with the other methods).
+    /// The Gatys flags that were given (refused with the other methods, but `--style-scale`
+    /// with arbitrary and adain).
     pub fn given_flags(&self) -> Vec<&'static str> {
         [
             ("--optimizer", self.optimizer.is_some()),
