@@ -1,6 +1,6 @@
 //! [`Host`]: paints photos with any style, keeping what it loaded for the next call: one
-//! [`FastPainter`] per fast style, and one Stable Diffusion (+ ControlNet) per set of model
-//! sources, dtype and attention slicing. Each [`Painting`] reports its load and paint times
+//! [`FastPainter`] per fast style, the last [`GatysPainter`], and one Stable Diffusion
+//! (+ ControlNet) per set of model sources, dtype and attention slicing. Each [`Painting`] reports its load and paint times
 //! apart, and the peak memory of the call.
 
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use image::RgbImage;
 use crate::diffusion::{self, DiffusionOptions};
 use crate::error::{HostError, Result};
 use crate::fast::{FastPainter, FastStyle};
+use crate::gatys::{GatysPainter, GatysStyle};
 use crate::sources::{ModelSources, ResolvedModels};
 
 /// What to paint with, fully described.
@@ -25,6 +26,15 @@ use crate::sources::{ModelSources, ResolvedModels};
 pub enum Style {
     /// A fast method.
     Fast(FastStyle),
+    /// Optimisation-based style transfer (Gatys et al.) with these paintings and settings; the
+    /// host runs it to the end (callers that show progress or stop on Ctrl-C use
+    /// [`GatysPainter::paint`] themselves).
+    Gatys {
+        /// The paintings (and mask).
+        style: GatysStyle,
+        /// Iterations, weights, optimiser, scale, colour control.
+        settings: crate::gatys::Settings,
+    },
     /// Stable Diffusion + ControlNet guided by a prompt.
     Prompt {
         /// The prompt.
@@ -50,6 +60,7 @@ impl Style {
     pub fn method(&self) -> &'static str {
         match self {
             Style::Fast(style) => style.method(),
+            Style::Gatys { .. } => "gatys",
             Style::Prompt { .. } | Style::Bank { .. } => "diffusion",
         }
     }
@@ -107,6 +118,7 @@ struct SdKey {
 pub struct Host {
     device: Device,
     fast: Vec<(String, FastPainter)>,
+    gatys: Option<(String, GatysPainter)>,
     sd: Option<(SdKey, StableDiffusion)>,
 }
 
@@ -116,6 +128,7 @@ impl Host {
         Self {
             device,
             fast: Vec::new(),
+            gatys: None,
             sd: None,
         }
     }
@@ -136,6 +149,9 @@ impl Host {
         let probe = easel_core::memory::MemoryProbe::start(&self.device).ok();
         let mut painting = match style {
             Style::Fast(fast) => self.paint_fast(fast, photo, request)?,
+            Style::Gatys { style, settings } => {
+                self.paint_gatys(style, settings, photo, request)?
+            }
             Style::Prompt { prompt, sources } => {
                 self.paint_diffusion(sources, photo, request, |sd, _, s| {
                     let c = PromptConditioning::new(sd, prompt, &s.negative_prompt)
@@ -179,6 +195,39 @@ impl Host {
             .and_then(|p| p.finish().ok())
             .and_then(|m| m.peak_bytes);
         Ok(painting)
+    }
+
+    fn paint_gatys(
+        &mut self,
+        style: &GatysStyle,
+        settings: &crate::gatys::Settings,
+        photo: &RgbImage,
+        request: &PaintRequest,
+    ) -> Result<Painting> {
+        let started = Instant::now();
+        // Styles and settings are plain data: their debug form identifies what was loaded.
+        let key = format!("{style:?}/{settings:?}");
+        let painter = match self.gatys.take() {
+            Some((cached, painter)) if cached == key => &self.gatys.insert((cached, painter)).1,
+            _ => {
+                let painter = GatysPainter::build(style, settings.clone(), &self.device)?;
+                &self.gatys.insert((key, painter)).1
+            }
+        };
+        let load_seconds = started.elapsed().as_secs_f64();
+        let painting = Instant::now();
+        let photo = easel_core::downscale_to_fit(photo.clone(), request.max_side);
+        let tensor = easel_core::rgb_to_tensor(&photo, &self.device)?;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let out = painter.paint(&tensor, &never, &mut |_| Ok(()))?;
+        Ok(Painting {
+            images: vec![out.image],
+            parameters: painter.parameters(request.max_side),
+            load_seconds,
+            paint_seconds: painting.elapsed().as_secs_f64(),
+            peak_memory_bytes: None,
+            warnings: Vec::new(),
+        })
     }
 
     fn paint_fast(
@@ -293,4 +342,63 @@ struct Conditioned {
     extra: Vec<(String, String)>,
     /// Something the user should know (a forced bank).
     warning: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The host paints a Gatys style exactly as its painter does, and keeps the painter (the
+    /// embedded network and the paintings) for the next call with the same style.
+    #[test]
+    fn gatys_paints_what_its_painter_paints() {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images");
+        let photo = easel_core::load_rgb(
+            &images.join("content/chelsea_cat.png"),
+            &easel_core::LoadOptions::default(),
+        )
+        .unwrap();
+        let style = GatysStyle {
+            paintings: vec![images.join("style/vangogh_starry_night.jpg")],
+            mask: None,
+        };
+        let mut settings = crate::gatys::Settings::new();
+        settings.iterations = 2;
+        let gatys = Style::Gatys {
+            style: style.clone(),
+            settings: settings.clone(),
+        };
+        assert_eq!(gatys.method(), "gatys");
+        let request = PaintRequest {
+            max_side: 48,
+            ..PaintRequest::default()
+        };
+        let mut host = Host::new(Device::Cpu);
+        let first = host.paint(&gatys, &photo, &request).unwrap();
+        let again = host.paint(&gatys, &photo, &request).unwrap();
+
+        let painter = GatysPainter::build(&style, settings, &Device::Cpu).unwrap();
+        let small = easel_core::downscale_to_fit(photo.clone(), 48);
+        let tensor = easel_core::rgb_to_tensor(&small, &Device::Cpu).unwrap();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let direct = painter
+            .paint(&tensor, &never, &mut |_| Ok(()))
+            .unwrap()
+            .image;
+        assert_eq!(first.images[0].dims(), [1, 3, 32, 48]);
+        for painted in [&first.images[0], &again.images[0]] {
+            let diff = (painted - &direct)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0);
+        }
+        assert_eq!(first.parameters, painter.parameters(48));
+        assert!(host.gatys.is_some());
+    }
 }
