@@ -393,6 +393,25 @@ fn style_scale_changes_the_strokes_of_arbitrary_and_adain() {
             );
         }
     }
+    // The `--use` key says the same as the flag.
+    let (flag, _) = paint("arbitrary", Some("2"), "flag.png");
+    let out = dir.path().join("use.png");
+    assert_success(&easel(&[
+        "stylize",
+        &photo,
+        "--use",
+        "arbitrary@style-scale=2",
+        "--style",
+        &starry,
+        "--max-size",
+        "96",
+        "--device",
+        "cpu",
+        "-o",
+        s(&out),
+    ]));
+    assert!(image::open(&out).unwrap().to_rgb8() == flag);
+
     let out = dir.path().join("preset.png");
     let run = easel(&[
         "stylize",

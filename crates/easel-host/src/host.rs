@@ -76,6 +76,9 @@ pub struct PaintRequest {
     pub keep_colors: bool,
     /// Fast methods: the photo's (and paintings') long side cap.
     pub max_side: u32,
+    /// Arbitrary and AdaIN: brush strokes this many times their painted size (see
+    /// [`FastPainter::build_scaled`]; 1: as painted).
+    pub style_scale: f64,
     /// Diffusion: everything else (size, steps, seed, control, dtype, ...).
     pub diffusion: DiffusionOptions,
 }
@@ -86,6 +89,7 @@ impl Default for PaintRequest {
             strength: None,
             keep_colors: false,
             max_side: 1024,
+            style_scale: 1.0,
             diffusion: DiffusionOptions::default(),
         }
     }
@@ -238,11 +242,16 @@ impl Host {
     ) -> Result<Painting> {
         let started = Instant::now();
         // Styles are plain data: their debug form identifies what was loaded.
-        let key = format!("{style:?}/{}", request.max_side);
+        let key = format!("{style:?}/{}/{}", request.max_side, request.style_scale);
         let index = match self.fast.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                let painter = FastPainter::build(style, &self.device, request.max_side)?;
+                let painter = FastPainter::build_scaled(
+                    style,
+                    &self.device,
+                    request.max_side,
+                    request.style_scale,
+                )?;
                 self.fast.push((key, painter));
                 self.fast.len() - 1
             }
@@ -387,18 +396,52 @@ mod tests {
             .unwrap()
             .image;
         assert_eq!(first.images[0].dims(), [1, 3, 32, 48]);
-        for painted in [&first.images[0], &again.images[0]] {
-            let diff = (painted - &direct)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(diff, 0.0);
-        }
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values(&first.images[0]) == values(&direct));
+        assert!(values(&again.images[0]) == values(&direct));
         assert_eq!(first.parameters, painter.parameters(48));
         assert!(host.gatys.is_some());
+    }
+
+    /// The request's style scale reaches the fast painter: the host paints what
+    /// `FastPainter::build_scaled` paints, and another scale is another painter.
+    #[test]
+    fn the_style_scale_reaches_fast_painters() {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images");
+        let photo = easel_core::load_rgb(
+            &images.join("content/chelsea_cat.png"),
+            &easel_core::LoadOptions::default(),
+        )
+        .unwrap();
+        let style = FastStyle::Arbitrary {
+            paintings: vec![crate::fast::WeightedPath {
+                path: images.join("style/vangogh_starry_night.jpg"),
+                weight: 1.0,
+            }],
+        };
+        let mut host = Host::new(Device::Cpu);
+        let paint = |host: &mut Host, scale: f64| {
+            let request = PaintRequest {
+                max_side: 64,
+                style_scale: scale,
+                ..PaintRequest::default()
+            };
+            let painted = host
+                .paint(&Style::Fast(style.clone()), &photo, &request)
+                .unwrap();
+            painted.images[0]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (plain, doubled) = (paint(&mut host, 1.0), paint(&mut host, 2.0));
+        assert_eq!(host.fast.len(), 2);
+        let painter = FastPainter::build_scaled(&style, &Device::Cpu, 64, 2.0).unwrap();
+        let small = easel_core::downscale_to_fit(photo.clone(), 64);
+        let tensor = easel_core::rgb_to_tensor(&small, &Device::Cpu).unwrap();
+        let direct = painter.paint(&tensor, 1.0, false).unwrap();
+        assert!(doubled == direct.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(plain != doubled);
     }
 }

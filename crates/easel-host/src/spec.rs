@@ -183,7 +183,7 @@ impl UseSpec {
 }
 
 /// The settings a fast style takes.
-pub const FAST_KEYS: &[&str] = &["strength", "keep-colors", "max-size"];
+pub const FAST_KEYS: &[&str] = &["strength", "keep-colors", "max-size", "style-scale"];
 /// The settings a Gatys style takes (each as its flag: `@iterations=50@optimizer=adam`).
 pub const GATYS_KEYS: &[&str] = &[
     "iterations",
@@ -300,6 +300,9 @@ impl UseSpec {
         }
         if let Some(v) = self.setting("max-size")? {
             request.max_side = v;
+        }
+        if let Some(v) = self.setting("style-scale")? {
+            request.style_scale = v;
         }
         let d = &mut request.diffusion;
         if let Some(v) = self.setting("size")? {

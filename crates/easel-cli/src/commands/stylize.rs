@@ -49,7 +49,7 @@ pub struct StylizeArgs {
     /// `adain:DIR`, `transformer:DIR` (with --style), `gatys` (with --style), `prompt:TEXT`,
     /// `bank:FILE`; settings follow as `@key=value` (`arbitrary@strength=0.6`,
     /// `gatys@iterations=100@optimizer=adam`, `prompt:a watercolor@steps=20@seed=7`; keys:
-    /// strength, keep-colors, max-size for the fast methods; iterations, optimizer,
+    /// strength, keep-colors, max-size, style-scale for the fast methods; iterations, optimizer,
     /// content-weight, style-weight, tv-weight, init, octaves, style-scale, keep-colors,
     /// color-transfer, max-size for gatys; strength, size, steps, guidance, seed, scheduler,
     /// eta, negative-prompt, control-scale for prompts and banks).
@@ -427,6 +427,11 @@ fn apply_use(args: &mut StylizeArgs) -> Result<()> {
     }
     if let Some(v) = spec.setting::<u32>("max-size").map_err(word)? {
         args.max_size = v;
+    }
+    if fast && args.method != Some(MethodKind::Gatys) {
+        if let Some(v) = spec.setting::<f64>("style-scale").map_err(word)? {
+            args.gatys.style_scale = Some(v);
+        }
     }
     let d = &mut args.diffusion;
     if let Some(v) = spec.setting::<u32>("size").map_err(word)? {
