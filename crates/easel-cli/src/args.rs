@@ -69,6 +69,8 @@ fn setting_flag(setting: Setting) -> &'static str {
         Setting::Mask => "--mask",
         Setting::Color => "--keep-colors/--color-transfer",
         Setting::VaeTiling => "--vae-tiling",
+        Setting::StyleLayers => "--style-layers",
+        Setting::ContentLayers => "--content-layers",
     }
 }
 

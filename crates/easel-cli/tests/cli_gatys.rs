@@ -204,6 +204,15 @@ fn bad_inputs_are_refused_and_write_nothing() {
             vec!["--style", &starry, "--strength", "0.5"],
             "--strength does not apply to --method gatys",
         ),
+        (
+            vec!["--style", &starry, "--style-layers", "dw99"],
+            "--style-layers dw99 is not a layer: layer dw99 does not exist: the network has \
+             blocks 0 to 15",
+        ),
+        (
+            vec!["--style", &starry, "--content-layers", "stem,relu4_1"],
+            "unknown layer \"relu4_1\" (expected stem, dwN, blockN or head)",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args: Vec<&str> = gatys_args.to_vec();
@@ -323,4 +332,45 @@ fn ctrl_c_keeps_the_best_picture_so_far() {
     );
     let img = image::open(&out).unwrap();
     assert_eq!(img.width().max(img.height()), 48);
+}
+
+/// `--style-layers` / `--content-layers` (and their `--use` keys) choose the network's layers:
+/// recorded in the PNG, another picture than the defaults, the same by flag and by SPEC.
+#[test]
+fn layer_sets_are_chosen_by_flag_or_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let starry = painting("vangogh_starry_night.jpg");
+    let base = ["--method", "gatys", "--style", &starry, "--iterations", "2"];
+    let paint = |extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        summary(&gatys(&out, &args));
+        let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+        (image::open(&out).unwrap().to_rgb8(), params)
+    };
+    let (default, default_params) = paint(&[], "default.png");
+    assert!(
+        default_params.contains("Layers: \"style stem,dw1,dw3,dw5,dw8; content block5\""),
+        "{default_params}"
+    );
+    let chosen = ["--style-layers", "stem,dw1", "--content-layers", "block3"];
+    let (flags, params) = paint(&chosen, "flags.png");
+    assert!(
+        params.contains("Layers: \"style stem,dw1; content block3\""),
+        "{params}"
+    );
+    assert!(flags != default);
+    let out = dir.path().join("spec.png");
+    let run = gatys(
+        &out,
+        &[
+            "--use",
+            "gatys@iterations=2@style-layers=stem,dw1@content-layers=block3",
+            "--style",
+            &starry,
+        ],
+    );
+    summary(&run);
+    assert!(image::open(&out).unwrap().to_rgb8() == flags);
 }

@@ -143,6 +143,15 @@ impl Tap {
         }
     }
 
+    /// Parses a comma-separated list of layers (`stem,dw1,dw3`), at least one.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        let taps = s.split(',').map(Self::parse).collect::<Result<Vec<_>>>()?;
+        if taps.is_empty() {
+            bail!("no layers in {s:?}")
+        }
+        Ok(taps)
+    }
+
     /// The name [`Tap::parse`] reads: `stem`, `dw3`, `block5`, `head`.
     pub fn name(self) -> String {
         match self {
@@ -530,7 +539,8 @@ impl EfficientNet {
         })
     }
 
-    fn check_tap(&self, tap: Tap) -> Result<()> {
+    /// Fails naming `tap` when this network has no such layer.
+    pub fn check_tap(&self, tap: Tap) -> Result<()> {
         match tap {
             Tap::Depthwise(n) | Tap::Block(n) if n >= self.blocks.len() => bail!(
                 "layer {} does not exist: the network has blocks 0 to {}",

@@ -68,6 +68,10 @@ pub enum Setting {
     Color,
     /// Tile-by-tile VAE encoding and decoding.
     VaeTiling,
+    /// Gatys: the layers whose Gram matrices carry the style.
+    StyleLayers,
+    /// Gatys: the layers that carry the content.
+    ContentLayers,
 }
 
 impl Setting {
@@ -98,6 +102,8 @@ impl Setting {
             Setting::Mask => "mask",
             Setting::Color => "colour control",
             Setting::VaeTiling => "VAE tiling",
+            Setting::StyleLayers => "style layers",
+            Setting::ContentLayers => "content layers",
         }
     }
 }

@@ -144,6 +144,17 @@ impl GatysPainter {
         let net = EfficientNet::lite0_embedded(device).map_err(HostError::compute(
             "loading the embedded EfficientNet-Lite0",
         ))?;
+        let layers = &settings.layers;
+        for (setting, taps) in [
+            (Setting::StyleLayers, &layers.style),
+            (Setting::ContentLayers, &layers.content),
+        ] {
+            for &tap in taps {
+                net.check_tap(tap).map_err(|e| {
+                    HostError::setting(setting, tap.name(), format!("is not a layer: {e}"))
+                })?;
+            }
+        }
         let paintings = style
             .paintings
             .iter()

@@ -194,6 +194,8 @@ pub const GATYS_KEYS: &[&str] = &[
     "init",
     "octaves",
     "style-scale",
+    "style-layers",
+    "content-layers",
     "keep-colors",
     "color-transfer",
     "max-size",
@@ -358,6 +360,20 @@ impl UseSpec {
         }
         if let Some(v) = self.setting("style-scale")? {
             s.style_scale = v;
+        }
+        for (key, setting) in [
+            ("style-layers", Setting::StyleLayers),
+            ("content-layers", Setting::ContentLayers),
+        ] {
+            if let Some(v) = self.setting::<String>(key)? {
+                let taps = easel_fast::efficientnet::Tap::parse_list(&v).map_err(|e| {
+                    HostError::setting(setting, &v, format!("is not a layer list: {e}"))
+                })?;
+                match setting {
+                    Setting::StyleLayers => s.layers.style = taps,
+                    _ => s.layers.content = taps,
+                }
+            }
         }
         let choice = |key: &str, value: &str, names: &str| {
             HostError::setting(

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use easel_fast::efficientnet::Tap;
 use easel_host::gatys::{
     ColorControl, GatysOutput, Init, Losses, OptimizerKind, Progress, Settings,
 };
@@ -24,12 +25,12 @@ pub struct GatysArgs {
     #[arg(long, value_name = "N")]
     pub iterations: Option<usize>,
 
-    /// Gatys: weight of the content loss, the photo's features at block 5 (default 1).
+    /// Gatys: weight of the content loss, the photo's features at --content-layers (default 1).
     #[arg(long, value_name = "W")]
     pub content_weight: Option<f64>,
 
-    /// Gatys: weight of the style loss, the paintings' Gram matrices at the stem and the
-    /// depthwise convolutions of blocks 1, 3, 5, 8 (default 1e5).
+    /// Gatys: weight of the style loss, the paintings' Gram matrices at --style-layers
+    /// (default 1e5).
     #[arg(long, value_name = "W")]
     pub style_weight: Option<f64>,
 
@@ -59,10 +60,28 @@ pub struct GatysArgs {
     #[arg(long, value_enum, value_name = "HOW", conflicts_with = "keep_colors")]
     pub color_transfer: Option<ColorTransferArg>,
 
+    /// Gatys: the layers whose Gram matrices carry the style, comma-separated: `stem`, `dwN`
+    /// (after block N's depthwise convolution), `blockN` (block N's output), `head`; blocks 0
+    /// to 15 (default `stem,dw1,dw3,dw5,dw8`).
+    #[arg(long, value_name = "LAYERS", value_parser = parse_layers)]
+    pub style_layers: Option<Layers>,
+
+    /// Gatys: the layers that carry the photo's content, as --style-layers (default `block5`).
+    #[arg(long, value_name = "LAYERS", value_parser = parse_layers)]
+    pub content_layers: Option<Layers>,
+
     /// Gatys: every N iterations, write the current picture next to the output as
     /// `<output stem>.preview.png` (at the octave's size, without --keep-colors).
     #[arg(long, value_name = "N")]
     pub preview_every: Option<usize>,
+}
+
+/// `--style-layers` / `--content-layers`: EfficientNet-Lite0 layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layers(pub Vec<Tap>);
+
+fn parse_layers(s: &str) -> std::result::Result<Layers, String> {
+    Tap::parse_list(s).map(Layers).map_err(|e| e.to_string())
 }
 
 /// `--optimizer`.
@@ -103,6 +122,8 @@ impl GatysArgs {
             ("--init", self.init.is_some()),
             ("--octaves", self.octaves.is_some()),
             ("--style-scale", self.style_scale.is_some()),
+            ("--style-layers", self.style_layers.is_some()),
+            ("--content-layers", self.content_layers.is_some()),
             ("--color-transfer", self.color_transfer.is_some()),
             ("--preview-every", self.preview_every.is_some()),
         ]
@@ -143,6 +164,12 @@ impl GatysArgs {
         }
         if let Some(v) = self.style_scale {
             s.style_scale = v;
+        }
+        if let Some(Layers(taps)) = &self.style_layers {
+            s.layers.style = taps.clone();
+        }
+        if let Some(Layers(taps)) = &self.content_layers {
+            s.layers.content = taps.clone();
         }
         s.color = match (keep_colors, self.color_transfer) {
             (_, Some(ColorTransferArg::Histogram)) => ColorControl::Histogram,
@@ -186,6 +213,15 @@ impl GatysArgs {
             "style-weight" => self.style_weight = Some(number("the weight")?),
             "tv-weight" => self.tv_weight = Some(number("the weight")?),
             "style-scale" => self.style_scale = Some(number("the scale")?),
+            "style-layers" | "content-layers" => {
+                let layers = parse_layers(value)
+                    .map_err(|e| anyhow::anyhow!("--use gatys@{key}={value}: {e}"))?;
+                if key == "style-layers" {
+                    self.style_layers = Some(layers);
+                } else {
+                    self.content_layers = Some(layers);
+                }
+            }
             other => bail!("--use gatys@{other}: not a setting of gatys"),
         }
         Ok(())
