@@ -358,16 +358,22 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// The host paints a Gatys style exactly as its painter does, and keeps the painter (the
-    /// embedded network and the paintings) for the next call with the same style.
-    #[test]
-    fn gatys_paints_what_its_painter_paints() {
+    /// The shared test images' folder and the cat photo in it.
+    fn shared_images_and_cat() -> (PathBuf, RgbImage) {
         let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images");
         let photo = easel_core::load_rgb(
             &images.join("content/chelsea_cat.png"),
             &easel_core::LoadOptions::default(),
         )
         .unwrap();
+        (images, photo)
+    }
+
+    /// The host paints a Gatys style exactly as its painter does, and keeps the painter (the
+    /// embedded network and the paintings) for the next call with the same style.
+    #[test]
+    fn gatys_paints_what_its_painter_paints() {
+        let (images, photo) = shared_images_and_cat();
         let style = GatysStyle {
             paintings: vec![images.join("style/vangogh_starry_night.jpg")],
             mask: None,
@@ -407,12 +413,7 @@ mod tests {
     /// `FastPainter::build_scaled` paints, and another scale is another painter.
     #[test]
     fn the_style_scale_reaches_fast_painters() {
-        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/images");
-        let photo = easel_core::load_rgb(
-            &images.join("content/chelsea_cat.png"),
-            &easel_core::LoadOptions::default(),
-        )
-        .unwrap();
+        let (images, photo) = shared_images_and_cat();
         let style = FastStyle::Arbitrary {
             paintings: vec![crate::fast::WeightedPath {
                 path: images.join("style/vangogh_starry_night.jpg"),
