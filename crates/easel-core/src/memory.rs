@@ -143,8 +143,9 @@ pub fn gib(bytes: u64) -> String {
 
 /// The bytes `device` can still allocate, when it can be told: on the CPU the kernel's
 /// `MemAvailable`, lowered to the room left under the process's cgroup memory limit (v2
-/// `memory.max − memory.current`, v1 `memory.limit_in_bytes − memory.usage_in_bytes`); on CUDA
-/// the driver's free memory plus what candle's memory pool holds unused.
+/// `memory.max − memory.current`, v1 `memory.limit_in_bytes − memory.usage_in_bytes`, the
+/// inactive file cache counted as room); on CUDA the driver's free memory plus what candle's
+/// memory pool holds unused.
 pub fn available_bytes(device: &Device) -> Option<u64> {
     match device {
         #[cfg(feature = "cuda")]
@@ -209,25 +210,46 @@ fn mem_available_bytes(meminfo: &str) -> Option<u64> {
     kb.checked_mul(1024)
 }
 
-/// Room left under the cgroup memory limit of this process's namespace, if it has one.
+/// Room left under the cgroup memory limit of this process's namespace, if it has one. The
+/// inactive file cache counted in the usage is reclaimable, so it counts as room (as `docker
+/// stats` and the kubelet reckon a container's working set).
 fn cgroup_room_bytes() -> Option<u64> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
-        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
+    let (limit, usage, stat, cache_key) = match read("/sys/fs/cgroup/memory.max") {
+        Some(limit) => (
+            limit,
+            read("/sys/fs/cgroup/memory.current")?,
+            read("/sys/fs/cgroup/memory.stat"),
+            "inactive_file",
+        ),
         None => (
             read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
             read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.stat"),
+            "total_inactive_file",
         ),
     };
-    cgroup_room(&limit, &usage)
+    let cache = stat
+        .as_deref()
+        .and_then(|s| stat_value(s, cache_key))
+        .unwrap_or(0);
+    cgroup_room(&limit, &usage, cache)
 }
 
-/// `limit − usage` of two cgroup files' texts; `None` for no limit (`max`, or v1's page-rounded
-/// `i64::MAX`).
-fn cgroup_room(limit: &str, usage: &str) -> Option<u64> {
+/// The value of `key` in a cgroup `memory.stat` text (`key value` lines).
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// `limit − (usage − reclaimable)` of two cgroup files' texts; `None` for no limit (`max`, or
+/// v1's page-rounded `i64::MAX`).
+fn cgroup_room(limit: &str, usage: &str, reclaimable: u64) -> Option<u64> {
     let limit: u64 = limit.trim().parse().ok()?;
     let usage: u64 = usage.trim().parse().ok()?;
-    (limit < 1 << 62).then(|| limit.saturating_sub(usage))
+    (limit < 1 << 62).then(|| limit.saturating_sub(usage.saturating_sub(reclaimable)))
 }
 
 #[cfg(feature = "cuda")]
@@ -398,13 +420,23 @@ mod tests {
     #[test]
     fn cgroup_room_is_limit_minus_usage_and_no_limit_is_none() {
         assert_eq!(
-            cgroup_room("8589934592\n", "4138700800\n"),
+            cgroup_room("8589934592\n", "4138700800\n", 0),
             Some(4_451_233_792)
         );
-        assert_eq!(cgroup_room("1000", "2000"), Some(0));
+        assert_eq!(cgroup_room("1000", "2000", 0), Some(0));
+        // Reclaimable file cache in the usage is room.
+        assert_eq!(cgroup_room("1000", "900", 300), Some(400));
+        assert_eq!(cgroup_room("1000", "900", 5000), Some(1000));
         // v2 without a limit, and v1's page-rounded i64::MAX.
-        assert_eq!(cgroup_room("max\n", "4138700800\n"), None);
-        assert_eq!(cgroup_room("9223372036854771712\n", "4138700800\n"), None);
+        assert_eq!(cgroup_room("max\n", "4138700800\n", 0), None);
+        assert_eq!(
+            cgroup_room("9223372036854771712\n", "4138700800\n", 0),
+            None
+        );
+        let stat = "anon 1000\nfile 5000\nactive_file 100\ninactive_file 4900\n";
+        assert_eq!(stat_value(stat, "inactive_file"), Some(4900));
+        assert_eq!(stat_value(stat, "file"), Some(5000));
+        assert_eq!(stat_value(stat, "total_inactive_file"), None);
     }
 
     #[test]
