@@ -34,8 +34,8 @@ const RESNET_WORKING_TENSORS: u64 = 8;
 /// Tensors of a level's width alive in a VAE resnet.
 const VAE_WORKING_TENSORS: u64 = 4;
 
-/// `values.iter().product()`, saturating.
-fn product(values: &[u64]) -> u64 {
+/// `values.iter().product()`, saturating at `u64::MAX` (which nothing fits in).
+pub fn product(values: &[u64]) -> u64 {
     values.iter().fold(1u64, |acc, &v| acc.saturating_mul(v))
 }
 

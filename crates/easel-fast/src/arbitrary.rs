@@ -732,12 +732,10 @@ impl StylePredictor {
 /// times their size: the predictor always looks at a 256² square of the painting
 /// ([`preprocess_style`]), so a scale above 1 shows it the central `1/scale` of the painting
 /// (fewer, larger strokes), and a scale below 1 the painting shrunk by `scale` and tiled back
-/// to its own size (more, smaller strokes). `scale` must be in `[0.05, 8]`; 1 is the painting
-/// itself.
+/// to its own size (more, smaller strokes). `scale` must be in
+/// [`crate::gatys::STYLE_SCALE_RANGE`]; 1 is the painting itself.
 pub fn scaled_style_view(painting: &Tensor, scale: f64) -> Result<Tensor> {
-    if !(scale.is_finite() && (0.05..=8.0).contains(&scale)) {
-        bail!("style scale must be 0.05 to 8, got {scale}")
-    }
+    crate::gatys::check_style_scale(scale)?;
     let (_, _, h, w) = painting.dims4()?;
     if scale == 1.0 {
         return Ok(painting.clone());

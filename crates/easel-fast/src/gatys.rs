@@ -167,9 +167,7 @@ impl Settings {
         if !(1..=8).contains(&self.octaves) {
             bail!("octaves must be 1 to 8, got {}", self.octaves)
         }
-        if !(self.style_scale.is_finite() && (0.05..=8.0).contains(&self.style_scale)) {
-            bail!("style scale must be 0.05 to 8, got {}", self.style_scale)
-        }
+        check_style_scale(self.style_scale)?;
         if self.lbfgs_history == 0 || self.lbfgs_history > 1000 {
             bail!(
                 "L-BFGS history must be 1 to 1000, got {}",
@@ -779,6 +777,21 @@ pub fn regions_from_grey(grey: &Tensor, n: usize) -> Result<Tensor> {
 fn noise(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = easel_core::rng::SplitMix64::new(seed);
     (0..len).map(|_| rng.unit_f32()).collect()
+}
+
+/// The style scales accepted: the painting from 1/20 to 8 times the photo's size.
+pub const STYLE_SCALE_RANGE: std::ops::RangeInclusive<f64> = 0.05..=8.0;
+
+/// Fails naming `scale` unless it lies in [`STYLE_SCALE_RANGE`] (NaN does not).
+pub fn check_style_scale(scale: f64) -> Result<()> {
+    if !STYLE_SCALE_RANGE.contains(&scale) {
+        bail!(
+            "style scale must be {} to {}, got {scale}",
+            STYLE_SCALE_RANGE.start(),
+            STYLE_SCALE_RANGE.end()
+        )
+    }
+    Ok(())
 }
 
 /// Size of a picture scaled so its long side is `scale ×` `long`, keeping the aspect of `(h, w)`;

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use easel_core::{LoadOptions, Parameters};
 use easel_fast::efficientnet::EfficientNet;
-use easel_fast::gatys::{regions_from_grey, stylize};
+use easel_fast::gatys::{regions_from_grey, stylize, STYLE_SCALE_RANGE};
 pub use easel_fast::gatys::{
     ColorControl, Event, Init, LayerSet, Losses, OptimizerKind, Progress, Settings,
 };
@@ -99,11 +99,15 @@ pub fn check_settings(settings: &Settings) -> Result<()> {
             "is outside 1..=8",
         ));
     }
-    if !(settings.style_scale.is_finite() && (0.05..=8.0).contains(&settings.style_scale)) {
+    if !STYLE_SCALE_RANGE.contains(&settings.style_scale) {
         return Err(HostError::setting(
             Setting::StyleScale,
             settings.style_scale,
-            "is outside 0.05..=8",
+            format!(
+                "is outside {}..={}",
+                STYLE_SCALE_RANGE.start(),
+                STYLE_SCALE_RANGE.end()
+            ),
         ));
     }
     // The remaining fields (learning rate, history, layers) have no front-end setting; the

@@ -1,7 +1,7 @@
 //! [`Host`]: paints photos with any style, keeping what it loaded for the next call: one
 //! [`FastPainter`] per fast style, the last [`GatysPainter`], and one Stable Diffusion
-//! (+ ControlNet) per set of model sources, dtype and attention slicing. Each [`Painting`] reports its load and paint times
-//! apart, and the peak memory of the call.
+//! (+ ControlNet) per set of model sources, dtype and attention slicing. Each [`Painting`]
+//! reports its load and paint times apart, and the peak memory of the call.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -413,7 +413,7 @@ impl StableDiffusion {
         let batch = request.batch;
         let guided_batch = batch.saturating_mul(if request.guidance_scale > 1.0 { 2 } else { 1 });
         let tiles = request.vae_tiling.then(|| vae.tiling());
-        let mul = |values: &[u64]| values.iter().fold(1u64, |a, &v| a.saturating_mul(v));
+        let mul = easel_diffusion::memory::product;
         let pixels = mul(&[h as u64, w as u64]);
 
         let encode = vae.encode_bytes(1, h, w, elem, tiles.as_ref());
