@@ -103,8 +103,8 @@ pub struct LoadedBank {
     pub bank: Bank,
     /// Its metadata.
     pub metadata: BankMetadata,
-    /// Set when the base-model hash differed and `force` loaded the bank anyway: the message
-    /// to show the user.
+    /// Set when the base-model hash differed and `force` loaded the bank anyway, or when the
+    /// bank records no base model: the message to show the user.
     pub warning: Option<String>,
 }
 
@@ -190,9 +190,13 @@ pub fn read_bank(bytes: &[u8], device: &Device) -> Result<(Bank, BankMetadata)> 
     Ok((bank, metadata))
 }
 
-/// Reads bank-file bytes and checks them against the model they are about to be used with.
-/// `name` (the file name) appears in messages. A different embedding width always fails; a
-/// different base-model hash fails unless `force`, which loads the bank with a warning.
+/// Reads bank-file bytes, or a textual-inversion embedding's (diffusers, A1111, kohya: the
+/// one-slot bank [`crate::interop::import_embedding`] makes of it), and checks them against
+/// the model they are about to be used with. `name` (the file name) appears in messages. A
+/// different embedding width always fails; a different base-model hash fails unless `force`,
+/// which loads the bank with a warning. A bank that records no base model (hash
+/// [`crate::conditioning::UNKNOWN_HASH`]: every imported embedding) loads on any model of its
+/// width, with a warning, since nothing can be compared.
 pub fn load_bank(
     bytes: &[u8],
     name: &str,
@@ -200,10 +204,21 @@ pub fn load_bank(
     force: bool,
     device: &Device,
 ) -> std::result::Result<LoadedBank, BankFitError> {
-    let (bank, metadata) = read_bank(bytes, device).map_err(|source| BankFitError::Unreadable {
-        name: name.to_string(),
-        source,
-    })?;
+    let (bank, metadata) = match read_bank(bytes, device) {
+        Ok(read) => read,
+        Err(source) => match crate::interop::import_embedding(bytes, None, device) {
+            Ok(imported) => {
+                let metadata = crate::interop::imported_metadata(name, &imported);
+                (imported.bank, metadata)
+            }
+            Err(_) => {
+                return Err(BankFitError::Unreadable {
+                    name: name.to_string(),
+                    source,
+                })
+            }
+        },
+    };
     let learned_on = format!(
         "bank {name} was learned on {} (text encoder+UNet hash {}, {}-d embeddings)",
         metadata.base_model,
@@ -220,7 +235,12 @@ pub fn load_bank(
         return Err(BankFitError::EmbeddingWidth { learned_on, loaded });
     }
     let mut warning = None;
-    if metadata.base_model_hash != expected.hash {
+    if metadata.base_model_hash == crate::conditioning::UNKNOWN_HASH {
+        warning = Some(format!(
+            "{name} records no base model to check (an imported embedding or a bank learned on \
+             a single-file checkpoint); {loaded}"
+        ));
+    } else if metadata.base_model_hash != expected.hash {
         if !force {
             return Err(BankFitError::BaseModel { learned_on, loaded });
         }
@@ -324,7 +344,11 @@ pub(crate) fn read_safetensors(
 /// `torch.save`, or a legacy pickle stream) rather than safetensors.
 pub(crate) fn refuse_pickle(bytes: &[u8], what: &str) -> Result<()> {
     let zip = bytes.starts_with(b"PK\x03\x04");
-    let pickle = bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]);
+    // A safetensors header of 0x0280 to 0x05ff bytes starts with the same two bytes as a
+    // pickle's PROTO opcode, but its JSON begins at byte 8.
+    let safetensors = bytes.get(8) == Some(&b'{');
+    let pickle =
+        !safetensors && bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]);
     if zip || pickle {
         bail!(
             "{what} is a PyTorch pickle (.bin/.pt/.ckpt); easel does not load pickles, which can \

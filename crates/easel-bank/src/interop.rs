@@ -367,14 +367,15 @@ fn import_with_sidecar(
 }
 
 /// The bank-file metadata of an embedding imported from the file `file_name`: no base model
-/// is known (hash `unknown`), so loading it needs `force`.
+/// is known (hash [`crate::conditioning::UNKNOWN_HASH`]), so it loads on any model of its
+/// width, with a warning ([`crate::file::load_bank`]).
 pub fn imported_metadata(
     file_name: &str,
     imported: &ImportedEmbedding,
 ) -> crate::file::BankMetadata {
     crate::file::BankMetadata {
         base_model: "unknown (imported embedding)".to_string(),
-        base_model_hash: "unknown".to_string(),
+        base_model_hash: crate::conditioning::UNKNOWN_HASH.to_string(),
         training: serde_json::json!({
             "imported_from": file_name,
             "format": format!("{:?}", imported.format),

@@ -255,6 +255,25 @@ fn pickles_are_refused() {
     }
 }
 
+/// A safetensors file whose header length's low bytes read like a pickle's PROTO opcode
+/// (0x80, 2..=5: headers of 0x0280 to 0x05ff bytes, as larger banks have) is read, not refused.
+#[test]
+fn safetensors_with_a_pickle_like_length_are_read() {
+    let values: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    for len in [0x0280usize, 0x0480, 0x0580] {
+        let json = format!(
+            r#"{{"<ink>":{{"dtype":"F32","shape":[1,8],"data_offsets":[0,{}]}}}}"#,
+            values.len()
+        );
+        let mut bytes = (len as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(format!("{json:<len$}").as_bytes());
+        bytes.extend_from_slice(&values);
+        assert_eq!((bytes[0], bytes[1]), (0x80, (len >> 8) as u8));
+        let imported = import_embedding(&bytes, None, &Device::Cpu).unwrap();
+        assert_eq!(imported.name.as_deref(), Some("<ink>"));
+    }
+}
+
 /// One-slot banks export to diffusers and A1111 and import back bitwise; the files have the
 /// formats' keys and shapes.
 #[test]

@@ -540,3 +540,158 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     assert_eq!(entry["name"], "ink");
     assert_eq!(entry["base_model"], "unknown (imported embedding)");
 }
+
+/// Textual-inversion embeddings as users find them: a kohya file installs like a diffusers or
+/// A1111 one; a hub repository's `learned_embeds.safetensors` installs by repo id from the
+/// Hugging Face cache (offline; a repository not in the cache is refused with what to download,
+/// and nothing is installed); a folder of embeddings (A1111's `embeddings/`) lists in place,
+/// and `--use FILE` paints with one where it lies, as the installed copy paints.
+#[test]
+fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let home = tmp.path().join("home");
+    let photo = photo(tmp.path());
+    let width = tiny_sd().text_encoder.config().hidden_size;
+    let embeddings = tmp.path().join("embeddings");
+    std::fs::create_dir_all(&embeddings).unwrap();
+    let rows = |n: usize, v: f32| Tensor::full(v, (n, width), &Device::Cpu).unwrap();
+    let kohya = embeddings.join("kohya-ink.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("emb_params".to_string(), rows(3, 0.02))]),
+        &kohya,
+    )
+    .unwrap();
+    let diffusers = embeddings.join("cat-toy.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("<cat-toy>".to_string(), rows(1, -0.01))]),
+        &diffusers,
+    )
+    .unwrap();
+    std::fs::write(embeddings.join("old.pt"), b"PK\x03\x04").unwrap();
+
+    let run = easel_home(&["styles", "install", s(&kohya), "--json"], &cache, &home);
+    assert_success(&run);
+    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(
+        (&entry["name"], &entry["kind"]),
+        (&"kohya-ink".into(), &"bank".into())
+    );
+
+    // The folder, in place: each file by the name A1111 prompts it by.
+    let run = easel_home(
+        &["styles", "list", "--folder", s(&embeddings), "--json"],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let rows_of = |v: &serde_json::Value| {
+        (
+            v["name"].as_str().unwrap().to_string(),
+            v["format"].as_str().unwrap().to_string(),
+            v["vectors"].clone(),
+            v["problem"].is_null(),
+        )
+    };
+    let got: Vec<_> = listed.as_array().unwrap().iter().map(rows_of).collect();
+    let w = serde_json::json!(width);
+    assert_eq!(
+        got,
+        [
+            (
+                "cat-toy".into(),
+                "embedding".into(),
+                serde_json::json!([1, w]),
+                true
+            ),
+            (
+                "kohya-ink".into(),
+                "embedding".into(),
+                serde_json::json!([3, w]),
+                true
+            ),
+            ("old".into(), "".into(), serde_json::Value::Null, false),
+        ]
+    );
+
+    // A hub repository in the cache installs by its id, named after the repository.
+    let repo_dir = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    std::fs::copy(&diffusers, repo_dir.join("learned_embeds.safetensors")).unwrap();
+    common::add_to_cache(&cache, "sd-concepts-library/cat-toy", &repo_dir, SNAPSHOT);
+    let run = easel_home(
+        &[
+            "styles",
+            "install",
+            "sd-concepts-library/cat-toy",
+            "--offline",
+            "--json",
+        ],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(entry["name"], "cat-toy");
+    assert_eq!(entry["kind"], "bank");
+    // Not in the cache: the command that downloads the preferred file, and nothing installed.
+    let run = easel_home(
+        &["styles", "install", "org/absent-style", "--offline"],
+        &cache,
+        &home,
+    );
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(
+        err.contains("huggingface-cli download org/absent-style easel-style.safetensors"),
+        "{err}"
+    );
+    let run = easel_home(&["styles", "list", "--json"], &cache, &home);
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&stdout(&run))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["cat-toy", "kohya-ink"]);
+
+    // The embedding paints where it lies as its installed copy does (it records no base model:
+    // a warning, not a refusal).
+    let paint = |style: &str, out: &Path| {
+        let args = [
+            "stylize",
+            s(&photo),
+            "--sd",
+            "org/tiny-sd",
+            "--no-control",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+            "--steps",
+            "2",
+            "--size",
+            "64",
+            "--use",
+            style,
+            "-o",
+            s(out),
+        ];
+        let run = easel_home(&args, &cache, &home);
+        assert_success(&run);
+        assert!(
+            stderr(&run).contains("records no base model"),
+            "{}",
+            stderr(&run)
+        );
+        image::open(out).unwrap().to_rgb8().into_raw()
+    };
+    let in_place = paint(s(&diffusers), &tmp.path().join("in_place.png"));
+    let installed = paint("cat-toy", &tmp.path().join("installed.png"));
+    assert!(
+        in_place == installed,
+        "the file and its installed copy paint differently"
+    );
+}

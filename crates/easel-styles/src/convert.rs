@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use candle_core::{DType, Device, Tensor};
 use easel_bank::file::BaseModelInfo;
+use easel_core::{HubResolver, WeightSource};
 use easel_fast::arbitrary::{mix_style_codes, ArbitraryNet};
 use easel_fast::cin26;
 use easel_fast::import::adain::{load_adain, read_weights};
@@ -47,6 +48,11 @@ pub enum PluginSource {
     Painting(PathBuf),
 }
 
+/// The files a hub repository's style is looked for under, preferred first: an easel plugin
+/// published under this name, then a diffusers textual-inversion embedding (the layout of the
+/// `sd-concepts-library` repositories).
+pub const HUB_STYLE_FILES: [&str; 2] = ["easel-style.safetensors", "learned_embeds.safetensors"];
+
 /// Descriptive metadata given by the user; unset fields get defaults.
 #[derive(Debug, Clone, Default)]
 pub struct PluginInfo {
@@ -65,6 +71,26 @@ pub struct PluginInfo {
 }
 
 impl PluginSource {
+    /// [`PluginSource::detect`], and where `text` is no local path but a hub repository id
+    /// `org/name[@revision]`: the first of [`HUB_STYLE_FILES`] the repository has, through
+    /// `hub` (its cache first; offline, the error lists what to download and where), detected
+    /// like a local file. The second value is the title a hub style gets by default: the
+    /// repository's name.
+    pub fn resolve(text: &str, hub: &HubResolver) -> Result<(Self, Option<String>)> {
+        let local = text.starts_with("preset:")
+            || text.starts_with("painting:")
+            || Path::new(text).exists();
+        if !local {
+            if let Ok(WeightSource::Hub { repo_id, revision }) = WeightSource::parse(text) {
+                let file = hub.resolve_first(&repo_id, &revision, &HUB_STYLE_FILES)?;
+                let source = Self::detect(&file.to_string_lossy())?;
+                let name = repo_id.rsplit('/').next().unwrap_or(&repo_id).to_string();
+                return Ok((source, Some(name)));
+            }
+        }
+        Ok((Self::detect(text)?, None))
+    }
+
     /// Reads what `text` names: `preset:MIX`, `painting:IMAGE`, a weights folder (AdaIN or
     /// StyTr², told apart by their files), a plugin file or a bank file.
     pub fn detect(text: &str) -> Result<Self> {
@@ -468,11 +494,24 @@ pub enum PluginUse {
 }
 
 impl PluginUse {
-    /// Reads what the plugin at `path` paints as (the hash is checked).
+    /// Reads what the plugin at `path` paints as (the hash is checked). A bank file or a
+    /// textual-inversion embedding, uninstalled, paints as its bank.
     pub fn of(path: &Path) -> Result<Self> {
         let name = file_name(path);
         let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
-        let plugin = PluginFile::read(&bytes, &name)?;
+        let plugin = match PluginFile::read(&bytes, &name) {
+            Ok(plugin) => plugin,
+            Err(e @ PluginError::NotAPlugin { .. }) => {
+                let is_bank = easel_bank::file::read_bank(&bytes, &Device::Cpu).is_ok()
+                    || easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu).is_ok();
+                return if is_bank {
+                    Ok(PluginUse::Bank(path.to_path_buf()))
+                } else {
+                    Err(e)
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let number = |key: &str| -> Result<usize> {
             plugin
                 .metadata

@@ -5,11 +5,14 @@
 //!   and what a plugin paints as ([`convert::PluginUse`], a host [`easel_host::host::Style`]).
 //! * [`store`]: where installed plugins live (`$EASEL_HOME/styles`), with an index safe under
 //!   concurrent easel processes.
+//! * [`folder`]: a folder of plugins and embeddings (AUTOMATIC1111's `embeddings/`) listed in
+//!   place, uninstalled.
 
 #![warn(missing_docs)]
 
 pub mod convert;
 pub mod error;
+pub mod folder;
 pub mod plugin;
 pub mod store;
 

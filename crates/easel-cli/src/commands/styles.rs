@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use easel_styles::folder::FolderStyle;
 use easel_styles::plugin::keys;
 use easel_styles::{Entry, Kind, PluginInfo, PluginSource, Store};
 use serde::Serialize;
@@ -24,9 +25,9 @@ pub struct StylesArgs {
 
 #[derive(Subcommand)]
 enum StylesCommand {
-    /// Install a plugin file, a bank file, a textual-inversion embedding (diffusers or A1111),
-    /// an AdaIN or StyTr² weights folder, `preset:MIX` or `painting:IMAGE` (that painting's
-    /// style for the arbitrary network).
+    /// Install a plugin file, a bank file, a textual-inversion embedding (diffusers, A1111 or
+    /// kohya), an AdaIN or StyTr² weights folder, a hub repository's style, `preset:MIX` or
+    /// `painting:IMAGE` (that painting's style for the arbitrary network).
     Install(InstallArgs),
     /// List installed plugins.
     List(ListArgs),
@@ -42,10 +43,15 @@ enum StylesCommand {
 
 #[derive(Args)]
 struct InstallArgs {
-    /// A plugin, bank or embedding file, an AdaIN or StyTr² weights folder, preset:MIX or
-    /// painting:IMAGE.
-    #[arg(value_name = "FILE|DIR|preset:MIX|painting:IMAGE")]
+    /// A plugin, bank or embedding file, an AdaIN or StyTr² weights folder, preset:MIX,
+    /// painting:IMAGE, or a hub repository org/name[@revision] holding easel-style.safetensors
+    /// (a plugin) or learned_embeds.safetensors (a diffusers textual inversion).
+    #[arg(value_name = "FILE|DIR|HUB-ID|preset:MIX|painting:IMAGE")]
     source: String,
+    /// Never download a hub repository's style: use only the Hugging Face cache (same as
+    /// HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// Name to use it by (default: its title).
     #[arg(long)]
     name: Option<String>,
@@ -96,6 +102,11 @@ struct ListArgs {
     /// Only names or titles containing this text (case-insensitive).
     #[arg(long)]
     search: Option<String>,
+    /// List the plugins and textual-inversion embeddings of this folder where they lie (such
+    /// as AUTOMATIC1111's embeddings/) instead of the installed ones; paint with one by its
+    /// path (`stylize --use DIR/NAME.safetensors`).
+    #[arg(long, value_name = "DIR", conflicts_with = "base")]
+    folder: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -192,11 +203,33 @@ fn print_entry(entry: &Entry) {
     );
 }
 
+fn print_folder_style(style: &FolderStyle) {
+    let what = match (&style.problem, style.kind, style.vectors) {
+        (Some(problem), _, _) => format!("unusable: {problem}"),
+        (None, _, Some((n, width))) => format!("{}, {n} × {width}", style.format),
+        (None, Some(kind), None) => format!("plugin, {}", kind.name()),
+        (None, None, None) => style.format.to_string(),
+    };
+    let title = if style.title.is_empty() || style.title == style.name {
+        String::new()
+    } else {
+        format!("  ({})", style.title)
+    };
+    println!("{:<24} {what}{title}", style.name);
+}
+
 pub fn run(args: StylesArgs) -> Result<()> {
     let store = Store::from_env()?;
     match args.command {
         StylesCommand::Install(a) => {
-            let source = PluginSource::detect(&a.source)?;
+            let hub = easel_core::HubResolver::from_env()?;
+            let hub = hub.with_progress(crate::progress::download_hook());
+            let hub = if a.offline {
+                hub.with_offline(true)
+            } else {
+                hub
+            };
+            let (source, hub_title) = PluginSource::resolve(&a.source, &hub)?;
             let thumbnail = match &a.thumbnail {
                 Some(path) => Some(easel_core::load_rgb(
                     path,
@@ -205,7 +238,7 @@ pub fn run(args: StylesArgs) -> Result<()> {
                 None => None,
             };
             let info = PluginInfo {
-                title: a.title,
+                title: a.title.or(hub_title),
                 description: a.description,
                 author: a.author,
                 license: a.license,
@@ -250,6 +283,25 @@ pub fn run(args: StylesArgs) -> Result<()> {
                 None => None,
             };
             let search = a.search.as_ref().map(|s| s.to_lowercase());
+            if let Some(dir) = &a.folder {
+                let styles: Vec<FolderStyle> = easel_styles::folder::list_folder(dir)?
+                    .into_iter()
+                    .filter(|s| kind.is_none_or(|k| s.kind == Some(k)))
+                    .filter(|s| {
+                        search.as_ref().is_none_or(|t| {
+                            s.name.to_lowercase().contains(t) || s.title.to_lowercase().contains(t)
+                        })
+                    })
+                    .collect();
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&styles)?);
+                } else if styles.is_empty() {
+                    eprintln!("no styles in {}", dir.display());
+                } else {
+                    styles.iter().for_each(print_folder_style);
+                }
+                return Ok(());
+            }
             let entries: Vec<Entry> = store
                 .list()?
                 .into_iter()
