@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod plugins;
 mod progress;
 
 use clap::{Parser, Subcommand};

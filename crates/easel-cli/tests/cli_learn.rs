@@ -179,6 +179,63 @@ fn validation_images_every_n_steps_continue_after_resume() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// `-o NAME.safetensors` writes a style plugin: the bank the same run writes as a `.bank` (a
+/// bank plugin is a bank file), with the latest validation image as its thumbnail; it installs
+/// and shows that thumbnail.
+#[test]
+fn learn_writes_a_plugin_with_the_validation_image_as_thumbnail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let flags = [
+        "--resolution",
+        "64",
+        "--batch",
+        "1",
+        "--grad-accumulation",
+        "1",
+        "--steps",
+        "2",
+        "--validate-every",
+        "2",
+        "--validation-steps",
+        "2",
+    ];
+    let bank = tmp.path().join("plain.bank");
+    assert_success(&learn(&cache, &coll, &bank, &flags));
+    let plugin = tmp.path().join("rhone.safetensors");
+    assert_success(&learn(&cache, &coll, &plugin, &flags));
+    assert_eq!(contents(&plugin).0, contents(&bank).0);
+
+    let home = tmp.path().join("home");
+    let styles = |args: &[&str]| {
+        easel_command(args)
+            .env("EASEL_HOME", &home)
+            .output()
+            .expect("the easel binary runs")
+    };
+    let run = styles(&["styles", "install", s(&plugin), "--json"]);
+    assert_success(&run);
+    let entry: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        (&entry["name"], &entry["kind"]),
+        (&"rhone".into(), &"bank".into())
+    );
+    let thumb = tmp.path().join("thumb.png");
+    assert_success(&styles(&[
+        "styles",
+        "show",
+        "rhone",
+        "--preview",
+        s(&thumb),
+    ]));
+    let validation = tmp.path().join("rhone.run/validation/step_000002.png");
+    assert_eq!(
+        image::open(&thumb).unwrap().to_rgb8(),
+        image::open(&validation).unwrap().to_rgb8()
+    );
+}
+
 /// SIGINT to a running `easel learn` (as Ctrl-C): it checkpoints after the step in progress,
 /// exits with an error naming the checkpoint and `--resume`, and resuming to `k + 2` steps gives
 /// the very vectors of a straight `k + 2`-step run.

@@ -79,6 +79,50 @@ const TINY: &[&str] = &[
     "cpu",
 ];
 
+/// `--plugin` wrote `root/NAME.safetensors`: it installs (a store in `root/home`), its
+/// thumbnail is the run's latest sample grid `grid`, and `stylize --use NAME` paints the cat in
+/// Te Fare at 64 px as the weights did with the old flags (`painted`).
+fn plugin_paints_as(root: &Path, name: &str, grid: &Path, painted: &image::RgbImage) {
+    let home = root.join("home");
+    let easel = |args: &[&str]| {
+        let out = easel_command(args)
+            .env("EASEL_HOME", &home)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        out
+    };
+    let plugin = root.join(format!("{name}.safetensors"));
+    easel(&["styles", "install", s(&plugin)]);
+    let thumb = root.join(format!("{name}.thumb.png"));
+    easel(&["styles", "show", name, "--preview", s(&thumb)]);
+    assert_eq!(
+        image::open(&thumb).unwrap().to_rgb8(),
+        image::open(grid).unwrap().to_rgb8()
+    );
+    let out = root.join(format!("{name}.png"));
+    let photo = shared_image("content/chelsea_cat.png");
+    let style = shared_image("style/gauguin_te_fare.jpg");
+    easel(&[
+        "stylize",
+        s(&photo),
+        "--use",
+        name,
+        "--style",
+        s(&style),
+        "--max-size",
+        "64",
+        "--device",
+        "cpu",
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        &image::open(&out).unwrap().to_rgb8() == painted,
+        "--use {name} paints other pixels than the weights' own flags"
+    );
+}
+
 #[test]
 fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
     let root = tempfile::tempdir().unwrap();
@@ -174,6 +218,8 @@ fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
         "4",
         "-o",
         s(&part),
+        "--plugin",
+        s(&root.path().join("adain_plugin.safetensors")),
         "--device",
         "cpu",
     ])
@@ -181,6 +227,12 @@ fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
     .unwrap();
     assert_success(&out);
     assert!(stderr(&out).contains("4 steps"), "{}", stderr(&out));
+    plugin_paints_as(
+        root.path(),
+        "adain_plugin",
+        &root.path().join("part.run/samples/step_000004.png"),
+        &got,
+    );
     let (a, b) = (
         candle_core::safetensors::load(&part, &Device::Cpu).unwrap(),
         candle_core::safetensors::load(&straight, &Device::Cpu).unwrap(),
@@ -383,12 +435,21 @@ fn train_fast_transformer_writes_three_stytr_files_and_resumes_bit_exactly() {
         "2",
         "-o",
         s(&part),
+        "--plugin",
+        s(&root.path().join("stytr_plugin.safetensors")),
         "--device",
         "cpu",
     ])
     .output()
     .unwrap();
     assert_success(&out);
+    // The plugin records the tiny preset's 4 heads and CAPE grid 6.
+    plugin_paints_as(
+        root.path(),
+        "stytr_plugin",
+        &root.path().join("part.run/samples/step_000002.png"),
+        &got,
+    );
     for name in ["transformer", "embedding", "decoder"] {
         let file = format!("{name}.safetensors");
         let (a, b) = (

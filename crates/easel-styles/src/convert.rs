@@ -40,6 +40,13 @@ pub enum PluginSource {
     Embedding(PathBuf),
     /// A folder with `vgg_normalised` and `decoder` weights.
     AdainDir(PathBuf),
+    /// AdaIN's two weight files where they lie (`easel train-fast`'s decoder and its VGG).
+    AdainFiles {
+        /// The VGG encoder (`vgg_normalised`).
+        vgg: PathBuf,
+        /// The decoder.
+        decoder: PathBuf,
+    },
     /// A folder with StyTr²'s three weight files.
     StytrDir(PathBuf),
     /// A preset mix (`3:0.5,12:0.5`).
@@ -247,55 +254,17 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
                 bytes = easel_bank::file::save_bank(&imported.bank, &meta)
                     .map_err(compute(format!("converting {name} to a bank")))?;
             }
-            // Checks that it is a readable bank; the bytes are kept as they are.
-            let (bank, _) = easel_bank::file::read_bank(&bytes, &Device::Cpu).map_err(|e| {
-                PluginError::Source {
-                    source_name: name.clone(),
-                    problem: e.to_string(),
-                }
-            })?;
-            let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-                PluginError::Malformed {
-                    name: name.clone(),
-                    problem: e.to_string(),
-                }
-            })?;
-            if let Ok((_, m)) = safetensors::SafeTensors::read_metadata(&bytes) {
-                metadata.extend(m.metadata().clone().unwrap_or_default());
-            }
-            tensors = crate::plugin::raw_tensors(&st);
-            metadata.insert(keys::TRIGGER.into(), bank.prompt().placeholder.clone());
-            metadata.insert(
-                keys::USAGE.into(),
-                "a prompt bank for Stable Diffusion 1.x: paints photos through ControlNet".into(),
-            );
-            (Kind::Bank, stem(path))
+            return bank_plugin(&bytes, &name, stem(path), info);
         }
         PluginSource::AdainDir(dir) => {
-            let vgg_path = weights_file(dir, ADAIN_FILES[0])?;
-            let decoder_path = weights_file(dir, ADAIN_FILES[1])?;
-            let vgg = read_weights_file(&vgg_path)?;
-            let decoder = read_weights_file(&decoder_path)?;
-            // Checks every key and shape now, so that a plugin that installs also loads.
-            load_adain(
-                vgg.clone(),
-                &vgg_path.display().to_string(),
-                decoder.clone(),
-                &decoder_path.display().to_string(),
-                &Device::Cpu,
-            )
-            .map_err(|e| PluginError::Source {
-                source_name: dir.display().to_string(),
-                problem: e.to_string(),
-            })?;
-            put_prefixed(&mut tensors, ADAIN_PLUGIN_PREFIXES[0], &vgg)?;
-            put_prefixed(&mut tensors, ADAIN_PLUGIN_PREFIXES[1], &decoder)?;
-            metadata.insert(keys::ENCODER.into(), "vgg_normalised".into());
-            metadata.insert(
-                keys::USAGE.into(),
-                "AdaIN: paints photos in the style of the paintings given with it".into(),
-            );
+            let vgg = weights_file(dir, ADAIN_FILES[0])?;
+            let decoder = weights_file(dir, ADAIN_FILES[1])?;
+            put_adain(&vgg, &decoder, &mut tensors, &mut metadata)?;
             (Kind::Adain, stem(dir))
+        }
+        PluginSource::AdainFiles { vgg, decoder } => {
+            put_adain(vgg, decoder, &mut tensors, &mut metadata)?;
+            (Kind::Adain, stem(decoder))
         }
         PluginSource::StytrDir(dir) => {
             let mut parts = Vec::new();
@@ -374,14 +343,97 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
             (Kind::StyleCode, stem(path))
         }
     };
+    finish(
+        kind,
+        default_title,
+        metadata,
+        tensors,
+        info,
+        thumbnail.as_ref(),
+    )
+}
+
+/// The plugin of `kind` with the common keys: the title, the date and the user's `info`.
+fn finish(
+    kind: Kind,
+    default_title: String,
+    mut metadata: BTreeMap<String, String>,
+    tensors: BTreeMap<String, RawTensor>,
+    info: &PluginInfo,
+    thumbnail: Option<&RgbImage>,
+) -> Result<PluginFile> {
     metadata.insert(keys::TITLE.into(), default_title);
     metadata.insert(keys::DATE.into(), easel_core::time::now_rfc3339());
-    apply_info(&mut metadata, info, thumbnail.as_ref())?;
+    apply_info(&mut metadata, info, thumbnail)?;
     Ok(PluginFile {
         kind,
         metadata,
         tensors,
     })
+}
+
+/// The bank plugin of bank-file `bytes` (`name`, the file's name, is for messages;
+/// `default_title` is the title unless `info` gives one). The plugin keeps every key and tensor
+/// of the bank file, so it is a bank file too.
+pub fn bank_plugin(
+    bytes: &[u8],
+    name: &str,
+    default_title: String,
+    info: &PluginInfo,
+) -> Result<PluginFile> {
+    // Checks that it is a readable bank; the bytes are kept as they are.
+    let (bank, _) =
+        easel_bank::file::read_bank(bytes, &Device::Cpu).map_err(|e| PluginError::Source {
+            source_name: name.to_string(),
+            problem: e.to_string(),
+        })?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| PluginError::Malformed {
+        name: name.to_string(),
+        problem: e.to_string(),
+    })?;
+    let mut metadata = BTreeMap::new();
+    if let Ok((_, m)) = safetensors::SafeTensors::read_metadata(bytes) {
+        metadata.extend(m.metadata().clone().unwrap_or_default());
+    }
+    metadata.insert(keys::TRIGGER.into(), bank.prompt().placeholder.clone());
+    metadata.insert(
+        keys::USAGE.into(),
+        "a prompt bank for Stable Diffusion 1.x: paints photos through ControlNet".into(),
+    );
+    let tensors = crate::plugin::raw_tensors(&st);
+    finish(Kind::Bank, default_title, metadata, tensors, info, None)
+}
+
+/// AdaIN's encoder and decoder tensors and keys, from the weight files `vgg_path` and
+/// `decoder_path` (checked to load first).
+fn put_adain(
+    vgg_path: &Path,
+    decoder_path: &Path,
+    tensors: &mut BTreeMap<String, RawTensor>,
+    metadata: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let vgg = read_weights_file(vgg_path)?;
+    let decoder = read_weights_file(decoder_path)?;
+    // Checks every key and shape now, so that a plugin that installs also loads.
+    load_adain(
+        vgg.clone(),
+        &vgg_path.display().to_string(),
+        decoder.clone(),
+        &decoder_path.display().to_string(),
+        &Device::Cpu,
+    )
+    .map_err(|e| PluginError::Source {
+        source_name: decoder_path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    put_prefixed(tensors, ADAIN_PLUGIN_PREFIXES[0], &vgg)?;
+    put_prefixed(tensors, ADAIN_PLUGIN_PREFIXES[1], &decoder)?;
+    metadata.insert(keys::ENCODER.into(), "vgg_normalised".into());
+    metadata.insert(
+        keys::USAGE.into(),
+        "AdaIN: paints photos in the style of the paintings given with it".into(),
+    );
+    Ok(())
 }
 
 /// The painting's style code exactly as `stylize --style PAINTING` computes it (read at

@@ -28,10 +28,12 @@ use easel_core::{DeviceChoice, Parameters};
 use easel_pipeline::canny::{self, CannyOptions};
 use easel_pipeline::models::StableDiffusion;
 use easel_pipeline::pipeline::StylizeRequest;
+use easel_styles::convert::bank_plugin;
+use easel_styles::PluginInfo;
 use image::RgbImage;
 
 use crate::args::{parse_dtype, source_hints, word};
-use crate::progress;
+use crate::{plugins, progress};
 use easel_bank::conditioning::{base_model_info, BankConditioning};
 use easel_core::time::now_rfc3339;
 use easel_diffusion::attention::AttentionSlicing;
@@ -58,8 +60,9 @@ pub struct LearnArgs {
     #[arg(long, value_name = "WORD", default_value = "painting")]
     init_word: String,
 
-    /// The bank file to write.
-    #[arg(short, long, value_name = "OUT.bank")]
+    /// The bank file to write (OUT.bank), or a style plugin (OUT.safetensors: a bank file
+    /// too, with the latest validation image as its thumbnail, for `easel styles install`).
+    #[arg(short, long, value_name = "OUT.bank|OUT.safetensors")]
     output: PathBuf,
 
     /// Folder of the run's checkpoint and cached training views (default: OUT with the
@@ -249,7 +252,7 @@ pub fn run(args: LearnArgs) -> Result<()> {
     let inputs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     if args.output.exists() && args.output.is_dir() {
         bail!(
-            "-o {} is a folder; give a .bank file",
+            "-o {} is a folder; give a .bank or .safetensors file",
             args.output.display()
         );
     }
@@ -420,7 +423,30 @@ pub fn run(args: LearnArgs) -> Result<()> {
         collection_hash: collection_hash(&images),
         created: now_rfc3339(),
     };
-    let bytes = save_bank(trainer.bank(), &metadata)?;
+    let mut bytes = save_bank(trainer.bank(), &metadata)?;
+    if plugins::is_plugin(&args.output) {
+        // The latest validation image, else (none were made) the collection's first artwork.
+        let thumbnail =
+            plugins::latest_step_picture(&validation_dir)?.unwrap_or_else(|| images[0].clone());
+        let info = PluginInfo {
+            description: Some(format!(
+                "learned by easel learn from {} artworks ({}), {} steps, layout {}",
+                images.len(),
+                args.collection.display(),
+                trainer.step(),
+                args.layout
+            )),
+            thumbnail: Some(thumbnail),
+            ..PluginInfo::default()
+        };
+        let name = easel_styles::plugin::file_name(&args.output);
+        let title = args
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.clone());
+        bytes = bank_plugin(&bytes, &name, title, &info)?.to_bytes()?;
+    }
     easel_core::write_output(&args.output, &bytes, &inputs)?;
     eprintln!(
         "wrote {} ({} steps on {} artworks; checkpoint in {})",

@@ -27,7 +27,10 @@ use easel_fast::train::{
     vgg_widths, FastTrainer, Hooks, Kind, LrSchedule, TrainFastConfig, TrainOutcome,
 };
 
-use crate::progress;
+use crate::{plugins, progress};
+use easel_fast::import::stytr::Settings as StytrSettings;
+use easel_styles::convert::make_plugin;
+use easel_styles::{PluginInfo, PluginSource};
 
 /// The network `easel train-fast` trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +88,12 @@ pub struct TrainFastArgs {
     /// decoder.safetensors (the keys of StyTR-2's *_iter_*.pth).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
+
+    /// Also write the trained network as a style plugin here (FILE.safetensors, for `easel
+    /// styles install`): AdaIN's decoder with its VGG encoder, or StyTr²'s three parts with
+    /// their settings; the latest sample grid is its thumbnail.
+    #[arg(long, value_name = "FILE.safetensors")]
+    plugin: Option<PathBuf>,
 
     /// Folder of the run's checkpoint and sample grids (default: OUT with the extension .run).
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
@@ -283,6 +292,12 @@ fn stytr_config(args: &TrainFastArgs) -> Result<stytr::Config> {
 
 /// Runs `easel train-fast`.
 pub fn run(args: TrainFastArgs) -> Result<()> {
+    if let Some(path) = args.plugin.as_ref().filter(|p| !plugins::is_plugin(p)) {
+        bail!(
+            "--plugin {}: a plugin is a .safetensors file",
+            path.display()
+        );
+    }
     // A new run's output is checked before training (a resumed run's kind is its checkpoint's;
     // its output is checked when written).
     if args.resume.is_none() {
@@ -400,6 +415,36 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
             }
         }
     }
+    if let Some(path) = &args.plugin {
+        if !plugins::is_plugin(path) {
+            bail!(
+                "--plugin {}: a plugin is a .safetensors file",
+                path.display()
+            );
+        }
+        let source = match config.kind {
+            Kind::Adain => PluginSource::AdainFiles {
+                vgg: config.vgg.clone(),
+                decoder: args.output.clone(),
+            },
+            Kind::Transformer => PluginSource::StytrDir(args.output.clone()),
+        };
+        let info = PluginInfo {
+            title: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+            description: Some(format!(
+                "trained by easel train-fast on the photos of {} and the paintings of {}, {} steps",
+                config.content_dir.display(),
+                config.style_dir.display(),
+                trainer.step()
+            )),
+            thumbnail: plugins::latest_step_picture(&run_dir.join("samples"))?,
+            stytr: config.transformer.as_ref().map(stytr_settings),
+            ..PluginInfo::default()
+        };
+        let plugin = make_plugin(&source, &info)?;
+        easel_core::write_output(path, &plugin.to_bytes()?, &inputs)?;
+        eprintln!("wrote the style plugin {}", path.display());
+    }
     eprintln!(
         "wrote {} ({} steps; checkpoint in {})",
         args.output.display(),
@@ -407,4 +452,21 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// The settings a StyTr² plugin records for a network of `config` (what its weights do not
+/// hold; the encoding it does not use keeps the published value).
+fn stytr_settings(config: &stytr::Config) -> StytrSettings {
+    let published = StytrSettings::published();
+    let (cape_grid, pyramid_windows) = match &config.pos {
+        stytr::PositionalEncoding::Cape { grid } => (*grid, published.pyramid_windows),
+        stytr::PositionalEncoding::Pyramidal { windows, .. } => {
+            (published.cape_grid, windows.clone())
+        }
+    };
+    StytrSettings {
+        nhead: config.nhead,
+        cape_grid,
+        pyramid_windows,
+    }
 }
