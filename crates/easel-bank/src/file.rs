@@ -42,7 +42,7 @@ pub const FORMAT: &str = "easel-bank";
 pub const FORMAT_VERSION: &str = "1";
 
 /// What a bank file records besides the bank itself.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BankMetadata {
     /// Id of the base model (e.g. `runwayml/stable-diffusion-v1-5`).
     pub base_model: String,

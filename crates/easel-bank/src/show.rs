@@ -10,8 +10,8 @@ use crate::layout::{groups_name, Layout, StageMap};
 use crate::params::ParamsSpec;
 
 /// What `easel bank show` prints: layout, parameterisation, prompt, metadata and the L2 norm
-/// of every vector.
-#[derive(Debug, Clone)]
+/// of every vector (`--json`: these fields).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BankSummary {
     /// The layout.
     pub layout: Layout,

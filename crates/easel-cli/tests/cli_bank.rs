@@ -133,6 +133,21 @@ fn show_prints_the_layout_and_metadata() {
         .skip_while(|l| l.split_whitespace().collect::<Vec<_>>() != ["stage", "down", "mid", "up"])
         .count();
     assert_eq!(rows, 11, "{text}");
+
+    // --json: the same facts, parsed.
+    let out = easel(&["bank", "show", s(&path), "--json"], None);
+    assert_success(&out);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["file"], "style.bank");
+    assert_eq!(shown["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(shown["dim"], 32);
+    assert_eq!(shown["params"]["kind"], "generated");
+    assert_eq!(shown["metadata"]["base_model_hash"], "ab12cd34ef56ab12");
+    let norms = shown["norms"].as_array().unwrap();
+    assert_eq!(norms.len(), 10);
+    assert!(norms
+        .iter()
+        .all(|stage| stage.as_array().unwrap().len() == 3));
 }
 
 #[test]

@@ -204,7 +204,17 @@ fn learn_writes_a_plugin_with_the_validation_image_as_thumbnail() {
     let bank = tmp.path().join("plain.bank");
     assert_success(&learn(&cache, &coll, &bank, &flags));
     let plugin = tmp.path().join("rhone.safetensors");
-    assert_success(&learn(&cache, &coll, &plugin, &flags));
+    let mut with_json = flags.to_vec();
+    with_json.push("--json");
+    let run = learn(&cache, &coll, &plugin, &with_json);
+    assert_success(&run);
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["format"], "plugin");
+    assert_eq!(
+        (&summary["steps"], &summary["artworks"]),
+        (&2.into(), &3.into())
+    );
+    assert_eq!(summary["output"], s(&plugin));
     assert_eq!(contents(&plugin).0, contents(&bank).0);
 
     let home = tmp.path().join("home");

@@ -222,10 +222,18 @@ fn train_fast_writes_a_decoder_and_resumes_bit_exactly() {
         s(&root.path().join("adain_plugin.safetensors")),
         "--device",
         "cpu",
+        "--json",
     ])
     .output()
     .unwrap();
     assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&summary["kind"], &summary["steps"]),
+        (&"adain".into(), &4.into())
+    );
+    let plugin = root.path().join("adain_plugin.safetensors");
+    assert_eq!(summary["plugin"], s(&plugin));
     assert!(stderr(&out).contains("4 steps"), "{}", stderr(&out));
     plugin_paints_as(
         root.path(),

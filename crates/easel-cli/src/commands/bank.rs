@@ -38,6 +38,9 @@ struct ShowArgs {
     /// The bank file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
+    /// Print JSON: the file's name and sha256, and the summary's fields.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which embedding format to export.
@@ -135,6 +138,22 @@ fn load(path: &Path) -> Result<(easel_bank::bank::Bank, BankMetadata, Vec<u8>)> 
 fn show(a: &ShowArgs) -> Result<()> {
     let (bank, meta, bytes) = load(&a.file)?;
     let summary = BankSummary::new(&bank, Some(&meta))?;
+    if a.json {
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            file: String,
+            sha256: String,
+            #[serde(flatten)]
+            summary: &'a BankSummary,
+        }
+        let shown = Shown {
+            file: file_name(&a.file),
+            sha256: sha256_hex(&bytes),
+            summary: &summary,
+        };
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
     println!(
         "file: {} (sha256 {})",
         file_name(&a.file),

@@ -138,6 +138,11 @@ pub struct LearnArgs {
     /// Never download: use only the Hugging Face cache (same as HF_HUB_OFFLINE=1).
     #[arg(long)]
     offline: bool,
+
+    /// Print a JSON summary on standard output: the file written, whether it is a bank or a
+    /// plugin, the steps, the number of artworks and the run folder.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The preset of `--layout`: a builtin name or a TOML file.
@@ -448,6 +453,16 @@ pub fn run(args: LearnArgs) -> Result<()> {
         bytes = bank_plugin(&bytes, &name, title, &info)?.to_bytes()?;
     }
     easel_core::write_output(&args.output, &bytes, &inputs)?;
+    if args.json {
+        let summary = serde_json::json!({
+            "output": args.output,
+            "format": if plugins::is_plugin(&args.output) { "plugin" } else { "bank" },
+            "steps": trainer.step(),
+            "artworks": images.len(),
+            "run_dir": run_dir,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
     eprintln!(
         "wrote {} ({} steps on {} artworks; checkpoint in {})",
         args.output.display(),

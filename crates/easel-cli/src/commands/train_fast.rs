@@ -183,6 +183,11 @@ pub struct TrainFastArgs {
     /// Where to run: `auto` (CUDA if available), `cpu` or `cuda`.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceChoice,
+
+    /// Print a JSON summary on standard output: the weights written, the network, the steps,
+    /// the run folder and the plugin (null without --plugin).
+    #[arg(long)]
+    json: bool,
 }
 
 /// The VGG state dict of `path`: safetensors by extension, else a PyTorch checkpoint (read
@@ -444,6 +449,16 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
         let plugin = make_plugin(&source, &info)?;
         easel_core::write_output(path, &plugin.to_bytes()?, &inputs)?;
         eprintln!("wrote the style plugin {}", path.display());
+    }
+    if args.json {
+        let summary = serde_json::json!({
+            "output": args.output,
+            "kind": match config.kind { Kind::Adain => "adain", Kind::Transformer => "transformer" },
+            "steps": trainer.step(),
+            "run_dir": run_dir,
+            "plugin": args.plugin,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     eprintln!(
         "wrote {} ({} steps; checkpoint in {})",
