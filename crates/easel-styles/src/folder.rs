@@ -169,7 +169,8 @@ mod tests {
         write("broken.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}");
         write("notes.txt", b"skipped");
         let listed = list_folder(dir.path()).unwrap();
-        let got: Vec<(&str, &str, Option<(usize, usize)>, bool)> = listed
+        type Row<'a> = (&'a str, &'a str, Option<(usize, usize)>, bool);
+        let got: Vec<Row> = listed
             .iter()
             .map(|s| (s.name.as_str(), s.format, s.vectors, s.problem.is_some()))
             .collect();
