@@ -32,7 +32,7 @@ done
 for painting in "${paintings[@]}"; do
   echo "== ${painting%.*}" >&2
   "$easel" compare "${photos[@]}" --style "$images/style/$painting" "${uses[@]}" \
-    --max-size "$size" --device cpu --out "$out/${painting%.*}" >&2
+    --max-size "$size" --device cpu -o "$out/${painting%.*}" >&2
 done
 
 python3 - "$out" "${paintings[@]}" <<'PY'
