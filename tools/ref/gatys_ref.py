@@ -28,10 +28,6 @@ differences grow):
 * `plain.losses` [4] (content, style, tv, total) and `plain.grad` [1, 3, 40, 56] at `x` with
   style_a; `masked.losses`, `masked.grad` with style_a on the left, style_b on the right;
 * `lbfgs.losses` [20], `adam.losses` [20]: trajectories from the photo with style_a.
-
-and `crates/easel-fast/tests/fixtures/gatys_smoothing.safetensors`: `smoothed.losses` [4] and
-`smoothed.grad` at `x` with style_a and activation smoothing (every content and style activation
-replaced by `N * softmax` over its `N` values before the losses, as `easel_fast::gatys::smooth`).
 """
 from __future__ import annotations
 
@@ -79,23 +75,17 @@ def downsample_mask(mask, h, w):
     return torch.from_numpy(out.astype(np.float32)).reshape(1, h * w)
 
 
-def smooth(f):
-    """Activation smoothing (Wang et al. 2021): N * softmax over all N values of the layer."""
-    return f.numel() * torch.softmax(f.reshape(-1), 0).reshape(f.shape)
-
-
 class Objective:
-    def __init__(self, net, photo, styles, regions=None, smoothing=False):
+    def __init__(self, net, photo, styles, regions=None):
         self.net = net
-        self.prep = smooth if smoothing else (lambda f: f)
         with torch.no_grad():
-            self.content = [self.prep(net.features(photo, "block5")[t]) for t in CONTENT]
+            self.content = [net.features(photo, "block5")[t] for t in CONTENT]
             out_sizes = [net.features(photo, "dw8")[t].shape[-2:] for t in STYLE]
             self.targets = []  # [layer][region] (gram, mask)
             for li, t in enumerate(STYLE):
                 per = []
                 for r, s in enumerate(styles):
-                    g = gram(self.prep(net.features(s, "dw8")[t]))
+                    g = gram(net.features(s, "dw8")[t])
                     m = None
                     if regions is not None:
                         h, w = out_sizes[li]
@@ -104,7 +94,7 @@ class Objective:
                 self.targets.append(per)
 
     def __call__(self, x):
-        feats = {t: self.prep(f) for t, f in self.net.features(x, "dw8").items()}
+        feats = self.net.features(x, "dw8")
         content = sum(((feats[t] - p) ** 2).mean() for t, p in zip(CONTENT, self.content))
         style = 0.0
         for t, per in zip(STYLE, self.targets):
@@ -175,13 +165,6 @@ def main():
 
     path = os.path.join(FIXTURES, "gatys_cases.safetensors")
     save_file({k: v.detach().contiguous().float() for k, v in out.items()}, path)
-    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
-
-    smoothed = Objective(net, photo, [style_a], smoothing=True)
-    losses, grad = losses_and_grad(smoothed, x)
-    print("smoothed", losses.tolist())
-    path = os.path.join(FIXTURES, "gatys_smoothing.safetensors")
-    save_file({"smoothed.losses": losses, "smoothed.grad": grad.contiguous()}, path)
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 

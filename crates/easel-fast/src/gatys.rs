@@ -20,12 +20,6 @@
 //! - total variation: `mean((x[i+1, j] − x[i, j])²) + mean((x[i, j+1] − x[i, j])²)`;
 //! - total: `content_weight · content + style_weight · style + tv_weight · tv`.
 //!
-//! With [`Settings::smoothing`] every content and style activation `F` (`C·H·W` values) is first
-//! replaced by `N · softmax(F)` over all its values, `N = C·H·W` (the activation smoothing of
-//! Wang, Li & Vasconcelos, "Rethinking and Improving the Robustness of Image Style Transfer",
-//! CVPR 2021, <https://arxiv.org/abs/2104.05623>, scaled by `N` so that the mean stays 1 and the
-//! weights do not depend on the picture's size).
-//!
 //! The optimiser is L-BFGS exactly as `torch.optim.LBFGS` with `lr = 1`, no line search and
 //! history 100 ([`Lbfgs`]; one `step` whose `max_iter` is the iteration count), or Adam
 //! (`torch.optim.Adam` defaults, learning rate [`Settings::adam_lr`]).
@@ -130,8 +124,6 @@ pub struct Settings {
     pub color: ColorControl,
     /// Report the current picture every this many iterations (0: never).
     pub preview_every: usize,
-    /// Activation smoothing (softmax of each layer's activations, see the module doc).
-    pub smoothing: bool,
 }
 
 impl Settings {
@@ -152,7 +144,6 @@ impl Settings {
             style_scale: 1.0,
             color: ColorControl::None,
             preview_every: 0,
-            smoothing: false,
         }
     }
 
@@ -258,18 +249,6 @@ pub struct Objective<'a> {
     /// (`[1, H·W]`; none without a mask).
     style_targets: Vec<Vec<(Tensor, Option<Tensor>)>>,
     weights: (f64, f64, f64),
-    smoothing: bool,
-}
-
-/// `N · softmax(F)` over all `N` values of the activations `feat` (see the module doc).
-pub fn smooth(feat: &Tensor) -> Result<Tensor> {
-    let n = feat.elem_count();
-    // The maximum only keeps `exp` in range; it cancels out of the quotient, so it is a constant
-    // for the gradient.
-    let max = feat.detach().flatten_all()?.max(0)?;
-    let e = feat.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_all()?;
-    e.broadcast_div(&sum)? * n as f64
 }
 
 /// The Gram matrix `F Fᵀ / (C·H·W)` of `[1, C, H, W]` activations, optionally masked
@@ -360,18 +339,8 @@ impl<'a> Objective<'a> {
                 )
             }
         };
-        let prepare = |f: Tensor| {
-            if settings.smoothing {
-                smooth(&f)
-            } else {
-                Ok(f)
-            }
-        };
         let photo_feats = net.features(photo, &layers.content)?;
-        let content_targets = photo_feats
-            .into_iter()
-            .map(|t| Ok(prepare(t)?.detach()))
-            .collect::<Result<_>>()?;
+        let content_targets = photo_feats.into_iter().map(|t| t.detach()).collect();
         let mut style_targets: Vec<Vec<(Tensor, Option<Tensor>)>> =
             vec![Vec::new(); layers.style.len()];
         // The output's feature sizes at each style layer (for the masks).
@@ -394,7 +363,7 @@ impl<'a> Objective<'a> {
                     }
                     None => None,
                 };
-                style_targets[l].push((gram(&prepare(f.clone())?, None)?.detach(), mask));
+                style_targets[l].push((gram(f, None)?.detach(), mask));
             }
         }
         Ok(Self {
@@ -409,7 +378,6 @@ impl<'a> Objective<'a> {
                 settings.style_weight,
                 settings.tv_weight,
             ),
-            smoothing: settings.smoothing,
         })
     }
 
@@ -420,17 +388,10 @@ impl<'a> Objective<'a> {
             .iter()
             .map(Var::from_tensor)
             .collect::<Result<Vec<_>>>()?;
-        let smoothed = if self.smoothing {
-            vars.iter()
-                .map(|v| smooth(v.as_tensor()))
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            vars.iter().map(|v| v.as_tensor().clone()).collect()
-        };
         let feat_of = |tap: Tap| -> &Tensor {
             // `taps` holds every style and content tap.
             let i = self.taps.iter().position(|t| *t == tap).unwrap_or(0);
-            &smoothed[i]
+            vars[i].as_tensor()
         };
         let (cw, sw, tw) = self.weights;
         let mut content = Tensor::zeros((), DType::F32, x.device())?;

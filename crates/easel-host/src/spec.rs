@@ -198,7 +198,6 @@ pub const GATYS_KEYS: &[&str] = &[
     "content-layers",
     "keep-colors",
     "color-transfer",
-    "smoothing",
     "max-size",
 ];
 /// The settings a diffusion style takes.
@@ -396,9 +395,6 @@ impl UseSpec {
                 "noise" => Init::Noise(0),
                 _ => return Err(choice("init", &v, "photo or noise")),
             };
-        }
-        if let Some(v) = self.setting::<bool>("smoothing")? {
-            s.smoothing = v;
         }
         let keep_colors = self.setting::<bool>("keep-colors")?.unwrap_or(false);
         s.color = match self.setting::<String>("color-transfer")? {

@@ -74,12 +74,6 @@ pub struct GatysArgs {
     /// `<output stem>.preview.png` (at the octave's size, without --keep-colors).
     #[arg(long, value_name = "N")]
     pub preview_every: Option<usize>,
-
-    /// Gatys: activation smoothing, each layer's activations replaced by a softmax over them
-    /// before the losses (Wang et al., CVPR 2021); measured against plain Gatys in
-    /// docs/gatys.md.
-    #[arg(long)]
-    pub activation_smoothing: bool,
 }
 
 /// `--style-layers` / `--content-layers`: EfficientNet-Lite0 layers.
@@ -132,7 +126,6 @@ impl GatysArgs {
             ("--content-layers", self.content_layers.is_some()),
             ("--color-transfer", self.color_transfer.is_some()),
             ("--preview-every", self.preview_every.is_some()),
-            ("--activation-smoothing", self.activation_smoothing),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -184,7 +177,6 @@ impl GatysArgs {
             (false, None) => ColorControl::None,
         };
         s.preview_every = self.preview_every.unwrap_or(0);
-        s.smoothing = self.activation_smoothing;
         s
     }
 
@@ -221,9 +213,6 @@ impl GatysArgs {
             "style-weight" => self.style_weight = Some(number("the weight")?),
             "tv-weight" => self.tv_weight = Some(number("the weight")?),
             "style-scale" => self.style_scale = Some(number("the scale")?),
-            "smoothing" => {
-                self.activation_smoothing = value.parse().map_err(|_| choice("true or false"))?
-            }
             "style-layers" | "content-layers" => {
                 let layers = parse_layers(value)
                     .map_err(|e| anyhow::anyhow!("--use gatys@{key}={value}: {e}"))?;
