@@ -629,6 +629,29 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
             ("old".into(), "".into(), serde_json::Value::Null, false),
         ]
     );
+    // --search filters the folder as it filters the store (case-insensitive).
+    let run = easel_home(
+        &[
+            "styles",
+            "list",
+            "--folder",
+            s(&embeddings),
+            "--search",
+            "KOHYA",
+            "--json",
+        ],
+        &cache,
+        &home,
+    );
+    assert_success(&run);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kohya-ink"]);
 
     // A hub repository in the cache installs by its id, named after the repository.
     let repo_dir = tmp.path().join("repo");

@@ -283,15 +283,16 @@ pub fn run(args: StylesArgs) -> Result<()> {
                 None => None,
             };
             let search = a.search.as_ref().map(|s| s.to_lowercase());
+            let found = |name: &str, title: &str| {
+                search.as_ref().is_none_or(|t| {
+                    name.to_lowercase().contains(t) || title.to_lowercase().contains(t)
+                })
+            };
             if let Some(dir) = &a.folder {
                 let styles: Vec<FolderStyle> = easel_styles::folder::list_folder(dir)?
                     .into_iter()
                     .filter(|s| kind.is_none_or(|k| s.kind == Some(k)))
-                    .filter(|s| {
-                        search.as_ref().is_none_or(|t| {
-                            s.name.to_lowercase().contains(t) || s.title.to_lowercase().contains(t)
-                        })
-                    })
+                    .filter(|s| found(&s.name, &s.title))
                     .collect();
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&styles)?);
@@ -307,11 +308,7 @@ pub fn run(args: StylesArgs) -> Result<()> {
                 .into_iter()
                 .filter(|e| kind.is_none_or(|k| e.kind == k))
                 .filter(|e| a.base.as_ref().is_none_or(|b| &e.base_model == b))
-                .filter(|e| {
-                    search.as_ref().is_none_or(|s| {
-                        e.name.to_lowercase().contains(s) || e.title.to_lowercase().contains(s)
-                    })
-                })
+                .filter(|e| found(&e.name, &e.title))
                 .collect();
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
