@@ -64,9 +64,11 @@ pub struct BankRun {
     /// The prompt as recorded in the parameters: the template with [`BANK_MARK`] where the
     /// bank's vectors go.
     pub prompt: String,
-    /// The bank file's name.
-    pub file_name: String,
-    /// sha256 (hex) of the bank file's bytes.
+    /// The bank's name, as the parameters record it: a plugin's title (`modelspec.title`),
+    /// else the file's name without its extension.
+    pub name: String,
+    /// sha256 (hex) of the file's tensor data (every byte after the safetensors header): the
+    /// same for a bank file and the plugin made of it, whatever their metadata.
     pub sha256: String,
     /// Set when the base-model hash differed and the bank was forced: the message to show.
     pub warning: Option<String>,
@@ -222,13 +224,34 @@ pub fn prepare(
             source,
         }
     })?;
+    let (title, data) = title_and_data(&bytes);
+    let stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(file_name);
     Ok(BankRun {
         conditioning: BankConditioning { conditioner },
         prompt: recorded,
-        file_name,
-        sha256: easel_core::hash::sha256_hex(&bytes),
+        name: title.unwrap_or(stem),
+        sha256: easel_core::hash::sha256_hex(data),
         warning: loaded.warning,
     })
+}
+
+/// A plugin's `modelspec.title`, if the safetensors `bytes` have one, and their tensor data
+/// (the bytes after the header; all of them where the header cannot be read, which
+/// [`load_bank`] has already refused).
+fn title_and_data(bytes: &[u8]) -> (Option<String>, &[u8]) {
+    let title = safetensors::SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref()?.get("modelspec.title").cloned());
+    let data = bytes
+        .get(..8)
+        .and_then(|n| usize::try_from(u64::from_le_bytes(n.try_into().ok()?)).ok())
+        .and_then(|n| n.checked_add(8))
+        .and_then(|start| bytes.get(start..))
+        .unwrap_or(bytes);
+    (title, data)
 }
 
 #[cfg(test)]

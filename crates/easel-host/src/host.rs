@@ -188,7 +188,7 @@ impl Host {
                     conditioning: Box::new(run.conditioning),
                     prompt: run.prompt,
                     extra: vec![
-                        ("Bank".to_string(), run.file_name),
+                        ("Bank".to_string(), run.name),
                         ("Bank sha256".to_string(), run.sha256),
                     ],
                     warning: run.warning,

@@ -431,7 +431,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
                 eprintln!("warning: {warning}");
             }
             s.prompt = run.prompt;
-            bank_record = Some((run.file_name, run.sha256));
+            bank_record = Some((run.name, run.sha256));
             Box::new(run.conditioning)
         }
     };
