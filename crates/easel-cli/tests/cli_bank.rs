@@ -426,6 +426,37 @@ fn easel_home(args: &[&str], cache: &Path, home: &Path) -> Output {
         .expect("the easel binary runs")
 }
 
+/// `easel stylize PHOTO` on the tiny SD without ControlNet, seed 1, `steps` steps at 64 px,
+/// with the `style` flags, into `out`.
+fn stylize_tiny(
+    cache: &Path,
+    home: &Path,
+    photo: &Path,
+    steps: &str,
+    style: &[&str],
+    out: &Path,
+) -> Output {
+    let mut args = vec![
+        "stylize",
+        s(photo),
+        "--sd",
+        "org/tiny-sd",
+        "--no-control",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--steps",
+        steps,
+        "--size",
+        "64",
+        "-o",
+        s(out),
+    ];
+    args.extend_from_slice(style);
+    easel_home(&args, cache, home)
+}
+
 #[test]
 fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     let tmp = tempfile::tempdir().unwrap();
@@ -480,25 +511,7 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     // --use NAME writes the very PNG --bank FILE writes: the parameters name the bank by its
     // title (the file's stem) and hash its tensor data, which the plugin keeps as they are.
     let paint = |style: &[&str], out: &Path| {
-        let mut args = vec![
-            "stylize",
-            s(&photo),
-            "--sd",
-            "org/tiny-sd",
-            "--no-control",
-            "--device",
-            "cpu",
-            "--seed",
-            "1",
-            "--steps",
-            "4",
-            "--size",
-            "64",
-            "-o",
-            s(out),
-        ];
-        args.extend_from_slice(style);
-        assert_success(&easel_home(&args, &cache, &home));
+        assert_success(&stylize_tiny(&cache, &home, &photo, "4", style, out));
         std::fs::read(out).unwrap()
     };
     let a = paint(&["--use", "vangogh"], &tmp.path().join("use.png"));
@@ -702,26 +715,7 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
     // The embedding paints where it lies as its installed copy does (it records no base model:
     // a warning, not a refusal).
     let paint = |style: &str, out: &Path| {
-        let args = [
-            "stylize",
-            s(&photo),
-            "--sd",
-            "org/tiny-sd",
-            "--no-control",
-            "--device",
-            "cpu",
-            "--seed",
-            "1",
-            "--steps",
-            "2",
-            "--size",
-            "64",
-            "--use",
-            style,
-            "-o",
-            s(out),
-        ];
-        let run = easel_home(&args, &cache, &home);
+        let run = stylize_tiny(&cache, &home, &photo, "2", &["--use", style], out);
         assert_success(&run);
         assert!(
             stderr(&run).contains("records no base model"),
