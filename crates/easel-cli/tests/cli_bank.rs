@@ -426,6 +426,13 @@ fn easel_home(args: &[&str], cache: &Path, home: &Path) -> Output {
         .expect("the easel binary runs")
 }
 
+/// The entry `easel styles ARGS --json` prints for a successful install.
+fn installed(args: &[&str], cache: &Path, home: &Path) -> serde_json::Value {
+    let run = easel_home(args, cache, home);
+    assert_success(&run);
+    serde_json::from_str(&stdout(&run)).unwrap()
+}
+
 /// `easel stylize PHOTO` on the tiny SD without ControlNet, seed 1, `steps` steps at 64 px,
 /// with the `style` flags, into `out`.
 fn stylize_tiny(
@@ -468,7 +475,7 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     let bank_file = tmp.path().join("vangogh.bank");
     save(&direct(&lsast(&sd), None, 0.0), &hash, &bank_file);
 
-    let run = easel_home(
+    let entry = installed(
         &[
             "styles",
             "install",
@@ -480,8 +487,6 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
         &cache,
         &home,
     );
-    assert_success(&run);
-    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
     assert_eq!(entry["name"], "vangogh");
     assert_eq!(entry["kind"], "bank");
     assert_eq!(entry["base_model"], "org/tiny-sd");
@@ -565,9 +570,7 @@ fn bank_plugins_install_paint_as_the_bank_and_refuse_another_width() {
     let ti = tmp.path().join("ink.safetensors");
     let rows = Tensor::ones((2, narrow), DType::F32, &Device::Cpu).unwrap();
     candle_core::safetensors::save(&HashMap::from([("<ink>".to_string(), rows)]), &ti).unwrap();
-    let run = easel_home(&["styles", "install", s(&ti), "--json"], &cache, &home);
-    assert_success(&run);
-    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let entry = installed(&["styles", "install", s(&ti), "--json"], &cache, &home);
     assert_eq!(entry["kind"], "bank");
     assert_eq!(entry["name"], "ink");
     assert_eq!(entry["base_model"], "unknown (imported embedding)");
@@ -602,9 +605,7 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
     .unwrap();
     std::fs::write(embeddings.join("old.pt"), b"PK\x03\x04").unwrap();
 
-    let run = easel_home(&["styles", "install", s(&kohya), "--json"], &cache, &home);
-    assert_success(&run);
-    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let entry = installed(&["styles", "install", s(&kohya), "--json"], &cache, &home);
     assert_eq!(
         (&entry["name"], &entry["kind"]),
         (&"kohya-ink".into(), &"bank".into())
@@ -675,7 +676,7 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
     std::fs::create_dir_all(&repo_dir).unwrap();
     std::fs::copy(&diffusers, repo_dir.join("learned_embeds.safetensors")).unwrap();
     common::add_to_cache(&cache, "sd-concepts-library/cat-toy", &repo_dir, SNAPSHOT);
-    let run = easel_home(
+    let entry = installed(
         &[
             "styles",
             "install",
@@ -686,8 +687,6 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
         &cache,
         &home,
     );
-    assert_success(&run);
-    let entry: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
     assert_eq!(entry["name"], "cat-toy");
     assert_eq!(entry["kind"], "bank");
     // Not in the cache: the command that downloads the preferred file, and nothing installed.
