@@ -698,7 +698,9 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
     assert!(!run.status.success());
     let err = stderr(&run);
     assert!(
-        err.contains("huggingface-cli download org/absent-style easel-style.safetensors"),
+        err.contains("huggingface-cli download org/absent-style easel-style.safetensors")
+            && err
+                .contains("or download learned_embeds.safetensors instead for a textual-inversion"),
         "{err}"
     );
     let run = easel_home(&["styles", "list", "--json"], &cache, &home);

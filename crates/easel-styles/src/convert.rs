@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use candle_core::{DType, Device, Tensor};
 use easel_bank::file::BaseModelInfo;
-use easel_core::{HubResolver, WeightSource};
+use easel_core::{HubResolver, RepoFiles, WeightSource};
 use easel_fast::arbitrary::{mix_style_codes, ArbitraryNet};
 use easel_fast::cin26;
 use easel_fast::import::adain::{load_adain, read_weights};
@@ -89,7 +89,21 @@ impl PluginSource {
             || Path::new(text).exists();
         if !local {
             if let Ok(WeightSource::Hub { repo_id, revision }) = WeightSource::parse(text) {
-                let file = hub.resolve_first(&repo_id, &revision, &HUB_STYLE_FILES)?;
+                let request = RepoFiles::new(&repo_id, &revision, &[])
+                    .with_one_of(&HUB_STYLE_FILES)
+                    .with_hint(format!(
+                        "download {} instead for a textual-inversion repository",
+                        HUB_STYLE_FILES[1]
+                    ));
+                let file = hub
+                    .resolve_many(std::slice::from_ref(&request))?
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .ok_or_else(|| PluginError::Source {
+                        source_name: text.to_string(),
+                        problem: "the hub resolved no file".to_string(),
+                    })?;
                 let source = Self::detect(&file.to_string_lossy())?;
                 let name = repo_id.rsplit('/').next().unwrap_or(&repo_id).to_string();
                 return Ok((source, Some(name)));
