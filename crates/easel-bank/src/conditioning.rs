@@ -242,16 +242,16 @@ pub fn prepare(
 /// (the bytes after the header; all of them where the header cannot be read, which
 /// [`load_bank`] has already refused).
 fn title_and_data(bytes: &[u8]) -> (Option<String>, &[u8]) {
-    let title = safetensors::SafeTensors::read_metadata(bytes)
-        .ok()
-        .and_then(|(_, m)| m.metadata().as_ref()?.get("modelspec.title").cloned());
-    let data = bytes
-        .get(..8)
-        .and_then(|n| usize::try_from(u64::from_le_bytes(n.try_into().ok()?)).ok())
-        .and_then(|n| n.checked_add(8))
-        .and_then(|start| bytes.get(start..))
-        .unwrap_or(bytes);
-    (title, data)
+    match safetensors::SafeTensors::read_metadata(bytes) {
+        Ok((header_len, metadata)) => (
+            metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("modelspec.title").cloned()),
+            bytes.get(header_len.saturating_add(8)..).unwrap_or(bytes),
+        ),
+        Err(_) => (None, bytes),
+    }
 }
 
 #[cfg(test)]

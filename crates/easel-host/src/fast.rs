@@ -12,7 +12,6 @@ use easel_core::{HubResolver, LoadOptions, Parameters, RepoFiles, WeightSource};
 use easel_fast::adain::AdaIN;
 use easel_fast::arbitrary::{interpolate_style_codes, mix_style_codes, ArbitraryNet};
 use easel_fast::cin26::{self, PresetNet};
-use easel_fast::gatys::STYLE_SCALE_RANGE;
 use easel_fast::import::adain::{load_adain, read_weights};
 use easel_fast::import::stytr::{load_stytr, Settings as StytrSettings};
 use easel_fast::stytr::{PositionalEncoding, StyTr};
@@ -385,17 +384,7 @@ impl FastPainter {
         max_side: u32,
         style_scale: f64,
     ) -> Result<Self> {
-        if !STYLE_SCALE_RANGE.contains(&style_scale) {
-            return Err(HostError::setting(
-                Setting::StyleScale,
-                style_scale,
-                format!(
-                    "is outside {}..={}",
-                    STYLE_SCALE_RANGE.start(),
-                    STYLE_SCALE_RANGE.end()
-                ),
-            ));
-        }
+        crate::gatys::check_style_scale(style_scale)?;
         let scales = matches!(style, FastStyle::Arbitrary { .. } | FastStyle::Adain { .. });
         if style_scale != 1.0 && !scales {
             return Err(HostError::setting(

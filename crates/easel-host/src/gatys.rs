@@ -63,6 +63,23 @@ pub struct GatysPainter {
     read: Vec<PathBuf>,
 }
 
+/// Fails naming `scale` unless it lies in [`STYLE_SCALE_RANGE`] (Gatys, and the fast methods'
+/// style scale).
+pub(crate) fn check_style_scale(scale: f64) -> Result<()> {
+    if !STYLE_SCALE_RANGE.contains(&scale) {
+        return Err(HostError::setting(
+            Setting::StyleScale,
+            scale,
+            format!(
+                "is outside {}..={}",
+                STYLE_SCALE_RANGE.start(),
+                STYLE_SCALE_RANGE.end()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `settings` with errors naming the setting.
 pub fn check_settings(settings: &Settings) -> Result<()> {
     for (setting, w) in [
@@ -99,17 +116,7 @@ pub fn check_settings(settings: &Settings) -> Result<()> {
             "is outside 1..=8",
         ));
     }
-    if !STYLE_SCALE_RANGE.contains(&settings.style_scale) {
-        return Err(HostError::setting(
-            Setting::StyleScale,
-            settings.style_scale,
-            format!(
-                "is outside {}..={}",
-                STYLE_SCALE_RANGE.start(),
-                STYLE_SCALE_RANGE.end()
-            ),
-        ));
-    }
+    check_style_scale(settings.style_scale)?;
     // The remaining fields (learning rate, history, layers) have no front-end setting; the
     // library checks them with its own messages.
     settings

@@ -376,16 +376,15 @@ impl StableDiffusion {
                 control.end
             )
         }
-        let control_checked: Result<()> = match (&self.controlnet, &request.control_image) {
+        match (&self.controlnet, &request.control_image) {
             (Some(_), None) => bail!("a ControlNet is loaded but no control image was given"),
             (None, Some(_)) => bail!("a control image was given but no ControlNet is loaded"),
             (Some(_), Some(image)) if image.dims() != [1, 3, h, w] => bail!(
                 "the control image is {:?}, it must be [1, 3, {h}, {w}] like the photo",
                 image.dims()
             ),
-            _ => Ok(()),
-        };
-        control_checked?;
+            _ => {}
+        }
         self.check_memory(request).map_err(|e| {
             candle_core::Error::Msg(format!(
                 "{e}; a smaller canvas, fewer images at once or VAE tiling need less"

@@ -84,10 +84,8 @@ impl PluginSource {
     /// like a local file. The second value is the title a hub style gets by default: the
     /// repository's name.
     pub fn resolve(text: &str, hub: &HubResolver) -> Result<(Self, Option<String>)> {
-        let local = text.starts_with("preset:")
-            || text.starts_with("painting:")
-            || Path::new(text).exists();
-        if !local {
+        // An existing path parses as local, not as a hub id.
+        if !(text.starts_with("preset:") || text.starts_with("painting:")) {
             if let Ok(WeightSource::Hub { repo_id, revision }) = WeightSource::parse(text) {
                 let request = RepoFiles::new(&repo_id, &revision, &[])
                     .with_one_of(&HUB_STYLE_FILES)

@@ -49,10 +49,11 @@ pub struct StylizeArgs {
     /// `adain:DIR`, `transformer:DIR` (with --style), `gatys` (with --style), `prompt:TEXT`,
     /// `bank:FILE`; settings follow as `@key=value` (`arbitrary@strength=0.6`,
     /// `gatys@iterations=100@optimizer=adam`, `prompt:a watercolor@steps=20@seed=7`; keys:
-    /// strength, keep-colors, max-size, style-scale for the fast methods; iterations, optimizer,
-    /// content-weight, style-weight, tv-weight, init, octaves, style-scale, style-layers,
-    /// content-layers, keep-colors, color-transfer, max-size for gatys; strength, size, steps, guidance, seed, scheduler,
-    /// eta, negative-prompt, control-scale for prompts and banks).
+    /// strength, keep-colors, max-size, style-scale for the fast methods; iterations,
+    /// optimizer, content-weight, style-weight, tv-weight, init, octaves, style-scale,
+    /// style-layers, content-layers, keep-colors, color-transfer, max-size for gatys; strength,
+    /// size, steps, guidance, seed, scheduler, eta, negative-prompt, control-scale for prompts
+    /// and banks).
     /// The same as the method's own flags.
     #[arg(long = "use", value_name = "SPEC", conflicts_with_all = ["method", "preset", "prompt", "bank"])]
     use_spec: Option<String>,

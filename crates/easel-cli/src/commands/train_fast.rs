@@ -421,12 +421,6 @@ pub fn run(args: TrainFastArgs) -> Result<()> {
         }
     }
     if let Some(path) = &args.plugin {
-        if !plugins::is_plugin(path) {
-            bail!(
-                "--plugin {}: a plugin is a .safetensors file",
-                path.display()
-            );
-        }
         let source = match config.kind {
             Kind::Adain => PluginSource::AdainFiles {
                 vgg: config.vgg.clone(),
