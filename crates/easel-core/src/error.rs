@@ -3,7 +3,39 @@
 //! Every variant renders as one line that names the file involved and says
 //! what is wrong in words a user can act on; the CLI prints them as they are.
 
+use std::fmt;
 use std::path::PathBuf;
+
+/// What gets an image over the decode limit through, for [`Error::TooLarge`]; a front end
+/// words "downscale on load" in its own terms (a flag, a setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRelief {
+    /// A maximum side, which allows a larger decode budget, gets it through.
+    DownscaleOnLoad,
+    /// Even downscaled on load, at most this many pixels can be decoded.
+    BeyondDownscale {
+        /// The decode budget of a downscaled load, in pixels.
+        max_pixels: u64,
+    },
+    /// It was already downscaled on load: only a smaller image helps.
+    SmallerImage,
+}
+
+impl fmt::Display for SizeRelief {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SizeRelief::DownscaleOnLoad => {
+                f.write_str("downscale it on load, or use a smaller image")
+            }
+            SizeRelief::BeyondDownscale { max_pixels } => write!(
+                f,
+                "even downscaled on load at most {} MP can be decoded; use a smaller image",
+                megapixels_short(*max_pixels)
+            ),
+            SizeRelief::SmallerImage => f.write_str("use a smaller image"),
+        }
+    }
+}
 
 /// Everything that can go wrong in easel-core.
 ///
@@ -65,7 +97,7 @@ pub enum Error {
     ///
     /// Checked before any pixel is decoded.
     #[error(
-        "image {} is {width}x{height} = {} MP, over the {} MP limit; {hint}",
+        "image {} is {width}x{height} = {} MP, over the {} MP limit; {relief}",
         path.display(),
         megapixels_1dp(u64::from(*width) * u64::from(*height)),
         megapixels_short(*max_pixels)
@@ -80,7 +112,7 @@ pub enum Error {
         /// The limit in force, in pixels.
         max_pixels: u64,
         /// What the user can do about it.
-        hint: String,
+        relief: SizeRelief,
     },
 
     /// Writing the output would overwrite one of the inputs.

@@ -14,7 +14,7 @@ use image::imageops::FilterType;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
-use crate::error::{megapixels_short, Error, Result};
+use crate::error::{Error, Result, SizeRelief};
 use crate::parameters::Parameters;
 
 /// Default for [`LoadOptions::max_pixels`]: 64 megapixels.
@@ -370,23 +370,22 @@ fn check_dimensions(path: &Path, width: u32, height: u32, opts: &LoadOptions) ->
     if pixels <= opts.max_pixels {
         return Ok(());
     }
-    // Only suggest --max-size when it would actually get the image through.
-    let hint = if opts.max_side.is_none() && pixels <= DOWNSCALE_MAX_PIXELS {
-        "pass --max-size N to downscale on load, or use a smaller image".to_string()
-    } else if opts.max_side.is_none() {
-        format!(
-            "even with --max-size at most {} MP can be decoded; use a smaller image",
-            megapixels_short(DOWNSCALE_MAX_PIXELS)
-        )
+    // Downscaling is offered only when it would actually get the image through.
+    let relief = if opts.max_side.is_some() {
+        SizeRelief::SmallerImage
+    } else if pixels <= DOWNSCALE_MAX_PIXELS {
+        SizeRelief::DownscaleOnLoad
     } else {
-        "use a smaller image".to_string()
+        SizeRelief::BeyondDownscale {
+            max_pixels: DOWNSCALE_MAX_PIXELS,
+        }
     };
     Err(Error::TooLarge {
         path: path.to_path_buf(),
         width,
         height,
         max_pixels: opts.max_pixels,
-        hint,
+        relief,
     })
 }
 

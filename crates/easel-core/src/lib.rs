@@ -40,7 +40,7 @@ pub mod training;
 pub use atomic::{write_atomic, write_output};
 pub use color::keep_colors;
 pub use device::{select_device, DeviceChoice};
-pub use error::{Error, Result};
+pub use error::{Error, Result, SizeRelief};
 pub use hub::{
     resolve_first_in_dir, resolve_in_dir, resolve_optional_in_dir, DownloadEvent, HubResolver,
     MissingModelFiles, MissingReason, ProgressHook, RepoFiles, WeightSource,

@@ -215,14 +215,14 @@ fn huge_png_header_refused_before_decoding() {
         text,
         format!(
             "image {} is 100000x100000 = 10000.0 MP, over the 64 MP limit; \
-             even with --max-size at most 256 MP can be decoded; use a smaller image",
+             even downscaled on load at most 256 MP can be decoded; use a smaller image",
             path.display()
         )
     );
 }
 
 #[test]
-fn over_limit_suggests_max_size() {
+fn over_limit_suggests_downscaling_on_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.png");
     std::fs::write(&path, crafted_png(12_000, 9_000)).unwrap();
@@ -230,7 +230,7 @@ fn over_limit_suggests_max_size() {
         err_text(&path),
         format!(
             "image {} is 12000x9000 = 108.0 MP, over the 64 MP limit; \
-             pass --max-size N to downscale on load, or use a smaller image",
+             downscale it on load, or use a smaller image",
             path.display()
         )
     );

@@ -352,6 +352,69 @@ pub fn load_picture(path: &Path, max_side: u32, device: &Device) -> Result<Tenso
     Ok(easel_core::rgb_to_tensor(&img, device)?)
 }
 
+/// A painting's name in outputs: its file name and the sha256 of its bytes, so that the same
+/// painting reads the same wherever it lies (a style-code plugin records its painting so).
+pub fn painting_label(path: &Path) -> Result<String> {
+    let hash = easel_core::hash::sha256_file(path).map_err(|e| easel_core::Error::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(format!("{name} (sha256 {hash})"))
+}
+
+/// [`load_picture`] of a painting, with its [`painting_label`].
+fn load_painting(path: &Path, max_side: u32, device: &Device) -> Result<(Tensor, String)> {
+    let painting = load_picture(path, max_side, device)?;
+    Ok((painting, painting_label(path)?))
+}
+
+/// The paintings' names in outputs, with their weights where there are several or a weight is
+/// not 1 (a single painting's weight changes nothing: mixes are normalised).
+fn weighted_labels(paintings: &[WeightedPath], labels: Vec<String>) -> Vec<String> {
+    let plain = matches!(paintings, [one] if one.weight == 1.0);
+    if plain {
+        return labels;
+    }
+    paintings
+        .iter()
+        .zip(labels)
+        .map(|(p, label)| format!("{label} weight {}", p.weight))
+        .collect()
+}
+
+/// The sha256 of a method's weights as the network gets them: per part (in the method's file
+/// order, named by its plugin prefix), per tensor in key order, the key, the shape and the f32
+/// values. The same weights give the same digest from `.pth`, safetensors or a plugin file.
+fn weights_digest(parts: &[NamedMap], prefixes: &[&str]) -> Result<String> {
+    let mut digest = easel_core::hash::Sha256Digest::new();
+    for ((tensors, _), prefix) in parts.iter().zip(prefixes) {
+        let mut keys: Vec<&String> = tensors.keys().collect();
+        keys.sort();
+        for key in keys {
+            let tensor = &tensors[key];
+            digest.update(prefix.as_bytes());
+            digest.update(key.as_bytes());
+            digest.update(&[0]);
+            for &dim in tensor.dims() {
+                digest.update(&(dim as u64).to_le_bytes());
+            }
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(HostError::compute(format!("hashing weight {prefix}{key}")))?;
+            for value in values {
+                digest.update(&value.to_le_bytes());
+            }
+        }
+    }
+    Ok(digest.finish())
+}
+
 fn read_tensors(
     what: &'static str,
     path: &Path,
@@ -399,12 +462,6 @@ impl FastPainter {
         }
         let mut params = Parameters::new(style.method());
         let mut read = Vec::new();
-        let weighted = |paintings: &[WeightedPath]| -> Vec<String> {
-            paintings
-                .iter()
-                .map(|s| format!("{}:{}", s.path.display(), s.weight))
-                .collect()
-        };
         let compute = |what: &str| HostError::compute(what.to_string());
         let loaded = match style {
             FastStyle::Arbitrary { paintings } => {
@@ -420,10 +477,12 @@ impl FastPainter {
                         .map_err(compute("loading the embedded arbitrary-style network"))?,
                 );
                 let mut codes = Vec::with_capacity(paintings.len());
+                let mut labels = Vec::with_capacity(paintings.len());
                 for source in paintings {
                     // Style images are resized to the predictor's input anyway; the cap only
                     // bounds decoding.
-                    let painting = load_picture(&source.path, 1024, device)?;
+                    let (painting, label) = load_painting(&source.path, 1024, device)?;
+                    labels.push(label);
                     let painting = easel_fast::arbitrary::scaled_style_view(&painting, style_scale)
                         .map_err(compute("scaling the painting"))?;
                     let code = model
@@ -435,7 +494,7 @@ impl FastPainter {
                     codes.iter().map(|(c, w)| (c, *w)).collect();
                 let code =
                     mix_style_codes(&weighted_codes).map_err(compute("mixing the styles"))?;
-                params.styles = weighted(paintings);
+                params.styles = weighted_labels(paintings, labels);
                 params.models.push(ARBITRARY_MODEL_ID.to_string());
                 read.extend(paintings.iter().map(|p| p.path.clone()));
                 Loaded::Arbitrary { model, code }
@@ -502,6 +561,7 @@ impl FastPainter {
                     &ADAIN_PLUGIN_PREFIXES,
                     ADAIN_WEIGHTS_HOME,
                 )?;
+                let digest = weights_digest(&parts, &ADAIN_PLUGIN_PREFIXES)?;
                 let [(vgg, vgg_name), (decoder, decoder_name)]: [NamedMap; 2] =
                     parts.try_into().map_err(|_| {
                         HostError::compute("reading the AdaIN weights".to_string())(
@@ -523,22 +583,22 @@ impl FastPainter {
                 } else {
                     max_side
                 };
+                let mut labels = Vec::with_capacity(paintings.len());
                 for source in paintings {
-                    let painting = load_picture(&source.path, painting_side, device)?;
+                    let (painting, label) = load_painting(&source.path, painting_side, device)?;
                     styles.push((painting, f64::from(source.weight)));
+                    labels.push(label);
                 }
                 let mask_image = match mask {
                     Some(path) => Some(easel_core::load_rgb(path, &LoadOptions::default())?),
                     None => None,
                 };
-                params.styles = weighted(paintings);
+                params.styles = weighted_labels(paintings, labels);
                 params
                     .models
-                    .push(format!("AdaIN ({vgg_name}, {decoder_name})"));
+                    .push(format!("AdaIN (weights sha256 {digest})"));
                 if let Some(path) = mask {
-                    params
-                        .extra
-                        .push(("Mask".into(), path.display().to_string()));
+                    params.extra.push(("Mask".into(), painting_label(path)?));
                     read.push(path.clone());
                 }
                 read.extend(paintings.iter().map(|p| p.path.clone()));
@@ -562,7 +622,7 @@ impl FastPainter {
                     &STYTR_PLUGIN_PREFIXES,
                     STYTR_WEIGHTS_HOME,
                 )?;
-                let names: Vec<String> = parts.iter().map(|(_, name)| name.clone()).collect();
+                let digest = weights_digest(&parts, &STYTR_PLUGIN_PREFIXES)?;
                 let [transformer, embedding, decoder]: [NamedMap; 3] =
                     parts.try_into().map_err(|_| {
                         HostError::compute("reading the StyTr² weights".to_string())(
@@ -581,9 +641,11 @@ impl FastPainter {
                     path: files[0].clone(),
                     source: Box::new(e),
                 })?;
-                let style = load_picture(painting, max_side, device)?;
-                params.styles.push(painting.display().to_string());
-                params.models.push(format!("StyTr² ({})", names.join(", ")));
+                let (style, label) = load_painting(painting, max_side, device)?;
+                params.styles.push(label);
+                params
+                    .models
+                    .push(format!("StyTr² (weights sha256 {digest})"));
                 let cfg = model.config();
                 let pos = match &cfg.pos {
                     PositionalEncoding::Cape { grid } => format!("CAPE grid {grid}"),

@@ -19,7 +19,7 @@ pub use easel_fast::gatys::{
 use image::RgbImage;
 
 use crate::error::{HostError, Result, Setting};
-use crate::fast::{load_picture, mask_tensor};
+use crate::fast::{load_picture, mask_tensor, painting_label};
 
 /// Identifies the embedded perceptual network in output metadata.
 pub const GATYS_MODEL_ID: &str =
@@ -61,6 +61,8 @@ pub struct GatysPainter {
     mask: Option<(PathBuf, RgbImage)>,
     settings: Settings,
     read: Vec<PathBuf>,
+    /// The paintings' and the mask's names in outputs ([`painting_label`]), paintings first.
+    labels: Vec<String>,
 }
 
 /// Fails naming `scale` unless it lies in [`STYLE_SCALE_RANGE`] (Gatys, and the fast methods'
@@ -180,12 +182,17 @@ impl GatysPainter {
         };
         let mut read = style.paintings.clone();
         read.extend(style.mask.clone());
+        let labels = read
+            .iter()
+            .map(|p| painting_label(p))
+            .collect::<Result<Vec<_>>>()?;
         let painter = Self {
             net,
             paintings,
             mask,
             settings,
             read,
+            labels,
         };
         if let Some((path, img)) = &painter.mask {
             // Checked at the mask's own size before any photo: a missing grey band fails here.
@@ -211,12 +218,8 @@ impl GatysPainter {
     pub fn parameters(&self, max_side: u32) -> Parameters {
         let s = &self.settings;
         let mut params = Parameters::new("gatys");
-        params.styles = self
-            .read
-            .iter()
-            .take(self.paintings.len())
-            .map(|p| p.display().to_string())
-            .collect();
+        // `labels` holds the paintings' names, then the mask's (built so in `build`).
+        params.styles = self.labels[..self.paintings.len()].to_vec();
         params.models.push(GATYS_MODEL_ID.to_string());
         if let Init::Noise(seed) = s.init {
             params.seed = Some(seed);
@@ -261,8 +264,8 @@ impl GatysPainter {
             ("Color", color.to_string()),
             ("Max size", max_side.to_string()),
         ];
-        if let Some((path, _)) = &self.mask {
-            extra.push(("Mask", path.display().to_string()));
+        if let Some(mask) = self.labels.get(self.paintings.len()) {
+            extra.push(("Mask", mask.clone()));
         }
         params.extra = extra.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         params

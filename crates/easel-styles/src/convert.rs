@@ -338,15 +338,9 @@ pub fn make_plugin(source: &PluginSource, info: &PluginInfo) -> Result<PluginFil
                 "style.code".into(),
                 raw_f32(&code).map_err(compute("reading the style code"))?,
             );
-            let bytes = crate::plugin::read_file(path, MAX_SOURCE_BYTES)?;
-            metadata.insert(
-                keys::SOURCE.into(),
-                format!(
-                    "{} (sha256 {})",
-                    file_name(path),
-                    easel_core::hash::sha256_hex(&bytes)
-                ),
-            );
+            // The painting as outputs name it, so that painting with the plugin records what
+            // painting with the painting does.
+            metadata.insert(keys::SOURCE.into(), easel_host::fast::painting_label(path)?);
             metadata.insert(
                 keys::USAGE.into(),
                 "a painting's style for easel's embedded arbitrary network".into(),
@@ -552,7 +546,7 @@ pub enum PluginUse {
         code: Vec<f32>,
         /// Its shape.
         shape: Vec<usize>,
-        /// The plugin's name.
+        /// Its name in outputs: the painting it was made from, else the plugin file.
         name: String,
     },
 }
@@ -625,6 +619,8 @@ impl PluginUse {
             }
             Kind::StyleCode => {
                 let (code, shape) = plugin.f32_values("style.code", &name)?;
+                // Named by its painting where the plugin records one, as that painting is.
+                let name = plugin.metadata.get(keys::SOURCE).cloned().unwrap_or(name);
                 PluginUse::StyleCode { code, shape, name }
             }
         })

@@ -745,7 +745,7 @@ impl FastTrainer {
             let report = self.train_step()?;
             if !report.loss.is_finite() {
                 bail!(
-                    "train-fast: the loss became {} at step {}; lower --lr",
+                    "the loss became {} at step {}; lower the learning rate",
                     report.loss,
                     report.step
                 )
