@@ -6,14 +6,16 @@
 //!    posterior sample (seeded noise) is scaled by the VAE's `scaling_factor`, then repeated
 //!    over the batch;
 //! 2. the schedule's tail for `strength` is run ([`img2img_start`]): the latents are noised to
-//!    its first timestep;
+//!    its first timestep ([`NoiseStart::Img2Img`]), or ArtBank's stochastic inversion noises
+//!    them with the UNet's own prediction ([`NoiseStart::StochasticInversion`]);
 //! 3. at each timestep the [`Conditioning`] gives the contexts; with classifier-free guidance
 //!    (`guidance_scale > 1`) the UNet sees the batch `[uncond, cond]` and the predictions are
 //!    combined as `uncond + g · (cond − uncond)`; the ControlNet's residuals (scale
 //!    `control.scale`) are added while the step lies in `[control.start, control.end]`
 //!    (diffusers' `controlnet_keep`: step `i` of `n` is kept unless `i/n < start` or
 //!    `(i+1)/n > end`); in guess mode the ControlNet sees only the conditional half and the
-//!    unconditional half gets zero residuals;
+//!    unconditional half gets zero residuals; with [`ControlGuidance::CondOnly`] (LSAST's) it
+//!    sees only the conditional half and both halves get its residuals;
 //! 4. the scheduler steps (ancestral schedulers take seeded noise);
 //! 5. the latents are divided by `scaling_factor`, decoded, and mapped to `[0, 1]`.
 //!
@@ -27,7 +29,9 @@
 use candle_core::{bail, DType, Result, Tensor};
 use easel_core::memory::{self, OutOfMemory};
 use easel_diffusion::contexts::{CrossAttentionLayout, LayerGroups, UNetContexts};
-use easel_diffusion::schedulers::{build, img2img_start, Ddim, Scheduler, SchedulerKind};
+use easel_diffusion::schedulers::{
+    build, img2img_start, Ddim, PredictionType, Scheduler, SchedulerKind,
+};
 use easel_diffusion::unet::ControlResiduals;
 use easel_diffusion::vae::AutoencoderKL;
 
@@ -42,6 +46,33 @@ pub const MIN_SIDE: usize = 64;
 /// [`StableDiffusion::estimate_memory_bytes`] multiplies the count by.
 const MEASURED_OVER_COUNTED: (u128, u128) = (8, 5);
 
+/// Which contexts the ControlNet sees under classifier-free guidance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlGuidance {
+    /// diffusers' way: the ControlNet runs on the whole `[uncond, cond]` batch, each half with
+    /// its own context.
+    #[default]
+    Batch,
+    /// LSAST's way (`ldm/models/diffusion/ddim.py`, `decode`): the ControlNet runs once, on the
+    /// conditional context, and its residuals are added to both halves.
+    CondOnly,
+}
+
+/// How the photo's latents become the input of the first denoising step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoiseStart {
+    /// diffusers' img2img: the latents noised with fresh noise to the run's first timestep.
+    #[default]
+    Img2Img,
+    /// ArtBank's stochastic inversion (`test.py`): the latents are noised with fresh noise to
+    /// training timestep `t = floor(strength · T)` (at most `T − 1`), the UNet's conditional
+    /// prediction of the noise there (with the ControlNet's residuals when one is loaded)
+    /// becomes the noise that takes the clean latents to `t` (`stochastic_encode(...,
+    /// noise=model_output, use_original_steps=True)`), and the run goes on from the img2img
+    /// start as before.
+    StochasticInversion,
+}
+
 /// How the ControlNet steers the denoising.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControlSettings {
@@ -55,16 +86,20 @@ pub struct ControlSettings {
     /// are scaled from 0.1 (shallowest) to 1 (mid block). Forced on by ControlNets with
     /// `global_pool_conditions`.
     pub guess_mode: bool,
+    /// Which contexts the ControlNet sees under guidance (guess mode runs it on the
+    /// conditional half alone either way, with zeros for the unconditional half).
+    pub guidance: ControlGuidance,
 }
 
 impl Default for ControlSettings {
-    /// Scale 1, active over the whole run, no guess mode.
+    /// Scale 1, active over the whole run, no guess mode, the ControlNet on the whole batch.
     fn default() -> Self {
         Self {
             scale: 1.0,
             start: 0.0,
             end: 1.0,
             guess_mode: false,
+            guidance: ControlGuidance::Batch,
         }
     }
 }
@@ -85,6 +120,8 @@ pub struct StylizeRequest {
     pub steps: usize,
     /// Classifier-free guidance scale; at most 1 disables guidance (no unconditional pass).
     pub guidance_scale: f64,
+    /// How the photo's latents start the run.
+    pub noise_start: NoiseStart,
     /// The sampler.
     pub scheduler: SchedulerKind,
     /// DDIM's eta (0: deterministic; `> 0` draws noise each step); ignored by other samplers.
@@ -106,7 +143,8 @@ pub struct StylizeRequest {
 }
 
 impl StylizeRequest {
-    /// A request with the defaults: strength 0.7, 50 steps, guidance 7.5, DDIM (eta 0),
+    /// A request with the defaults: strength 0.7, 50 steps, guidance 7.5, the img2img start,
+    /// DDIM (eta 0),
     /// default [`ControlSettings`], seed 0, one image, no VAE tiling, the device's available
     /// memory as the limit.
     pub fn new(image: Tensor) -> Self {
@@ -116,6 +154,7 @@ impl StylizeRequest {
             strength: 0.7,
             steps: 50,
             guidance_scale: 7.5,
+            noise_start: NoiseStart::Img2Img,
             scheduler: SchedulerKind::Ddim,
             eta: 0.0,
             control: ControlSettings::default(),
@@ -149,6 +188,21 @@ impl StableDiffusion {
 
     /// [`Self::stylize`] with noise from `noise` (`request.seed` is not read).
     pub fn stylize_with_noise(
+        &self,
+        request: &StylizeRequest,
+        conditioning: &mut dyn Conditioning,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let latents = self.denoise(request, conditioning, noise, progress)?;
+        // 5. Decode.
+        let scaling = self.vae.config().scaling_factor;
+        self.decode_latents(&(latents / scaling)?, request.vae_tiling)
+    }
+
+    /// Steps 1-4 of the run: the final latents `[batch, c, h, w]` in the models' dtype, scaled
+    /// by the VAE's `scaling_factor` (what diffusers' `callback_on_step_end` sees last).
+    pub fn denoise(
         &self,
         request: &StylizeRequest,
         conditioning: &mut dyn Conditioning,
@@ -195,7 +249,6 @@ impl StableDiffusion {
         let init_noise = noise
             .next(NoiseUse::Img2Img, init.dims(), device)?
             .to_dtype(dtype)?;
-        let mut latents = scheduler.add_noise(&init, init_noise, first)?;
 
         let guided = request.guidance_scale > 1.0;
         let layout = self.unet.cross_attention_layout();
@@ -214,6 +267,42 @@ impl StableDiffusion {
                 .as_ref()
                 .is_some_and(|(c, _)| c.config.global_pool_conditions);
         let train_steps = self.scheduler_config.num_train_timesteps;
+
+        let mut latents = match request.noise_start {
+            NoiseStart::Img2Img => scheduler.add_noise(&init, init_noise, first)?,
+            NoiseStart::StochasticInversion => {
+                // floor, as the official `int(strength * 1000)`; strength 1 would index past
+                // the schedule.
+                let t = ((request.strength * train_steps as f64).floor() as usize)
+                    .min(train_steps.saturating_sub(1));
+                // The noised latents the UNet sees are DDPM's (variance-preserving, unscaled),
+                // whatever the sampler.
+                let ddpm = Ddim::new(&self.scheduler_config, request.steps, 0.0)?;
+                let noised = ddpm.add_noise(&init, init_noise, t)?;
+                let cond = repeat_contexts(
+                    &conditioning.contexts(t, train_steps)?.cond,
+                    batch,
+                    dtype,
+                    device,
+                )?;
+                let residuals = match &control {
+                    Some((controlnet, image)) => Some(controlnet.model.forward(
+                        &noised,
+                        t as f64,
+                        &cond,
+                        image,
+                        request.control.scale,
+                        guess_mode,
+                    )?),
+                    None => None,
+                };
+                let output = self
+                    .unet
+                    .forward(&noised, t as f64, &cond, residuals.as_ref())?;
+                let predicted_noise = self.predicted_noise(output, &noised, t)?;
+                scheduler.add_noise(&init, predicted_noise, t)?
+            }
+        };
 
         // 3-4. Denoising.
         for (i, &t) in timesteps.iter().enumerate() {
@@ -239,10 +328,16 @@ impl StableDiffusion {
                 {
                     let scale = request.control.scale;
                     let model = &controlnet.model;
-                    Some(if guess_mode && guided {
+                    let cond_only = request.control.guidance == ControlGuidance::CondOnly;
+                    Some(if guided && (guess_mode || cond_only) {
                         let input = scheduler.scale_model_input(latents.clone(), t)?;
-                        let half = model.forward(&input, timestep, &cond, image, scale, true)?;
-                        zero_uncond_half(half)?
+                        let half =
+                            model.forward(&input, timestep, &cond, image, scale, guess_mode)?;
+                        if guess_mode {
+                            zero_uncond_half(half)?
+                        } else {
+                            both_halves(half)?
+                        }
                     } else {
                         let image = if guided {
                             Tensor::cat(&[image, image], 0)?
@@ -291,9 +386,25 @@ impl StableDiffusion {
             }
             progress(i + 1, n);
         }
+        Ok(latents)
+    }
 
-        // 5. Decode.
-        self.decode_latents(&(latents / scaling)?, request.vae_tiling)
+    /// The noise the UNet's `output` at training timestep `t` predicts for `noised`: the output
+    /// itself for ε-prediction; `sqrt(ᾱ_t)·v + sqrt(1 − ᾱ_t)·x_t` for v-prediction.
+    fn predicted_noise(&self, output: Tensor, noised: &Tensor, t: usize) -> Result<Tensor> {
+        match self.scheduler_config.prediction_type {
+            PredictionType::Epsilon => Ok(output),
+            PredictionType::VPrediction => {
+                let alphas = self.scheduler_config.alphas_cumprod()?;
+                let Some(&a) = alphas.get(t) else {
+                    bail!(
+                        "timestep {t} is outside the training range 0..{}",
+                        alphas.len()
+                    )
+                };
+                (output * a.sqrt())? + (noised * (1.0 - a).sqrt())?
+            }
+        }
     }
 
     /// Decodes unscaled latents to images in `[0, 1]` (f32), redoing an overflowing f16 / bf16
@@ -534,6 +645,15 @@ fn zero_uncond_half(half: ControlResiduals) -> Result<ControlResiduals> {
     Ok(ControlResiduals {
         down: half.down.iter().map(pad).collect::<Result<Vec<_>>>()?,
         mid: pad(&half.mid)?,
+    })
+}
+
+/// Residuals of the conditional half, for both halves of the guided batch.
+fn both_halves(half: ControlResiduals) -> Result<ControlResiduals> {
+    let twice = |r: &Tensor| Tensor::cat(&[r, r], 0);
+    Ok(ControlResiduals {
+        down: half.down.iter().map(twice).collect::<Result<Vec<_>>>()?,
+        mid: twice(&half.mid)?,
     })
 }
 
