@@ -1,6 +1,7 @@
 //! End-to-end tests of `easel stylize --prompt` on the tiny random SD + ControlNet of
 //! easel-pipeline's fixtures: diffusers parity through the binary (weights from a Hugging Face
-//! cache layout, replayed noise, 16-bit PNG), the offline missing-files error, refusals, the
+//! cache layout, replayed noise, 16-bit PNG; diffusers' pipelines and the official LSAST /
+//! ArtBank inference logic), the offline missing-files error, refusals, the
 //! saved control image and seed determinism. No network is used.
 
 use std::collections::HashMap;
@@ -35,15 +36,21 @@ struct Cases {
 }
 
 fn cases() -> Cases {
+    cases_named("pipeline_cases")
+}
+
+/// `tools/ref/pipeline_ref.py`'s cases (`pipeline_cases`) or `official_ref.py`'s
+/// (`official_cases`: the LSAST / ArtBank inference logic).
+fn cases_named(stem: &str) -> Cases {
     let dir = fixtures();
     Cases {
         tensors: candle_core::safetensors::load(
-            dir.join("pipeline_cases.safetensors"),
+            dir.join(format!("{stem}.safetensors")),
             &Device::Cpu,
         )
         .unwrap(),
         json: serde_json::from_str(
-            &std::fs::read_to_string(dir.join("pipeline_cases.json")).unwrap(),
+            &std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap(),
         )
         .unwrap(),
     }
@@ -96,13 +103,18 @@ fn prompt_mode_matches_diffusers_through_the_hub_cache() {
     write_u8_png(&cases.tensors["image_u8"], &photo);
     write_u8_png(&cases.tensors["control_u8"], &control);
 
-    for name in [
-        "ddim",
-        "euler_a_batch2",
-        "dpmpp2m_guess",
-        "ddim_no_cfg_window",
-        "img2img_ddim_eta",
-    ] {
+    let official = cases_named("official_cases");
+    let table = [
+        (&cases, "ddim"),
+        (&cases, "euler_a_batch2"),
+        (&cases, "dpmpp2m_guess"),
+        (&cases, "ddim_no_cfg_window"),
+        (&cases, "img2img_ddim_eta"),
+        (&official, "artbank_inversion"),
+        (&official, "lsast_cond_only"),
+        (&official, "inversion_cond_only_dpm"),
+    ];
+    for (cases, name) in table {
         let case = &cases.json[name];
         let num = |k: &str| case[k].as_f64().unwrap().to_string();
         let noise: HashMap<String, Tensor> = (0..)
@@ -177,8 +189,14 @@ fn prompt_mode_matches_diffusers_through_the_hub_cache() {
             if case["guess_mode"].as_bool().unwrap() {
                 args.push("--guess-mode");
             }
+            if let Some(mode) = case["control_guidance"].as_str() {
+                args.extend(["--control-cfg", mode]);
+            }
         } else {
             args.push("--no-control");
+        }
+        if let Some(start) = case["noise_start"].as_str() {
+            args.extend(["--noise-start", start]);
         }
         let run = easel(
             &args,
@@ -212,6 +230,19 @@ fn prompt_mode_matches_diffusers_through_the_hub_cache() {
             );
             assert!(params.contains(&format!("Steps: {steps}")), "{params}");
             assert!(params.contains("Noise file"), "{params}");
+            // Non-default starts and ControlNet guidance are recorded.
+            let start = case["noise_start"].as_str().unwrap_or("img2img");
+            assert_eq!(
+                params.contains("Noise start: stochastic-inversion"),
+                start == "stochastic-inversion",
+                "{params}"
+            );
+            let mode = case["control_guidance"].as_str().unwrap_or("batch");
+            assert_eq!(
+                params.contains("Control guidance: cond-only"),
+                mode == "cond-only",
+                "{params}"
+            );
         }
     }
 }

@@ -12,7 +12,9 @@ use easel_pipeline::canny::{self, CannyOptions};
 use easel_pipeline::conditioning::Conditioning;
 use easel_pipeline::models::{self, StableDiffusion};
 use easel_pipeline::noise::NoiseSource;
-use easel_pipeline::pipeline::{ControlSettings, StylizeRequest, MIN_SIDE};
+use easel_pipeline::pipeline::{
+    ControlGuidance, ControlSettings, NoiseStart, StylizeRequest, MIN_SIDE,
+};
 use image::imageops::FilterType;
 use image::RgbImage;
 
@@ -45,6 +47,8 @@ pub struct DiffusionOptions {
     pub guidance: Option<f64>,
     /// The sampler (default DDIM).
     pub scheduler: Option<SchedulerKind>,
+    /// How the photo's latents start the run (default img2img).
+    pub noise_start: Option<NoiseStart>,
     /// DDIM's eta (default 0).
     pub eta: Option<f64>,
     /// Seed of the noise.
@@ -70,6 +74,8 @@ pub struct ControlOptions {
     pub end: Option<f64>,
     /// Guess mode.
     pub guess_mode: bool,
+    /// Which contexts the ControlNet sees under guidance (default: the whole batch).
+    pub guidance: Option<ControlGuidance>,
     /// Where the control image comes from (default: Canny with the entry's thresholds).
     pub source: Option<ControlSource>,
     /// Other ControlNet weights than the registry entry's (hub id, folder or file).
@@ -115,6 +121,8 @@ pub struct DiffusionSettings {
     pub guidance: f64,
     /// The sampler.
     pub scheduler: SchedulerKind,
+    /// How the photo's latents start the run.
+    pub noise_start: NoiseStart,
     /// DDIM's eta.
     pub eta: f64,
     /// Images per photo.
@@ -215,6 +223,7 @@ impl DiffusionOptions {
             steps,
             guidance,
             scheduler: self.scheduler.unwrap_or(SchedulerKind::Ddim),
+            noise_start: self.noise_start.unwrap_or_default(),
             eta,
             batch,
             control,
@@ -235,6 +244,7 @@ fn control_choice(c: &ControlOptions) -> Result<ControlChoice> {
         start: c.start.unwrap_or(0.0),
         end: c.end.unwrap_or(1.0),
         guess_mode: c.guess_mode,
+        guidance: c.guidance.unwrap_or_default(),
     };
     if !settings.scale.is_finite() {
         return Err(HostError::setting(
@@ -299,6 +309,10 @@ impl DiffusionSettings {
         extra("Size", format!("{width}x{height}"));
         extra("Short side", self.size.to_string());
         extra("Batch", self.batch.to_string());
+        // Recorded when not the default, so that older outputs keep their parameters.
+        if self.noise_start == NoiseStart::StochasticInversion {
+            extra("Noise start", self.noise_start.name().to_string());
+        }
         if let Some(choice) = &self.control {
             extra(
                 "Control",
@@ -311,6 +325,12 @@ impl DiffusionSettings {
             extra("Control start", choice.settings.start.to_string());
             extra("Control end", choice.settings.end.to_string());
             extra("Guess mode", choice.settings.guess_mode.to_string());
+            if choice.settings.guidance == ControlGuidance::CondOnly {
+                extra(
+                    "Control guidance",
+                    choice.settings.guidance.name().to_string(),
+                );
+            }
         }
         params
     }
@@ -407,6 +427,7 @@ pub fn paint_photo(
     request.steps = settings.steps;
     request.guidance_scale = settings.guidance;
     request.scheduler = settings.scheduler;
+    request.noise_start = settings.noise_start;
     request.eta = settings.eta;
     if let Some(choice) = &settings.control {
         request.control = choice.settings;

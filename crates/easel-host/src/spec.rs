@@ -211,6 +211,8 @@ pub const DIFFUSION_KEYS: &[&str] = &[
     "eta",
     "negative-prompt",
     "control-scale",
+    "noise-start",
+    "control-cfg",
 ];
 
 impl UseSpec {
@@ -328,9 +330,18 @@ impl UseSpec {
         if let Some(v) = self.setting::<String>("negative-prompt")? {
             d.negative_prompt = Some(v);
         }
+        if let Some(v) = self.setting::<String>("noise-start")? {
+            d.noise_start = Some(v.parse().map_err(bad)?);
+        }
         if let Some(v) = self.setting("control-scale")? {
             if let Some(control) = &mut d.control {
                 control.scale = Some(v);
+            }
+        }
+        if let Some(v) = self.setting::<String>("control-cfg")? {
+            let guidance = v.parse().map_err(bad)?;
+            if let Some(control) = &mut d.control {
+                control.guidance = Some(guidance);
             }
         }
         Ok(request)

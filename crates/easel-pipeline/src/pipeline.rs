@@ -73,6 +73,61 @@ pub enum NoiseStart {
     StochasticInversion,
 }
 
+impl ControlGuidance {
+    /// Every choice, in the order of their names in messages.
+    pub const ALL: [ControlGuidance; 2] = [Self::Batch, Self::CondOnly];
+
+    /// The name users give: `batch` or `cond-only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::CondOnly => "cond-only",
+        }
+    }
+}
+
+impl NoiseStart {
+    /// Every choice, in the order of their names in messages.
+    pub const ALL: [NoiseStart; 2] = [Self::Img2Img, Self::StochasticInversion];
+
+    /// The name users give: `img2img` or `stochastic-inversion`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Img2Img => "img2img",
+            Self::StochasticInversion => "stochastic-inversion",
+        }
+    }
+}
+
+/// The choice of `all` named `text`, or a message listing the names.
+fn parse_named<T: Copy>(
+    text: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> std::result::Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|&c| name(c) == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|&c| name(c)).collect();
+            format!("{text:?} is not one of {}", names.join(", "))
+        })
+}
+
+impl std::str::FromStr for ControlGuidance {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        parse_named(text, &Self::ALL, Self::name)
+    }
+}
+
+impl std::str::FromStr for NoiseStart {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        parse_named(text, &Self::ALL, Self::name)
+    }
+}
+
 /// How the ControlNet steers the denoising.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControlSettings {

@@ -23,6 +23,7 @@ use easel_host::sources::ModelSources;
 use easel_pipeline::canny;
 use easel_pipeline::conditioning::{Conditioning, PromptConditioning};
 use easel_pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
+use easel_pipeline::pipeline::{ControlGuidance, NoiseStart};
 use serde::Serialize;
 
 use super::stylize::{
@@ -79,6 +80,12 @@ pub struct DiffusionArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_scheduler)]
     pub scheduler: Option<SchedulerKind>,
 
+    /// How the photo's latents start the run: img2img (noised with fresh noise to the first
+    /// step, diffusers' way) or stochastic-inversion (ArtBank's: noised with the UNet's own
+    /// prediction of the noise at timestep strength·1000) (default img2img).
+    #[arg(long, value_name = "START", value_parser = parse_noise_start)]
+    pub noise_start: Option<NoiseStart>,
+
     /// DDIM's eta: 0 is deterministic, larger values add fresh noise each step (default 0;
     /// ignored by other samplers).
     #[arg(long, value_name = "ETA")]
@@ -112,6 +119,12 @@ pub struct DiffusionArgs {
     #[arg(long)]
     pub guess_mode: bool,
 
+    /// Which contexts the ControlNet sees under guidance: batch (the prompt's and the negative
+    /// prompt's, diffusers' way) or cond-only (the prompt's alone, its residuals added to both;
+    /// LSAST's) (default batch).
+    #[arg(long, value_name = "MODE", value_parser = parse_control_guidance)]
+    pub control_cfg: Option<ControlGuidance>,
+
     /// Canny edge thresholds LOW:HIGH for the control image (default: the registry entry's,
     /// 100:200).
     #[arg(long, value_name = "LOW:HIGH", conflicts_with = "control_image")]
@@ -129,7 +142,7 @@ pub struct DiffusionArgs {
 
     /// Plain img2img: no ControlNet, only the prompt and the photo.
     #[arg(long, conflicts_with_all = [
-        "controlnet", "control_scale", "control_start", "control_end", "guess_mode", "canny",
+        "controlnet", "control_scale", "control_start", "control_end", "guess_mode", "control_cfg", "canny",
         "control_image", "save_control",
     ])]
     pub no_control: bool,
@@ -192,6 +205,7 @@ impl DiffusionArgs {
             ("--steps", self.steps.is_some()),
             ("--guidance", self.guidance.is_some()),
             ("--scheduler", self.scheduler.is_some()),
+            ("--noise-start", self.noise_start.is_some()),
             ("--eta", self.eta.is_some()),
             ("--seed", self.seed.is_some()),
             ("--batch", self.batch.is_some()),
@@ -199,6 +213,7 @@ impl DiffusionArgs {
             ("--control-start", self.control_start.is_some()),
             ("--control-end", self.control_end.is_some()),
             ("--guess-mode", self.guess_mode),
+            ("--control-cfg", self.control_cfg.is_some()),
             ("--canny", self.canny.is_some()),
             ("--control-image", self.control_image.is_some()),
             ("--save-control", self.save_control.is_some()),
@@ -251,6 +266,7 @@ impl DiffusionArgs {
                 start: self.control_start,
                 end: self.control_end,
                 guess_mode: self.guess_mode,
+                guidance: self.control_cfg,
                 source,
                 weights: self.controlnet.clone(),
             })
@@ -262,6 +278,7 @@ impl DiffusionArgs {
             steps: self.steps,
             guidance: self.guidance,
             scheduler: self.scheduler,
+            noise_start: self.noise_start,
             eta: self.eta,
             seed: self.seed,
             batch: self.batch,
@@ -270,6 +287,14 @@ impl DiffusionArgs {
             vae_tiling: self.vae_tiling,
         })
     }
+}
+
+fn parse_noise_start(text: &str) -> std::result::Result<NoiseStart, String> {
+    text.parse()
+}
+
+fn parse_control_guidance(text: &str) -> std::result::Result<ControlGuidance, String> {
+    text.parse()
 }
 
 fn load_noise_file(path: &Path) -> Result<Vec<Tensor>> {
