@@ -9,8 +9,9 @@
 //!
 //! - the VAE latents: the posterior mean × the VAE's `scaling_factor` (the mean rather than a
 //!   sample, so that a cached view is one fixed target), and
-//! - the control image: the view's own Canny edges (LSAST conditions the ControlNet on the
-//!   artwork's edges while learning its style).
+//! - the control image: the view's own Canny edges, for runs that train through the ControlNet
+//!   ([`crate::train::TrainConfig::control`]; the official LSAST and ArtBank code trains
+//!   without one and uses the ControlNet at inference only).
 //!
 //! Encoding is the expensive part, so [`prepare_examples`] caches both per image in a folder the
 //! caller gives: `<cache>/<key>.safetensors`, `key` = sha256 of the image (size and pixels), the

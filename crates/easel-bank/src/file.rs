@@ -16,7 +16,7 @@
 //! | `init_word` | the word the bank started from |
 //! | `placeholder` | the placeholder token |
 //! | `template` | the prompt template (`{}` where the placeholder goes) |
-//! | `training` | the training settings as JSON (opaque here) |
+//! | `training` | the training settings as JSON; its `inference` member (when present) holds the bank's inference defaults ([`BankMetadata::inference_defaults`]) |
 //! | `collection_hash` | hash of the artworks it was learned from (opaque here) |
 //! | `created` | creation time, RFC 3339 UTC (`2024-05-01T12:00:00Z`) |
 //!
@@ -54,6 +54,20 @@ pub struct BankMetadata {
     pub collection_hash: String,
     /// Creation time, RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SS[.frac]Z`), given by the caller.
     pub created: String,
+}
+
+impl BankMetadata {
+    /// How the bank paints by default: its preset's inference defaults, recorded by the
+    /// trainer as `training.inference` (none for banks made otherwise).
+    pub fn inference_defaults(&self) -> Result<crate::preset::InferenceDefaults> {
+        let Some(value) = self.training.get("inference") else {
+            return Ok(Default::default());
+        };
+        let defaults: crate::preset::InferenceDefaults = serde_json::from_value(value.clone())
+            .map_err(|e| candle_core::Error::Msg(format!("bank file: training.inference: {e}")))?;
+        defaults.validate()?;
+        Ok(defaults)
+    }
 }
 
 /// The model a bank is about to be used with.

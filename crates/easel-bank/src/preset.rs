@@ -66,8 +66,94 @@ impl PromptSpec {
     }
 }
 
+/// How a preset's banks are learned by default (`None`: easel's [`crate::train::TrainConfig`]
+/// default); `learn`'s flags override each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingDefaults {
+    /// Optimizer steps.
+    pub steps: Option<usize>,
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// Samples per forward pass.
+    pub batch: Option<usize>,
+    /// Forward passes per step.
+    pub grad_accumulation: Option<usize>,
+    /// Side of the training views.
+    pub resolution: Option<usize>,
+    /// Train through the ControlNet ([`crate::train::TrainConfig::control`]).
+    pub control: Option<bool>,
+}
+
+/// How a preset's banks paint by default (`None`: the painter's default); the bank file
+/// carries them and `stylize`'s flags override each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceDefaults {
+    /// Classifier-free guidance scale.
+    pub guidance: Option<f64>,
+    /// Fraction of the schedule run.
+    pub strength: Option<f64>,
+    /// Steps of the full schedule.
+    pub steps: Option<usize>,
+    /// The sampler (`ddim`, `dpm++2m`, `euler-a`).
+    pub scheduler: Option<String>,
+    /// The negative prompt.
+    pub negative_prompt: Option<String>,
+    /// Paint through the ControlNet.
+    pub control: Option<bool>,
+    /// The ControlNet's conditioning scale.
+    pub control_scale: Option<f64>,
+    /// Which contexts the ControlNet sees under guidance (`batch`, `cond-only`).
+    pub control_cfg: Option<String>,
+    /// How the photo's latents start (`img2img`, `stochastic-inversion`).
+    pub noise_start: Option<String>,
+}
+
+impl InferenceDefaults {
+    /// Checks every named choice and number.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(s) = &self.scheduler {
+            s.parse::<easel_diffusion::schedulers::SchedulerKind>()
+                .map_err(|e| candle_core::Error::Msg(format!("inference scheduler: {e}")))?;
+        }
+        if let Some(s) = &self.control_cfg {
+            s.parse::<easel_pipeline::pipeline::ControlGuidance>()
+                .map_err(|e| candle_core::Error::Msg(format!("inference control_cfg: {e}")))?;
+        }
+        if let Some(s) = &self.noise_start {
+            s.parse::<easel_pipeline::pipeline::NoiseStart>()
+                .map_err(|e| candle_core::Error::Msg(format!("inference noise_start: {e}")))?;
+        }
+        if let Some(g) = self.guidance {
+            if !g.is_finite() {
+                bail!("inference guidance {g} is not a finite number")
+            }
+        }
+        if let Some(v) = self.strength {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("inference strength {v} is outside (0, 1]")
+            }
+        }
+        if self.steps == Some(0) {
+            bail!("inference steps must be at least 1")
+        }
+        if let Some(v) = self.control_scale {
+            if !v.is_finite() {
+                bail!("inference control_scale {v} is not a finite number")
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// A parsed preset (see the module docs and the files in `prompts/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     /// Short name (`lsast`, ...).
@@ -80,6 +166,12 @@ pub struct Preset {
     pub params: ParamsSpec,
     /// Where the tokens go in the prompt.
     pub prompt: PromptSpec,
+    /// How its banks are learned by default.
+    #[serde(default)]
+    pub training: TrainingDefaults,
+    /// How its banks paint by default.
+    #[serde(default)]
+    pub inference: InferenceDefaults,
 }
 
 impl Preset {
@@ -98,7 +190,8 @@ impl Preset {
                 up: 0,
             };
             preset.layout.resolve(&one_layer)?;
-            preset.prompt.validate()
+            preset.prompt.validate()?;
+            preset.inference.validate()
         };
         if let Err(e) = check() {
             bail!("preset {origin}: {e}")

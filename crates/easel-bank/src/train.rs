@@ -16,7 +16,8 @@
 //! process, as the schedulers' `add_noise`, with per-sample `t`); the contexts of each sample's
 //! stage come from the bank through CLIP with gradients
 //! ([`BankConditioner::train_contexts_for_stage`], one CLIP pass per distinct stage); the
-//! ControlNet sees the view's own Canny edges at `control_scale`; the loss is
+//! ControlNet (with `control`, when the models have one) sees the view's own Canny edges at
+//! `control_scale`; the loss is
 //! `mean((unet(x_t, t, ctx, residuals) − ε)²) / grad_accumulation`, back-propagated and summed
 //! over the micro-batches. The frozen models hold plain tensors, never [`candle_core::Var`]s,
 //! and their layers back-propagate to their inputs only ([`easel_diffusion::frozen`]), so
@@ -100,6 +101,18 @@ pub struct TrainConfig {
     pub canny_high: f32,
     /// Multiplier of the ControlNet residuals.
     pub control_scale: f64,
+    /// Train through the ControlNet on each view's Canny edges (when the models have one).
+    /// LSAST and ArtBank train without it (`apply_model(..., control=None)`); it is the content
+    /// branch at inference only. Runs from before this setting trained through it.
+    #[serde(default = "trained_through_control")]
+    pub control: bool,
+    /// How the learned bank paints by default (its preset's; the bank file carries them).
+    #[serde(default)]
+    pub inference: crate::preset::InferenceDefaults,
+}
+
+fn trained_through_control() -> bool {
+    true
 }
 
 /// Largest training resolution (SD 1.x was trained at 512; 2048 is already 16× its latent).
@@ -108,7 +121,8 @@ pub const MAX_RESOLUTION: usize = 2048;
 impl Default for TrainConfig {
     /// 1000 steps at 5e-3 (50 warm-up, then constant), batch 1 × 4 accumulated, AdamW
     /// (0.9, 0.999), eps 1e-8, weight decay 1e-2, 512 px, seed 0, checkpoints and validation
-    /// every 250 steps, T = 1000, 4 views per artwork, Canny 100:200, control scale 1.
+    /// every 250 steps, T = 1000, 4 views per artwork, Canny 100:200, through the ControlNet
+    /// at scale 1.
     fn default() -> Self {
         Self {
             steps: 1000,
@@ -129,6 +143,8 @@ impl Default for TrainConfig {
             canny_low: 100.0,
             canny_high: 200.0,
             control_scale: 1.0,
+            control: true,
+            inference: crate::preset::InferenceDefaults::default(),
         }
     }
 }
@@ -168,6 +184,7 @@ impl TrainConfig {
         if !self.control_scale.is_finite() {
             bail!("training: control_scale must be finite")
         }
+        self.inference.validate()?;
         Ok(())
     }
 
@@ -364,6 +381,7 @@ impl Trainer {
             controlnet: sd
                 .controlnet
                 .as_ref()
+                .filter(|_| config.control)
                 .map(|c| (c.model.clone(), c.config.global_pool_conditions)),
             alphas_cumprod: schedule.alphas_cumprod()?,
             examples,

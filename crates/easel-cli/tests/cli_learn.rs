@@ -363,3 +363,124 @@ fn an_empty_collection_is_a_one_line_error() {
     assert!(lines[0].starts_with("error: "), "{err}");
     assert!(!tmp.path().join("x.bank").exists());
 }
+
+/// The official presets' training defaults reach the run (recorded in the bank's `training`)
+/// and their inference defaults reach `stylize --bank` (recorded in the PNG parameters); flags
+/// override both.
+#[test]
+fn preset_defaults_reach_learn_and_stylize_and_flags_override_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/chelsea_cat.png");
+    let base = |layout: &'static str| {
+        vec![
+            "--layout",
+            layout,
+            "--resolution",
+            "64",
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--grad-accumulation",
+            "1",
+            "--validate-every",
+            "0",
+        ]
+    };
+    let stylize = |bank: &Path, out: &Path, extra: &[&str]| -> String {
+        let mut args = vec![
+            "stylize",
+            s(&photo),
+            "--bank",
+            s(bank),
+            "--sd",
+            "org/tiny-sd",
+            "--size",
+            "64",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--offline",
+            "-o",
+            s(out),
+        ];
+        args.extend(extra);
+        let run = easel(&args, &cache);
+        assert_success(&run);
+        easel_core::read_png_parameters(out).unwrap().unwrap()
+    };
+
+    // ArtBank: 1e-4 without the ControlNet; paints by stochastic inversion at CFG 10, no
+    // ControlNet.
+    let art = tmp.path().join("art.bank");
+    let run = learn(&cache, &coll, &art, &base("artbank"));
+    assert_success(&run);
+    assert!(
+        stderr(&run).contains("artbank preset: 1 steps at lr 1e-4, without the ControlNet"),
+        "{}",
+        stderr(&run)
+    );
+    let (_, training, _) = contents(&art);
+    assert_eq!(training["lr"], 1e-4);
+    assert_eq!(training["control"], false);
+    assert_eq!(training["inference"]["noise_start"], "stochastic-inversion");
+    let params = stylize(&art, &tmp.path().join("art.png"), &[]);
+    for expected in [
+        "Method: sd-img2img",
+        "Guidance: 10",
+        "Noise start: stochastic-inversion",
+        "Bank defaults: \"guidance, strength, steps, scheduler, negative prompt, noise start, no control\"",
+    ] {
+        assert!(params.contains(expected), "{expected} in {params}");
+    }
+    let params = stylize(
+        &art,
+        &tmp.path().join("art-flags.png"),
+        &[
+            "--guidance",
+            "5",
+            "--steps",
+            "4",
+            "--noise-start",
+            "img2img",
+            "--controlnet",
+            "org/tiny-controlnet",
+        ],
+    );
+    assert!(params.contains("Method: sd-controlnet"), "{params}");
+    assert!(params.contains("Guidance: 5, "), "{params}");
+    assert!(params.contains("Steps: 4, "), "{params}");
+    assert!(!params.contains("Noise start"), "{params}");
+
+    // Flags override the training defaults.
+    let flagged = tmp.path().join("art-flags.bank");
+    let mut args = base("artbank");
+    args.extend(["--lr", "0.01", "--control", "on"]);
+    assert_success(&learn(&cache, &coll, &flagged, &args));
+    let (_, training, _) = contents(&flagged);
+    assert_eq!(training["lr"], 0.01);
+    assert_eq!(training["control"], true);
+
+    // LSAST: 1e-6 without the ControlNet; paints through it, run on the conditional context.
+    let lsast = tmp.path().join("lsast.bank");
+    assert_success(&learn(&cache, &coll, &lsast, &base("lsast")));
+    let (_, training, _) = contents(&lsast);
+    assert_eq!(training["lr"], 1e-6);
+    assert_eq!(training["control"], false);
+    let params = stylize(
+        &lsast,
+        &tmp.path().join("lsast.png"),
+        &["--steps", "4", "--controlnet", "org/tiny-controlnet"],
+    );
+    for expected in [
+        "Method: sd-controlnet",
+        "Guidance: 10",
+        "Control guidance: cond-only",
+    ] {
+        assert!(params.contains(expected), "{expected} in {params}");
+    }
+    assert!(!params.contains("Noise start"), "{params}");
+}

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use easel_bank::preset::InferenceDefaults;
 use easel_core::Parameters;
 use easel_diffusion::schedulers::SchedulerKind;
 use easel_pipeline::canny::{self, CannyOptions};
@@ -82,6 +83,39 @@ pub struct ControlOptions {
     pub weights: Option<String>,
 }
 
+impl ControlOptions {
+    /// Whether no setting was given (every default taken).
+    pub fn is_unset(&self) -> bool {
+        self.scale.is_none()
+            && self.start.is_none()
+            && self.end.is_none()
+            && !self.guess_mode
+            && self.guidance.is_none()
+            && self.source.is_none()
+            && self.weights.is_none()
+    }
+}
+
+/// The inference defaults the bank file at `path` carries (none for banks that record none,
+/// such as imported embeddings).
+pub fn bank_defaults(path: &std::path::Path) -> Result<InferenceDefaults> {
+    let bytes = std::fs::read(path).map_err(|e| HostError::ReadWeights {
+        what: "bank",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let unreadable = |e: candle_core::Error| HostError::ReadWeights {
+        what: "bank",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    match easel_bank::file::read_bank(&bytes, &Device::Cpu) {
+        Ok((_, metadata)) => metadata.inference_defaults().map_err(unreadable),
+        // Not a bank file (an embedding, imported when it is loaded): no defaults.
+        Err(_) => Ok(InferenceDefaults::default()),
+    }
+}
+
 /// Where the control image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlSource {
@@ -136,6 +170,71 @@ pub struct DiffusionSettings {
 }
 
 impl DiffusionOptions {
+    /// These options with what they leave unset taken from a bank's inference `defaults`, and
+    /// the names of the settings taken (for the parameters). A bank whose defaults paint
+    /// without the ControlNet drops it unless a ControlNet setting was given.
+    pub fn with_defaults(&self, defaults: &InferenceDefaults) -> Result<(Self, Vec<&'static str>)> {
+        let mut options = self.clone();
+        let mut taken = Vec::new();
+        let parse_error = |what: &str, e: String| HostError::setting(Setting::Style, what, e);
+        macro_rules! fill {
+            ($field:ident, $value:expr, $name:literal) => {
+                if options.$field.is_none() {
+                    if let Some(value) = $value {
+                        options.$field = Some(value);
+                        taken.push($name);
+                    }
+                }
+            };
+        }
+        fill!(guidance, defaults.guidance, "guidance");
+        fill!(strength, defaults.strength, "strength");
+        fill!(steps, defaults.steps, "steps");
+        let scheduler = match &defaults.scheduler {
+            Some(s) => Some(
+                s.parse::<SchedulerKind>()
+                    .map_err(|e| parse_error(s, e.to_string()))?,
+            ),
+            None => None,
+        };
+        fill!(scheduler, scheduler, "scheduler");
+        fill!(
+            negative_prompt,
+            defaults.negative_prompt.clone(),
+            "negative prompt"
+        );
+        let noise_start = match &defaults.noise_start {
+            Some(s) => Some(s.parse::<NoiseStart>().map_err(|e| parse_error(s, e))?),
+            None => None,
+        };
+        fill!(noise_start, noise_start, "noise start");
+        if defaults.control == Some(false) {
+            if options
+                .control
+                .as_ref()
+                .is_some_and(ControlOptions::is_unset)
+            {
+                options.control = None;
+                taken.push("no control");
+            }
+        }
+        if let Some(control) = &mut options.control {
+            if control.scale.is_none() {
+                if let Some(scale) = defaults.control_scale {
+                    control.scale = Some(scale);
+                    taken.push("control scale");
+                }
+            }
+            if control.guidance.is_none() {
+                if let Some(s) = &defaults.control_cfg {
+                    control.guidance = Some(s.parse().map_err(|e| parse_error(s, e))?);
+                    taken.push("control guidance");
+                }
+            }
+        }
+        Ok((options, taken))
+    }
+
     /// Fills in the defaults and checks every value for `device`.
     pub fn settings(&self, prompt: String, device: &Device) -> Result<DiffusionSettings> {
         let size = self.size.unwrap_or(512);

@@ -173,27 +173,41 @@ impl Host {
                 prompt,
                 force,
                 sources,
-            } => self.paint_diffusion(sources, photo, request, |sd, resolved, s| {
-                let unet = resolved.unet_file();
-                let info = base_model_info(sd, &resolved.base_model_id, unet.as_deref())?;
-                let run = prepare(
-                    path,
-                    prompt.as_deref(),
-                    &s.negative_prompt,
-                    *force,
-                    sd,
-                    &info,
-                )?;
-                Ok(Conditioned {
-                    conditioning: Box::new(run.conditioning),
-                    prompt: run.prompt,
-                    extra: vec![
+            } => {
+                // What the request leaves unset, the bank's inference defaults give.
+                let mut with_defaults = request.clone();
+                let (options, taken) = request
+                    .diffusion
+                    .with_defaults(&diffusion::bank_defaults(path)?)?;
+                with_defaults.strength = request.strength.or(options.strength);
+                with_defaults.diffusion = options;
+                let request = &with_defaults;
+                self.paint_diffusion(sources, photo, request, |sd, resolved, s| {
+                    let unet = resolved.unet_file();
+                    let info = base_model_info(sd, &resolved.base_model_id, unet.as_deref())?;
+                    let run = prepare(
+                        path,
+                        prompt.as_deref(),
+                        &s.negative_prompt,
+                        *force,
+                        sd,
+                        &info,
+                    )?;
+                    let mut extra = vec![
                         ("Bank".to_string(), run.name),
                         ("Bank sha256".to_string(), run.sha256),
-                    ],
-                    warning: run.warning,
-                })
-            })?,
+                    ];
+                    if !taken.is_empty() {
+                        extra.push(("Bank defaults".to_string(), taken.join(", ")));
+                    }
+                    Ok(Conditioned {
+                        conditioning: Box::new(run.conditioning),
+                        prompt: run.prompt,
+                        extra,
+                        warning: run.warning,
+                    })
+                })?
+            }
         };
         painting.peak_memory_bytes = probe
             .and_then(|p| p.finish().ok())

@@ -72,28 +72,34 @@ pub struct LearnArgs {
 
     /// Continue the run checkpointed in the run folder, with its settings (only --steps may
     /// be given, to train longer).
-    #[arg(long, conflicts_with_all = ["layout", "init_word", "lr", "batch", "grad_accumulation", "resolution", "seed", "checkpoint_every"])]
+    #[arg(long, conflicts_with_all = ["layout", "init_word", "lr", "batch", "grad_accumulation", "resolution", "seed", "checkpoint_every", "control"])]
     resume: bool,
 
-    /// Optimizer steps of the whole run (default 1000).
+    /// Optimizer steps of the whole run (default: the preset's [training] steps, else 1000).
     #[arg(long, value_name = "N")]
     steps: Option<usize>,
 
-    /// Peak learning rate (default 5e-3).
+    /// Peak learning rate (default: the preset's, else 5e-3).
     #[arg(long, value_name = "RATE")]
     lr: Option<f64>,
 
-    /// Samples per forward pass (default 1).
+    /// Samples per forward pass (default: the preset's, else 1).
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
 
-    /// Forward passes whose gradients make one step (default 4).
+    /// Forward passes whose gradients make one step (default: the preset's, else 4).
     #[arg(long, value_name = "N")]
     grad_accumulation: Option<usize>,
 
-    /// Side of the square training views in pixels (default 512).
+    /// Side of the square training views in pixels (default: the preset's, else 512).
     #[arg(long, value_name = "PIXELS")]
     resolution: Option<usize>,
+
+    /// Train through the ControlNet on each artwork's Canny edges (on) or without it (off, as
+    /// the official LSAST and ArtBank code does; the ControlNet is then the content branch at
+    /// inference only) (default: the preset's, else on).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    control: Option<bool>,
 
     /// Seed of the training draws and of the bank's random initial parts (default 0).
     #[arg(long, value_name = "N")]
@@ -163,19 +169,34 @@ fn load_preset(layout: &str) -> Result<Preset> {
     Preset::parse(&text, layout).map_err(|e| anyhow::anyhow!("--layout {layout}: {e}"))
 }
 
-/// The training settings of a fresh run from the flags.
-fn config(args: &LearnArgs) -> TrainConfig {
+/// The training settings of a fresh run: the flags, else the preset's training defaults, else
+/// easel's; the preset's inference defaults go into the bank.
+fn config(args: &LearnArgs, preset: &Preset) -> TrainConfig {
     let d = TrainConfig::default();
+    let p = &preset.training;
     TrainConfig {
-        steps: args.steps.unwrap_or(d.steps),
-        lr: args.lr.unwrap_or(d.lr),
-        batch: args.batch.unwrap_or(d.batch),
-        grad_accumulation: args.grad_accumulation.unwrap_or(d.grad_accumulation),
-        resolution: args.resolution.unwrap_or(d.resolution),
+        steps: args.steps.or(p.steps).unwrap_or(d.steps),
+        lr: args.lr.or(p.lr).unwrap_or(d.lr),
+        batch: args.batch.or(p.batch).unwrap_or(d.batch),
+        grad_accumulation: args
+            .grad_accumulation
+            .or(p.grad_accumulation)
+            .unwrap_or(d.grad_accumulation),
+        resolution: args.resolution.or(p.resolution).unwrap_or(d.resolution),
         seed: args.seed.unwrap_or(d.seed),
         checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
         validate_every: args.validate_every.unwrap_or(d.validate_every),
+        control: args.control.or(p.control).unwrap_or(d.control),
+        inference: preset.inference.clone(),
         ..d
+    }
+}
+
+fn parse_on_off(text: &str) -> std::result::Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?} is neither on nor off")),
     }
 }
 
@@ -293,6 +314,8 @@ pub fn run(args: LearnArgs) -> Result<()> {
         .map_err(|e| word(e.into()))?;
 
     let cache = run_dir.join("views");
+    // Said once the run's inputs are all checked, just before training starts.
+    let mut preset_notice = None;
     let mut trainer = if args.resume {
         let mut ckpt = Checkpoint::load(&run_dir, &sd.device).with_context(|| {
             format!("--resume: no readable checkpoint in {}", run_dir.display())
@@ -323,9 +346,19 @@ pub fn run(args: LearnArgs) -> Result<()> {
         )?;
         Trainer::resume(sd, examples, &run_dir)?
     } else {
-        let config = config(&args);
-        config.validate()?;
         let preset = preset.context("internal error: no preset")?;
+        let config = config(&args, &preset);
+        config.validate()?;
+        if preset.training != Default::default() {
+            preset_notice = Some(format!(
+                "{} preset: {} steps at lr {:e}, {} the ControlNet (--steps, --lr and --control \
+                 override)",
+                preset.name,
+                config.steps,
+                config.lr,
+                if config.control { "through" } else { "without" }
+            ));
+        }
         let init = init_embedding(&sd.text_encoder, &sd.tokenizer, &args.init_word)?;
         let bank = Bank::from_preset(
             &preset,
@@ -385,6 +418,9 @@ pub fn run(args: LearnArgs) -> Result<()> {
         canny: CannyOptions::with_thresholds(cfg.canny_low, cfg.canny_high),
     };
 
+    if let Some(notice) = &preset_notice {
+        eprintln!("{notice}");
+    }
     let total = trainer.config().steps;
     let bar = progress::bar(total as u64, "learning");
     bar.set_position(trainer.step() as u64);

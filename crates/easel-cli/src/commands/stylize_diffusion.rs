@@ -387,8 +387,14 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             bail!("--bank {}: no such file", bank.display());
         }
     }
-    let mut s = d
-        .options(args.strength)?
+    let mut options = d.options(args.strength)?;
+    // What the flags leave unset, the bank's inference defaults give (its preset's).
+    let mut bank_defaults_taken = Vec::new();
+    if let Some(bank) = &d.bank {
+        let defaults = easel_host::diffusion::bank_defaults(bank).map_err(word)?;
+        (options, bank_defaults_taken) = options.with_defaults(&defaults).map_err(word)?;
+    }
+    let mut s = options
         .settings(d.prompt.clone().unwrap_or_default(), &device)
         .map_err(word)?;
     let depth = d.depth.unwrap_or(8);
@@ -514,6 +520,11 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
         if let Some((name, sha256)) = &bank_record {
             params.extra.push(("Bank".into(), name.clone()));
             params.extra.push(("Bank sha256".into(), sha256.clone()));
+            if !bank_defaults_taken.is_empty() {
+                params
+                    .extra
+                    .push(("Bank defaults".into(), bank_defaults_taken.join(", ")));
+            }
         }
         params
             .extra
