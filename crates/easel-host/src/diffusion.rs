@@ -208,15 +208,13 @@ impl DiffusionOptions {
             None => None,
         };
         fill!(noise_start, noise_start, "noise start");
-        if defaults.control == Some(false) {
-            if options
-                .control
-                .as_ref()
-                .is_some_and(ControlOptions::is_unset)
-            {
-                options.control = None;
-                taken.push("no control");
-            }
+        let unset = options
+            .control
+            .as_ref()
+            .is_some_and(ControlOptions::is_unset);
+        if defaults.control == Some(false) && unset {
+            options.control = None;
+            taken.push("no control");
         }
         if let Some(control) = &mut options.control {
             if control.scale.is_none() {

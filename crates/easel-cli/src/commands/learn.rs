@@ -44,7 +44,7 @@ use easel_host::sources::ModelSources;
 #[derive(Args, Debug)]
 #[command(
     about = "Learn a style from a folder of artworks: fit a prompt bank by inversion through the \
-             frozen Stable Diffusion + ControlNet, written as a .bank file"
+             frozen Stable Diffusion (and ControlNet, with --control on), written as a .bank file"
 )]
 pub struct LearnArgs {
     /// Folder of the artist's artworks (its images, not recursively).
