@@ -99,8 +99,8 @@ impl Bank {
 
     /// The `[T, D]` vectors of `slot`.
     pub fn slot_vectors(&self, slot: Slot) -> Result<Tensor> {
-        self.layout.slot_index(slot)?;
-        slot_rows(&self.vectors()?, slot.stage, slot.group)
+        let stored = self.layout.storage_slot(slot)?;
+        slot_rows(&self.vectors()?, stored.stage, stored.group)
     }
 
     /// The trainable variables, sorted by name (for an optimizer).

@@ -15,6 +15,7 @@ use easel_diffusion::tokenizer::ClipTokenizer;
 use easel_pipeline::models::StableDiffusion;
 
 use crate::bank::Bank;
+use crate::layout::Slot;
 use crate::params::{slot_rows, InitEmbedding};
 use crate::preset::PromptSpec;
 
@@ -255,7 +256,10 @@ impl BankConditioner {
     fn stage_contexts(&self, vectors: &Tensor, stage: usize) -> Result<UNetContexts> {
         let layout = self.bank.layout();
         let contexts = (0..layout.num_groups())
-            .map(|group| self.encode_slot(&slot_rows(vectors, stage, group)?))
+            .map(|group| {
+                let stored = layout.storage_slot(Slot { stage, group })?;
+                self.encode_slot(&slot_rows(vectors, stored.stage, stored.group)?)
+            })
             .collect::<Result<Vec<_>>>()?;
         UNetContexts::new(layout.groups(), contexts)
     }

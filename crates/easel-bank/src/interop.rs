@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bank::Bank;
 use crate::file::{read_safetensors, serialize};
-use crate::layout::{Layout, Slot, StageMap};
+use crate::layout::{Layout, Slot, SlotMap, StageMap};
 use crate::params::{slot_rows, BankParams, ParamsSpec};
 use crate::preset::{PromptSpec, DEFAULT_PLACEHOLDER};
 
@@ -125,6 +125,12 @@ fn bare_name(name: &str) -> Result<&str> {
 pub fn export_diffusers(bank: &Bank, name: &str) -> Result<DiffusersExport> {
     let bare = bare_name(name)?;
     let layout = bank.layout();
+    if layout.slot_map() == SlotMap::Windows {
+        bail!(
+            "a bank whose stages read overlapping windows of vectors (the official LSAST \
+             layout) has no one-token-per-slot export; export one slot in the a1111 format"
+        )
+    }
     let vectors = bank.vectors()?.detach();
     if layout.num_slots() == 1 {
         let tensors = [(format!("<{bare}>"), slot_rows(&vectors, 0, 0)?)];

@@ -29,6 +29,26 @@ pub enum StageMap {
     Boundaries(Vec<usize>),
 }
 
+/// Which vectors a slot reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotMap {
+    /// Each slot its own vectors: slot (stage `k`, group `g`) reads vector `k · G + g` (the
+    /// papers' evident intent).
+    #[default]
+    Separate,
+    /// The official LSAST code's overlapping windows: stage `k` reads `cond[k:k+G]`, so slot
+    /// (`k`, `g`) reads vector `k + g` (12 of LSAST's 30 vectors are ever used); needed to
+    /// paint with the authors' checkpoints.
+    Windows,
+}
+
+impl SlotMap {
+    fn is_separate(&self) -> bool {
+        *self == SlotMap::Separate
+    }
+}
+
 /// A slot of a bank: one denoising stage and one group of cross-attention layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot {
@@ -53,6 +73,9 @@ pub struct LayoutSpec {
     /// Stage of a timestep; `uniform` when absent.
     #[serde(default = "uniform")]
     pub stage_map: StageMap,
+    /// Which vectors a slot reads; `separate` when absent.
+    #[serde(default)]
+    pub slot_map: SlotMap,
 }
 
 fn uniform() -> StageMap {
@@ -70,6 +93,7 @@ impl LayoutSpec {
             self.tokens_per_slot,
             self.stage_map.clone(),
         )
+        .map(|l| l.with_slot_map(self.slot_map))
     }
 }
 
@@ -84,6 +108,7 @@ pub struct Layout {
     num_groups: usize,
     tokens_per_slot: usize,
     stage_map: StageMap,
+    slot_map: SlotMap,
 }
 
 /// The serialised form of [`Layout`], validated by `Layout::new` on the way in.
@@ -96,6 +121,10 @@ struct RawLayout {
     num_groups: usize,
     tokens_per_slot: usize,
     stage_map: StageMap,
+    // Absent in files written before windows existed; not written for `separate`, so those
+    // layouts serialise as before.
+    #[serde(default, skip_serializing_if = "SlotMap::is_separate")]
+    slot_map: SlotMap,
 }
 
 impl TryFrom<RawLayout> for Layout {
@@ -109,6 +138,7 @@ impl TryFrom<RawLayout> for Layout {
             r.tokens_per_slot,
             r.stage_map,
         )
+        .map(|l| l.with_slot_map(r.slot_map))
     }
 }
 
@@ -120,6 +150,7 @@ impl From<Layout> for RawLayout {
             num_groups: l.num_groups,
             tokens_per_slot: l.tokens_per_slot,
             stage_map: l.stage_map,
+            slot_map: l.slot_map,
         }
     }
 }
@@ -172,6 +203,36 @@ impl Layout {
             num_groups,
             tokens_per_slot,
             stage_map,
+            slot_map: SlotMap::Separate,
+        })
+    }
+
+    /// This layout with slots reading their vectors as `slot_map` says.
+    pub fn with_slot_map(mut self, slot_map: SlotMap) -> Self {
+        self.slot_map = slot_map;
+        self
+    }
+
+    /// Which vectors a slot reads.
+    pub fn slot_map(&self) -> SlotMap {
+        self.slot_map
+    }
+
+    /// Where the vectors `slot` reads are stored in the `[S, G, T, D]` vectors: the slot itself,
+    /// or for [`SlotMap::Windows`] the position of flat index `stage + group`. Fails outside
+    /// the layout.
+    pub fn storage_slot(&self, slot: Slot) -> Result<Slot> {
+        self.slot_index(slot)?;
+        Ok(match self.slot_map {
+            SlotMap::Separate => slot,
+            SlotMap::Windows => {
+                // stage + group ≤ S + G − 2 < S · G, since (S − 1)(G − 1) ≥ 0.
+                let flat = slot.stage + slot.group;
+                Slot {
+                    stage: flat / self.num_groups,
+                    group: flat % self.num_groups,
+                }
+            }
         })
     }
 
@@ -375,6 +436,7 @@ mod tests {
             groups: LayerGroups::PerLayer,
             tokens_per_slot: 1,
             stage_map: StageMap::Uniform,
+            slot_map: SlotMap::Separate,
         };
         let l = spec.resolve(&SD15).unwrap();
         assert_eq!((l.num_groups(), l.num_slots()), (16, 16));

@@ -1,7 +1,7 @@
 //! Bank presets: TOML files naming a layout, a parameterisation and a prompt template.
 //!
 //! The built-in presets are the files of the repository's `prompts/` folder, embedded in the
-//! binary: `lsast`, `prospect`, `p-plus`, `ti` and `artbank`. Each documents its fields in
+//! binary: `lsast`, `lsast-official`, `prospect`, `p-plus`, `ti` and `artbank`. Each documents its fields in
 //! comments; a user preset is a file of the same form, read by the caller and parsed with
 //! [`Preset::parse`]. Unknown keys are refused (a typo would otherwise silently fall back to a
 //! default).
@@ -17,8 +17,12 @@ use crate::params::ParamsSpec;
 pub const DEFAULT_PLACEHOLDER: &str = "<easel-style>";
 
 /// The built-in presets: (name, TOML text).
-pub const BUILTIN_PRESETS: [(&str, &str); 5] = [
+pub const BUILTIN_PRESETS: [(&str, &str); 6] = [
     ("lsast", include_str!("../../../prompts/lsast.toml")),
+    (
+        "lsast-official",
+        include_str!("../../../prompts/lsast-official.toml"),
+    ),
     ("prospect", include_str!("../../../prompts/prospect.toml")),
     ("p-plus", include_str!("../../../prompts/p-plus.toml")),
     ("ti", include_str!("../../../prompts/ti.toml")),
@@ -228,6 +232,7 @@ mod tests {
     fn builtin_presets_parse() {
         let cases = [
             ("lsast", 10, 3, 1, "generated"),
+            ("lsast-official", 10, 3, 1, "generated"),
             ("prospect", 10, 1, 1, "direct"),
             ("p-plus", 1, 16, 1, "direct"),
             ("ti", 1, 1, 4, "direct"),
@@ -258,9 +263,23 @@ mod tests {
             Preset::builtin("lsast").unwrap().layout.groups,
             LayerGroups::DownMidUp
         );
+        // The official indexing: stage 4's up group reads vector 6, stored at (2, 0).
+        let official = Preset::builtin("lsast-official").unwrap();
+        let l = official.layout.resolve(&SD15).unwrap();
+        assert_eq!(l.slot_map(), crate::layout::SlotMap::Windows);
+        let slot = |stage, group| crate::layout::Slot { stage, group };
+        assert_eq!(l.storage_slot(slot(4, 2)).unwrap(), slot(2, 0));
+        assert_eq!(l.storage_slot(slot(9, 2)).unwrap(), slot(3, 2));
+        assert!(l.storage_slot(slot(10, 0)).is_err());
+        let separate = Preset::builtin("lsast")
+            .unwrap()
+            .layout
+            .resolve(&SD15)
+            .unwrap();
+        assert_eq!(separate.storage_slot(slot(4, 2)).unwrap(), slot(4, 2));
         let err = Preset::builtin("nope").unwrap_err().to_string();
         assert!(
-            err.contains("lsast, prospect, p-plus, ti, artbank"),
+            err.contains("lsast, lsast-official, prospect, p-plus, ti, artbank"),
             "{err}"
         );
     }
@@ -325,7 +344,7 @@ mod tests {
                 "unknown field `prompts`",
             ),
         ];
-        let direct = BUILTIN_PRESETS[1]
+        let direct = BUILTIN_PRESETS[2]
             .1
             .replace("kind = \"direct\"", "kind = \"direct\"\nheads = 8");
         let cases = cases.into_iter().chain([(direct, "unknown field `heads`")]);

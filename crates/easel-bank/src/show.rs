@@ -84,6 +84,9 @@ impl fmt::Display for BankSummary {
             StageMap::Uniform => writeln!(f, "stage map: uniform")?,
             StageMap::Boundaries(b) => writeln!(f, "stage map: boundaries {b:?}")?,
         }
+        if l.slot_map() == crate::layout::SlotMap::Windows {
+            writeln!(f, "slot map: windows (stage k, group g reads vector k + g)")?;
+        }
         let params = match self.params {
             ParamsSpec::Direct {} => "direct".to_string(),
             ParamsSpec::Generated { heads, mlp_ratio } => {

@@ -10,7 +10,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use easel_bank::bank::Bank;
 use easel_bank::inject::{BankConditioner, ConditionerOptions};
-use easel_bank::layout::{LayoutSpec, StageMap};
+use easel_bank::layout::{LayoutSpec, SlotMap, StageMap};
 use easel_bank::params::{BankParams, ParamsSpec};
 use easel_bank::preset::Preset;
 use easel_diffusion::contexts::{LayerGroups, UNetContexts};
@@ -25,6 +25,7 @@ fn preset(stages: usize, groups: LayerGroups, tokens: usize, params: ParamsSpec)
         groups,
         tokens_per_slot: tokens,
         stage_map: StageMap::Uniform,
+        slot_map: SlotMap::Separate,
     };
     p.params = params;
     p

@@ -12,7 +12,7 @@ use easel_bank::bank::Bank;
 use easel_bank::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use easel_bank::collection::{prepare_examples, TrainExample};
 use easel_bank::inject::init_embedding;
-use easel_bank::layout::{LayoutSpec, Slot, StageMap};
+use easel_bank::layout::{LayoutSpec, Slot, SlotMap, StageMap};
 use easel_bank::params::{InitEmbedding, ParamsSpec};
 use easel_bank::preset::Preset;
 use easel_bank::train::{LrSchedule, TrainConfig, Trainer};
@@ -102,6 +102,7 @@ fn bank_from(sd: &StableDiffusion, stages: usize, init: &InitEmbedding) -> Bank 
         groups: LayerGroups::DownMidUp,
         tokens_per_slot: 2,
         stage_map: StageMap::Uniform,
+        slot_map: SlotMap::Separate,
     };
     p.params = ParamsSpec::Direct {};
     let layout = sd.unet.cross_attention_layout();

@@ -51,8 +51,8 @@ pub struct LearnArgs {
     #[arg(value_name = "COLLECTION")]
     collection: PathBuf,
 
-    /// The bank's layout: a builtin preset (lsast, prospect, p-plus, ti, artbank) or a preset
-    /// TOML file.
+    /// The bank's layout: a builtin preset (lsast, lsast-official, prospect, p-plus, ti,
+    /// artbank) or a preset TOML file.
     #[arg(long, value_name = "NAME|FILE.toml", default_value = "lsast")]
     layout: String,
 
