@@ -13,6 +13,13 @@ ldm/models/diffusion/ddim.py):
   classifier-free guidance.
 - LSAST's ControlNet under guidance: the ControlNet runs once on the conditional context and its
   residuals are added to both halves of the [uncond, cond] UNet batch.
+- LSAST's window indexing (case lsast_windows): the prompt generator's 30 vectors are read as
+  cond[k:k+3] at stage k = int(t * 10 / 1000), one per layer group (down blocks, mid block, up
+  blocks), so layer group g of stage k reads vector k + g. Each group's vector replaces the
+  placeholder's token embedding in the prompt, CLIP encodes it, and forward pre-hooks on every
+  Transformer2DModel of the UNet and the ControlNet give each layer its group's context (the
+  unconditional half stays the empty prompt's). The 30 vectors are random (seeded) and saved,
+  so the test builds the same bank.
 
 The DDIM timesteps of ldm (range(0, 1000, 1000 // steps) + 1) and its alphas_prev
 (alphas_cumprod[0] first) are diffusers' DDIMScheduler with SD's steps_offset=1 and
@@ -24,9 +31,13 @@ Writes crates/easel-pipeline/tests/fixtures/official_cases.safetensors and offic
   <case>/noise.<k>   the k-th random tensor drawn (posterior sample, then the start noise)
   <case>/latents     the final latents (scaled by the VAE's scaling factor)
   <case>/image       [B, 64, 64, 3] the decoded image in [0, 1]
+  lsast_windows/vectors  [30, D] the bank's vectors, slot (k, g) reading row k + g
 The photo and control image are pipeline_cases.safetensors' image_u8 / control_u8.
 
-Usage: /work/pyref/bin/python tools/ref/official_ref.py   (diffusers 0.42.1, torch CPU, f32)
+Read by pipeline_parity.rs (all cases but lsast_windows) and
+crates/easel-bank/tests/official_windows.rs (lsast_windows).
+
+Usage: /work/venv/bin/python tools/ref/official_ref.py   (diffusers 0.42.1, torch CPU, f32)
 """
 
 import json
@@ -61,6 +72,11 @@ CASES = {
         scheduler="dpm++2m", controlnet=True, noise_start="stochastic-inversion",
         control_guidance="cond-only", strength=0.6, batch=2,
     ),
+    "lsast_windows": dict(
+        scheduler="ddim", controlnet=True, noise_start="img2img", control_guidance="cond-only",
+        windows=dict(stages=10, groups=3, template="a painting in the style of {}",
+                     placeholder="<easel-style>"),
+    ),
 }
 DEFAULTS = dict(
     prompt=PROMPT,
@@ -88,12 +104,82 @@ class Noise:
         return x
 
 
+class WindowBank:
+    """LSAST's official indexing: layer group g at stage k reads vector k + g."""
+
+    def __init__(self, pipe, spec, seed):
+        self.stages, self.groups = spec["stages"], spec["groups"]
+        tokenizer, self.clip = pipe.tokenizer, pipe.text_encoder
+        tokenizer.add_tokens([spec["placeholder"]])
+        self.placeholder_id = tokenizer.convert_tokens_to_ids(spec["placeholder"])
+        prompt = spec["template"].replace("{}", spec["placeholder"])
+        self.ids = tokenizer(prompt, padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        assert int((self.ids == self.placeholder_id).sum()) == 1
+        width = self.clip.config.hidden_size
+        gen = torch.Generator().manual_seed(seed)
+        self.vectors = torch.randn(self.stages * self.groups, width, generator=gen) * 0.5
+
+    def encode(self, vector):
+        """CLIP's last hidden state of the template with `vector` as the placeholder."""
+        embedding = self.clip.embeddings.token_embedding
+        mask = self.ids == self.placeholder_id
+        # The added id is outside the token table: look up id 0, then put the vector there.
+        pre = embedding.register_forward_pre_hook(
+            lambda m, args: (args[0].masked_fill(mask, 0),))
+        post = embedding.register_forward_hook(
+            lambda m, args, out: torch.where(mask.unsqueeze(-1), vector, out))
+        try:
+            return self.clip(self.ids).last_hidden_state
+        finally:
+            pre.remove()
+            post.remove()
+
+    def stage_contexts(self, t):
+        k = min(int(t) * self.stages // 1000, self.stages - 1)
+        return [self.encode(self.vectors[k + g]) for g in range(self.groups)]
+
+
+class Routed:
+    """Forward pre-hooks giving each Transformer2DModel its layer group's context: a batch of
+    2B is [uncond x B, group context x B], a batch of B the group context only."""
+
+    def __init__(self, models):
+        self.contexts, self.uncond, self.batch, self.hooks = None, None, 0, []
+        for model in models:
+            blocks = [(0, b) for b in model.down_blocks] + [(1, model.mid_block)]
+            if hasattr(model, "up_blocks"):
+                blocks += [(2, b) for b in model.up_blocks]
+            for group, block in blocks:
+                for attn in getattr(block, "attentions", []) or []:
+                    self.hooks.append(attn.register_forward_pre_hook(
+                        self.hook(group), with_kwargs=True))
+
+    def hook(self, group):
+        def swap(module, args, kwargs):
+            if self.contexts is None:
+                return None
+            ctx, b = self.contexts[group], kwargs["encoder_hidden_states"].shape[0]
+            if b == 2 * self.batch:
+                new = torch.cat([self.uncond.repeat(self.batch, 1, 1),
+                                 ctx.repeat(self.batch, 1, 1)])
+            else:
+                new = ctx.repeat(b, 1, 1)
+            kwargs["encoder_hidden_states"] = new
+            return args, kwargs
+        return swap
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
 def to_tensor(u8):
     """[H, W, 3] uint8 -> [1, 3, H, W] float in [0, 1]."""
     return u8.float().div(255.0).permute(2, 0, 1).unsqueeze(0)
 
 
-def run(case, pipe, controlnet, photo, control, noise):
+def run(case, pipe, controlnet, photo, control, noise, bank=None, routed=None):
     unet, vae = pipe.unet, pipe.vae
     if case["scheduler"] == "ddim":
         sched = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -138,7 +224,11 @@ def run(case, pipe, controlnet, photo, control, noise):
         latents = sched.add_noise(x0, start_noise, timesteps[:1])
 
     contexts = torch.cat([uncond, cond])
+    if routed is not None:
+        routed.uncond, routed.batch = uncond[:1], batch
     for t in timesteps:
+        if routed is not None:
+            routed.contexts = bank.stage_contexts(t)
         model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
         residuals = {}
         if controlnet is not None:
@@ -183,9 +273,16 @@ def main():
         cfg = dict(DEFAULTS, **case)
         settings[name] = cfg
         noise = Noise(2000 + seed)
+        bank = routed = None
+        if "windows" in cfg:
+            bank = WindowBank(pipe, cfg["windows"], 3000 + seed)
+            routed = Routed([pipe.unet, controlnet])
+            out[f"{name}/vectors"] = bank.vectors.contiguous()
         with torch.no_grad():
             latents, image = run(cfg, pipe, controlnet if cfg["controlnet"] else None,
-                                 photo, control, noise)
+                                 photo, control, noise, bank, routed)
+        if routed is not None:
+            routed.remove()
         for k, n in enumerate(noise.draws):
             out[f"{name}/noise.{k}"] = n.contiguous()
         out[f"{name}/latents"] = latents.float().contiguous()
