@@ -225,10 +225,15 @@ pub fn load_bank(
                 let metadata = crate::interop::imported_metadata(name, &imported);
                 (imported.bank, metadata)
             }
-            Err(_) => {
+            // A torch.save file is read only as an official checkpoint: say why it is not one.
+            Err(import) => {
                 return Err(BankFitError::Unreadable {
                     name: name.to_string(),
-                    source,
+                    source: if crate::official::is_torch_save(bytes) {
+                        import
+                    } else {
+                        source
+                    },
                 })
             }
         },

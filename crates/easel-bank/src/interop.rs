@@ -14,8 +14,13 @@
 //! have one slot, so a bank with more slots is refused unless one slot is chosen.
 //!
 //! Imports (diffusers, A1111 `string_to_param.*`, kohya's `emb_params`) give a one-slot
-//! direct bank, or with a sidecar the multi-slot bank it describes. PyTorch pickles (`.bin`,
-//! `.pt`) are refused: convert them to safetensors first.
+//! direct bank, or with a sidecar the multi-slot bank it describes.
+//!
+//! **The official LSAST and ArtBank checkpoints** (`embeddings_gs-*.pt`, pickled prompt
+//! generators) import as the banks their generators compute ([`crate::official`]), and A1111's
+//! own `.pt` embeddings (`string_to_param`) as the safetensors form does, both read as data
+//! (the pickle may name tensors, dicts and the official module classes, nothing else). Other
+//! PyTorch pickles are refused.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,7 +32,7 @@ use crate::bank::Bank;
 use crate::file::{read_safetensors, serialize};
 use crate::layout::{Layout, Slot, SlotMap, StageMap};
 use crate::params::{slot_rows, BankParams, ParamsSpec};
-use crate::preset::{PromptSpec, DEFAULT_PLACEHOLDER};
+use crate::preset::{InferenceDefaults, PromptSpec, DEFAULT_PLACEHOLDER};
 
 /// The `format` of the diffusers sidecar.
 pub const SIDECAR_FORMAT: &str = "easel-bank-diffusers";
@@ -87,6 +92,8 @@ pub enum EmbeddingFormat {
     DiffusersWithSidecar,
     /// AUTOMATIC1111 (`string_to_param.*`) or kohya (`emb_params`).
     A1111,
+    /// An official LSAST or ArtBank checkpoint.
+    Official(crate::official::OfficialKind),
 }
 
 /// An imported embedding.
@@ -99,6 +106,8 @@ pub struct ImportedEmbedding {
     pub name: Option<String>,
     /// The format it was read from.
     pub format: EmbeddingFormat,
+    /// How it paints by default: an official checkpoint's preset defaults, else none.
+    pub inference: InferenceDefaults,
 }
 
 /// What an A1111 export records in its metadata.
@@ -217,14 +226,40 @@ pub fn export_a1111(
 }
 
 /// Imports a textual-inversion embedding (safetensors bytes, format detected from its
-/// tensors); `sidecar` is the JSON of a multi-slot diffusers export. The bank's vectors go to
-/// `device`.
+/// tensors) or an official LSAST / ArtBank checkpoint (a `torch.save` file, see
+/// [`crate::official`]); `sidecar` is the JSON of a multi-slot diffusers export. The bank's
+/// vectors go to `device`.
 pub fn import_embedding(
     bytes: &[u8],
     sidecar: Option<&str>,
     device: &Device,
 ) -> Result<ImportedEmbedding> {
-    let (meta, tensors) = read_safetensors(bytes, "embedding file")?;
+    let (meta, tensors) = if crate::official::is_torch_save(bytes) {
+        let what = "embedding file";
+        let tensors = crate::official::read_torch_save(bytes, what)?;
+        if crate::official::official_kind(&tensors).is_some() {
+            let official = crate::official::import_official_tensors(tensors, what, device)?;
+            return Ok(ImportedEmbedding {
+                bank: official.bank,
+                name: None,
+                format: EmbeddingFormat::Official(official.kind),
+                inference: official.preset.inference,
+            });
+        }
+        if !tensors.contains_key("string_to_param.*") {
+            let mut keys: Vec<_> = tensors.into_keys().collect();
+            keys.sort();
+            bail!(
+                "{what} is a PyTorch file but neither an official LSAST / ArtBank checkpoint \
+                 nor an AUTOMATIC1111 embedding (string_to_param); it holds {}",
+                keys.join(", ")
+            )
+        }
+        // An A1111 `.pt` embedding: its name and step are pickled strings, not kept.
+        (HashMap::new(), tensors)
+    } else {
+        read_safetensors(bytes, "embedding file")?
+    };
     if tensors.contains_key("clip_l") || tensors.contains_key("clip_g") {
         bail!("embedding file is an SDXL embedding (clip_l/clip_g), not for Stable Diffusion 1.x")
     }
@@ -270,7 +305,12 @@ pub fn import_embedding(
     let rows = embedding_rows(rows, name.as_deref().unwrap_or("embedding"))?;
     let layout = Layout::new(1, LayerGroups::Single, 1, rows.dim(0)?, StageMap::Uniform)?;
     let bank = direct_bank(layout, rows, IMPORT_TEMPLATE, device)?;
-    Ok(ImportedEmbedding { bank, name, format })
+    Ok(ImportedEmbedding {
+        bank,
+        name,
+        format,
+        inference: InferenceDefaults::default(),
+    })
 }
 
 /// `[n, D]` f32 rows of an embedding tensor `[D]` or `[n, D]`.
@@ -369,24 +409,30 @@ fn import_with_sidecar(
         bank,
         name: Some(sidecar.name),
         format: EmbeddingFormat::DiffusersWithSidecar,
+        inference: InferenceDefaults::default(),
     })
 }
 
 /// The bank-file metadata of an embedding imported from the file `file_name`: no base model
 /// is known (hash [`crate::conditioning::UNKNOWN_HASH`]), so it loads on any model of its
-/// width, with a warning ([`crate::file::load_bank`]).
+/// width, with a warning ([`crate::file::load_bank`]). An official checkpoint's preset
+/// inference defaults are recorded as a learned bank's are (`training.inference`).
 pub fn imported_metadata(
     file_name: &str,
     imported: &ImportedEmbedding,
 ) -> crate::file::BankMetadata {
+    let mut training = serde_json::json!({
+        "imported_from": file_name,
+        "format": format!("{:?}", imported.format),
+        "name": imported.name,
+    });
+    if !imported.inference.is_empty() {
+        training["inference"] = serde_json::json!(imported.inference);
+    }
     crate::file::BankMetadata {
         base_model: "unknown (imported embedding)".to_string(),
         base_model_hash: crate::conditioning::UNKNOWN_HASH.to_string(),
-        training: serde_json::json!({
-            "imported_from": file_name,
-            "format": format!("{:?}", imported.format),
-            "name": imported.name,
-        }),
+        training,
         collection_hash: String::new(),
         created: easel_core::time::now_rfc3339(),
     }

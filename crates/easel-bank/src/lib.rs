@@ -12,6 +12,7 @@
 //! - [`conditioning`]: a bank file as the pipeline's conditioning, checked against the model.
 //! - [`file`]: the bank file (safetensors + metadata), base-model checks and hash.
 //! - [`interop`]: export to and import from diffusers and AUTOMATIC1111 embeddings.
+//! - [`official`]: the official LSAST and ArtBank checkpoints read as data.
 //! - [`show`]: the summary `easel bank show` prints.
 //! - [`collection`]: the artworks as cached training views (VAE latents, Canny controls).
 //! - [`train`]: the `learn` trainer (inversion with the frozen UNet and ControlNet).
@@ -25,6 +26,7 @@ pub mod file;
 pub mod inject;
 pub mod interop;
 pub mod layout;
+pub mod official;
 pub mod params;
 pub mod preset;
 pub mod show;

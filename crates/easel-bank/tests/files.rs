@@ -234,22 +234,27 @@ fn malformed_bank_files_name_the_problem() {
     assert!(err.contains("no metadata"), "{err}");
 }
 
-/// PyTorch pickles (zip `torch.save` and legacy pickle streams) are refused, pointing to
-/// safetensors.
+/// PyTorch pickles (zip `torch.save` and legacy pickle streams) are not bank files, pointing to
+/// safetensors; as embeddings they are read only as data (official checkpoints, A1111 `.pt`:
+/// `tests/official_import.rs`), and broken ones say why.
 #[test]
 fn pickles_are_refused() {
-    let cases: [&[u8]; 2] = [
-        b"PK\x03\x04archive/data.pkl....",
-        b"\x80\x02\x8a\x0alZ\xfc\x9c",
+    // (bytes, what the import error says)
+    let cases: [(&[u8], &str); 2] = [
+        (
+            b"PK\x03\x04archive/data.pkl....",
+            "not a readable PyTorch zip checkpoint",
+        ),
+        (
+            b"\x80\x02\x8a\x0alZ\xfc\x9c",
+            "is a PyTorch pickle (.bin/.pt/.ckpt); easel does not load pickles",
+        ),
     ];
-    for bytes in cases {
+    for (bytes, problem) in cases {
         let err = import_embedding(bytes, None, &Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("PyTorch pickle") && err.contains("convert it to safetensors"),
-            "{err}"
-        );
+        assert!(err.contains(problem), "{err}");
         let err = read_bank(bytes, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("PyTorch pickle"), "{err}");
     }

@@ -267,7 +267,11 @@ fn diffusers_export_imports_back_bit_for_bit() {
         ],
         None,
     );
-    assert!(error_line(&out).contains("PyTorch pickle"));
+    let line = error_line(&out);
+    assert!(
+        line.contains("not a readable PyTorch zip checkpoint"),
+        "{line}"
+    );
 }
 
 fn photo(dir: &Path) -> PathBuf {
@@ -731,4 +735,101 @@ fn embeddings_install_from_kohya_and_the_hub_and_list_in_their_folder() {
         in_place == installed,
         "the file and its installed copy paint differently"
     );
+}
+
+/// The official LSAST / ArtBank checkpoints (`embeddings_gs-*.pt`, written by
+/// `tools/ref/official_ckpt_ref.py` with 16-d tiny weights) import and install as the banks
+/// their generators compute; a pickle naming `os.system` is refused by both, writing nothing.
+#[test]
+fn official_checkpoints_import_and_install_and_hostile_pickles_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let home = tmp.path().join("home");
+    let official =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../easel-bank/tests/fixtures/official");
+    let expected =
+        candle_core::safetensors::load(official.join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+
+    let out = tmp.path().join("lsast.bank");
+    let lsast_file = official.join("lsast/embeddings_gs-99.pt");
+    let run = easel(&["bank", "import", s(&lsast_file), "-o", s(&out)], None);
+    assert_success(&run);
+    assert!(
+        stderr(&run).contains("from the official LSAST checkpoint, as the lsast-official preset"),
+        "{}",
+        stderr(&run)
+    );
+    let bank = read(&out);
+    let vectors = bank.vectors().unwrap().reshape((30, 16)).unwrap();
+    let diff = (vectors - &expected["lsast.vectors"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 1e-5, "imported vectors differ by {diff}");
+    let run = easel(&["bank", "show", s(&out), "--json"], None);
+    assert_success(&run);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(shown["layout"]["slot_map"], "windows", "{shown}");
+
+    let artbank_file = official.join("artbank/embeddings_gs-99.pt");
+    let entry = installed(
+        &[
+            "styles",
+            "install",
+            s(&artbank_file),
+            "--name",
+            "artbank-official",
+            "--json",
+        ],
+        &cache,
+        &home,
+    );
+    assert_eq!(entry["kind"], "bank");
+    assert_success(&easel_home(
+        &["styles", "verify", "artbank-official"],
+        &cache,
+        &home,
+    ));
+    // The tiny SD's text encoder is 32-d: painting with the 16-d bank is refused, naming both.
+    let photo = photo(tmp.path());
+    let run = stylize_tiny(
+        &cache,
+        &home,
+        &photo,
+        "2",
+        &["--use", "artbank-official"],
+        &tmp.path().join("art.png"),
+    );
+    let line = error_line(&run);
+    assert!(line.contains("16-d") && line.contains("32-d"), "{line}");
+
+    let evil = official.join("evil/embeddings_gs-1.pt");
+    let refused = tmp.path().join("evil.bank");
+    let line = error_line(&easel(
+        &["bank", "import", s(&evil), "-o", s(&refused)],
+        None,
+    ));
+    assert!(
+        line.contains("references posix.system, which could run code"),
+        "{line}"
+    );
+    assert!(!refused.exists());
+    let run = easel_home(&["styles", "install", s(&evil)], &cache, &home);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("posix.system"), "{}", stderr(&run));
+    let run = easel_home(&["styles", "list", "--json"], &cache, &home);
+    assert_success(&run);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["artbank-official"]);
 }

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_core::LoadOptions;
 use easel_fast::import::adain::{load_adain, read_weights};
 use easel_fast::import::stytr::{load_stytr, Settings};
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 
 mod common;
 use common::{assert_success, easel_command, s, stderr};

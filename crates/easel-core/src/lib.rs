@@ -11,6 +11,7 @@
 //! * [`label`]: text on images (grid and contact-sheet labels).
 //! * [`rng`]: the seeded generator every seeded computation draws from.
 //! * [`safetensors_writer`]: the one safetensors writer, byte-for-byte reproducible.
+//! * [`torch_checkpoint`]: PyTorch `torch.save` files read without executing them.
 //! * [`training`]: the Adam/AdamW update and checkpoint files shared by the trainers.
 //! * [`HubResolver`] / [`WeightSource`]: model weights from the Hugging Face
 //!   cache, the hub, or local folders, with one clear error for missing files.
@@ -35,6 +36,7 @@ pub mod safetensors_writer;
 pub mod stats;
 pub mod tensor;
 pub mod time;
+pub mod torch_checkpoint;
 pub mod training;
 
 pub use atomic::{write_atomic, write_output};

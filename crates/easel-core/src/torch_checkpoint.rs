@@ -36,12 +36,19 @@
 //! `build_doublelist` / `build_boollist` (lists of constants). The archive's `code/` (the
 //! TorchScript program) and `constants.pkl` are never read.
 //!
+//! Pickled module objects (`torch.save({"attention": module, ...})`, as the official LSAST and
+//! ArtBank code saves its prompt generators) are read by [`read_module_checkpoint`]: the caller
+//! names exactly the classes the file may hold (`ldm.modules.attention.CrossAttention`,
+//! `torch.nn.modules.linear.Linear`, …), each rebuilt as an attribute record and never
+//! instantiated, plus `set` (an empty `nn.Module` field); a module's tensors are named as in its
+//! state dict (`attention.attn1.to_q.weight`).
+//!
 //! Paper of the networks this was written for: Huang & Belongie, "Arbitrary Style Transfer in
 //! Real-time with Adaptive Instance Normalization", 2017, <https://arxiv.org/abs/1703.06868>
 //! (checkpoints `vgg_normalised.pth` and `decoder.pth` of naoto0804/pytorch-AdaIN).
 
+use crate::safetensors_writer::{safetensors_bytes, TensorBytes};
 use candle_core::{bail, DType, Device, Result, Tensor};
-use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
@@ -53,6 +60,9 @@ const MAX_PICKLE_BYTES: u64 = 256 << 20;
 const MAX_EXPANDED_ELEMENTS: usize = 1 << 26;
 /// Deepest nesting of dicts flattened into tensor names.
 const MAX_DICT_DEPTH: usize = 16;
+/// Most dict entries and attributes a walk visits: containers shared through the memo are
+/// walked once per reference, so a small file can describe an exponentially large tree.
+const MAX_VISITS: usize = 1 << 20;
 /// The first pickle of a legacy (non-zip) checkpoint: `torch.serialization.MAGIC_NUMBER`
 /// (0x1950a86a20f9469cfc6c, 80 bits) as protocol 2 writes it: PROTO 2, LONG1 of 10 bytes, STOP.
 const LEGACY_MAGIC: [u8; 15] = [
@@ -60,6 +70,12 @@ const LEGACY_MAGIC: [u8; 15] = [
 ];
 /// Second pickle of a legacy checkpoint: `torch.serialization.PROTOCOL_VERSION`.
 const LEGACY_PROTOCOL: i64 = 1001;
+
+/// Whether `bytes` start as a `torch.save` file: a zip archive, or the legacy stream's magic
+/// number.
+pub fn is_torch_save(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&LEGACY_MAGIC)
+}
 
 /// Reads every tensor of a PyTorch checkpoint (`torch.save` of a state dict, zip or legacy
 /// format) without executing any of it. `source_name` names the file in error messages.
@@ -120,9 +136,9 @@ impl RawTensor {
 
 fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
     let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, source_name, false)?
+        read_zip(bytes, source_name, Classes::None)?
     } else if bytes.starts_with(&LEGACY_MAGIC) {
-        read_legacy(bytes, source_name)?
+        read_legacy(bytes, source_name, Classes::None)?
     } else {
         bail!(
             "{source_name}: not a PyTorch checkpoint (neither a torch.save zip archive nor a \
@@ -130,7 +146,7 @@ fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
         )
     };
     let mut refs = Vec::new();
-    collect_tensors(&root, "", 0, source_name, &mut refs)?;
+    collect_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
     if refs.is_empty() {
         bail!("{source_name}: the checkpoint holds no tensors")
     }
@@ -158,12 +174,53 @@ pub fn read_torchscript_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(
     if !bytes.starts_with(b"PK\x03\x04") {
         bail!("{source_name}: not a TorchScript archive (not a zip file)")
     }
-    let (root, storages) = read_zip(bytes, source_name, true)?;
+    let (root, storages) = read_zip(bytes, source_name, Classes::TorchScript)?;
     let mut refs = Vec::new();
-    collect_module_tensors(&root, "", 0, source_name, &mut refs)?;
+    collect_module_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
     if refs.is_empty() {
         bail!("{source_name}: the TorchScript archive holds no tensors")
     }
+    tensors_of(refs, &storages, source_name)
+}
+
+/// Reads every tensor of a `torch.save` of Python objects whose classes are all in `classes`
+/// (`module.Name`, e.g. `torch.nn.modules.linear.Linear`) without executing any of it. Objects
+/// are rebuilt as attribute records, never instantiated; a pickle naming any other class or
+/// callable is refused with an error naming it.
+///
+/// Tensors are named by their path from the root: dict keys, and for a module its state-dict
+/// names (`_parameters`, `_buffers` and `_modules` entries), e.g.
+/// `attention.ff.net.0.proj.weight`; tensor attributes of plain objects by attribute name.
+pub fn read_module_checkpoint(
+    bytes: &[u8],
+    source_name: &str,
+    classes: &[&str],
+) -> Result<Vec<(String, Tensor)>> {
+    let classes = Classes::Listed(classes);
+    let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
+        read_zip(bytes, source_name, classes)?
+    } else if bytes.starts_with(&LEGACY_MAGIC) {
+        read_legacy(bytes, source_name, classes)?
+    } else {
+        bail!(
+            "{source_name}: not a PyTorch checkpoint (neither a torch.save zip archive nor a \
+             legacy torch.save stream)"
+        )
+    };
+    let mut refs = Vec::new();
+    collect_object_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
+    if refs.is_empty() {
+        bail!("{source_name}: the checkpoint holds no tensors")
+    }
+    tensors_of(refs, &storages, source_name)
+}
+
+/// The named tensor references as tensors, gathered from their storages.
+fn tensors_of(
+    refs: Vec<(String, Rc<TensorRef>)>,
+    storages: &Storages,
+    source_name: &str,
+) -> Result<Vec<(String, Tensor)>> {
     refs.into_iter()
         .map(|(name, t)| {
             let data = storages.get(&*t.storage.key).ok_or_else(|| {
@@ -179,6 +236,61 @@ pub fn read_torchscript_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(
         .collect()
 }
 
+/// Walks pickled dicts and objects (see [`read_module_checkpoint`]) and lists their tensors by
+/// state-dict name.
+fn collect_object_tensors(
+    v: &Value,
+    prefix: &str,
+    depth: usize,
+    source: &str,
+    out: &mut Vec<(String, Rc<TensorRef>)>,
+    visits: &mut usize,
+) -> Result<()> {
+    if depth > MAX_DICT_DEPTH {
+        bail!("{source}: objects nested deeper than {MAX_DICT_DEPTH} levels")
+    }
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    let entries = match v {
+        Value::Tensor(t) => {
+            out.push((prefix.to_string(), t.clone()));
+            return Ok(());
+        }
+        Value::Dict(d) => d.borrow().clone(),
+        Value::Object(obj) => obj.attrs.borrow().clone(),
+        _ => return Ok(()),
+    };
+    let in_module = matches!(v, Value::Object(_));
+    for (k, v) in &entries {
+        count_visit(visits, source)?;
+        let key = match k {
+            Value::Str(s) => s.to_string(),
+            Value::Int(i) => i.to_string(),
+            other => bail!("{source}: a dict key is a {}, not a string", other.kind()),
+        };
+        // A module's parameters, buffers and submodules are named without their field.
+        let state_field =
+            in_module && matches!(key.as_str(), "_parameters" | "_buffers" | "_modules");
+        match v {
+            Value::Dict(_) if state_field => {
+                collect_object_tensors(v, prefix, depth + 1, source, out, visits)?
+            }
+            // Hooks and other bookkeeping dicts of a module hold no weights.
+            Value::Dict(_) if in_module => {}
+            Value::Tensor(_) | Value::Dict(_) | Value::Object(_) => {
+                collect_object_tensors(v, &join(&key), depth + 1, source, out, visits)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Walks a TorchScript module object tree (objects whose attributes are other modules, tensors
 /// and plain values) and lists its tensors by attribute path.
 fn collect_module_tensors(
@@ -187,6 +299,7 @@ fn collect_module_tensors(
     depth: usize,
     source: &str,
     out: &mut Vec<(String, Rc<TensorRef>)>,
+    visits: &mut usize,
 ) -> Result<()> {
     let Value::Object(obj) = v else {
         bail!(
@@ -198,6 +311,7 @@ fn collect_module_tensors(
         bail!("{source}: modules nested deeper than {MAX_DICT_DEPTH} levels")
     }
     for (k, v) in obj.attrs.borrow().iter() {
+        count_visit(visits, source)?;
         let Value::Str(key) = k else {
             bail!(
                 "{source}: an attribute name of {} is a {}, not a string",
@@ -212,7 +326,7 @@ fn collect_module_tensors(
         };
         match v {
             Value::Tensor(t) => out.push((name, t.clone())),
-            Value::Object(_) => collect_module_tensors(v, &name, depth + 1, source, out)?,
+            Value::Object(_) => collect_module_tensors(v, &name, depth + 1, source, out, visits)?,
             _ => {}
         }
     }
@@ -253,8 +367,12 @@ enum Global {
     RebuildTensor,
     RebuildParameter,
     Storage(StorageType),
-    /// A TorchScript module class (`__torch__.…`), only in TorchScript archives.
-    ScriptClass,
+    /// An object class: a TorchScript module class (`__torch__.…`), only in TorchScript
+    /// archives, or one of the classes a caller of [`read_module_checkpoint`] listed.
+    Class,
+    /// `set` (`__builtin__.set` in protocol 2), only with listed classes: `nn.Module`'s
+    /// `_non_persistent_buffers_set`.
+    Set,
     /// `torch.jit._pickle.build_{int,double,bool}list`, only in TorchScript archives.
     BuildList,
 }
@@ -271,11 +389,33 @@ fn is_dotted_identifier(s: &str) -> bool {
         })
 }
 
-fn allowed_global(module: &str, name: &str, script: bool) -> Option<Global> {
-    if script {
+/// Which object classes a pickle may name; they are never instantiated.
+#[derive(Debug, Clone, Copy)]
+enum Classes<'a> {
+    /// None: a state dict.
+    None,
+    /// TorchScript module classes (`__torch__.…`) and its constant-list builders.
+    TorchScript,
+    /// Exactly these `module.Name` classes, and `set`.
+    Listed(&'a [&'a str]),
+}
+
+fn allowed_global(module: &str, name: &str, classes: Classes<'_>) -> Option<Global> {
+    if let Classes::Listed(listed) = classes {
+        let listed = listed
+            .iter()
+            .any(|c| c.rsplit_once('.') == Some((module, name)));
+        if listed {
+            return Some(Global::Class);
+        }
+        if matches!((module, name), ("builtins" | "__builtin__", "set")) {
+            return Some(Global::Set);
+        }
+    }
+    if let Classes::TorchScript = classes {
         let torch_class = module == "__torch__" || module.starts_with("__torch__.");
         if torch_class && is_dotted_identifier(module) && is_dotted_identifier(name) {
-            return Some(Global::ScriptClass);
+            return Some(Global::Class);
         }
         if module == "torch.jit._pickle"
             && matches!(
@@ -378,10 +518,21 @@ impl Value {
     }
 }
 
-fn refuse_global(source: &str, module: &str, name: &str) -> candle_core::Error {
+fn refuse_global(
+    source: &str,
+    module: &str,
+    name: &str,
+    classes: Classes<'_>,
+) -> candle_core::Error {
+    let accepted = match classes {
+        Classes::Listed(listed) => format!(
+            "only tensors and the classes {} are accepted",
+            listed.join(", ")
+        ),
+        _ => "only plain tensor checkpoints are accepted".to_string(),
+    };
     candle_core::Error::Msg(format!(
-        "refusing to load {source}: it references {module}.{name}, which could run code; only \
-         plain tensor checkpoints are accepted"
+        "refusing to load {source}: it references {module}.{name}, which could run code; {accepted}"
     ))
 }
 
@@ -415,8 +566,8 @@ struct Unpickler<'a> {
     source: &'a str,
     /// Storages named by persistent ids, in order of first appearance.
     storages: Vec<Rc<StorageRef>>,
-    /// Reading a TorchScript archive: module classes, `NEWOBJ` and object `BUILD` are allowed.
-    script: bool,
+    /// The object classes allowed; with any, `NEWOBJ` and object `BUILD` are too.
+    classes: Classes<'a>,
 }
 
 impl<'a> Unpickler<'a> {
@@ -429,13 +580,13 @@ impl<'a> Unpickler<'a> {
             memo: HashMap::new(),
             source,
             storages: Vec::new(),
-            script: false,
+            classes: Classes::None,
         }
     }
 
-    fn new_script(data: &'a [u8], source: &'a str) -> Self {
+    fn with_classes(data: &'a [u8], source: &'a str, classes: Classes<'a>) -> Self {
         Self {
-            script: true,
+            classes,
             ..Self::new(data, source)
         }
     }
@@ -542,8 +693,8 @@ impl<'a> Unpickler<'a> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<()> {
-        match allowed_global(module, name, self.script) {
-            Some(Global::ScriptClass) => {
+        match allowed_global(module, name, self.classes) {
+            Some(Global::Class) => {
                 self.stack
                     .push(Value::Class(format!("{module}.{name}").into()));
                 Ok(())
@@ -552,7 +703,7 @@ impl<'a> Unpickler<'a> {
                 self.stack.push(Value::Global(g));
                 Ok(())
             }
-            None => Err(refuse_global(self.source, module, name)),
+            None => Err(refuse_global(self.source, module, name, self.classes)),
         }
     }
 
@@ -642,6 +793,10 @@ impl<'a> Unpickler<'a> {
                 Some(l @ Value::List(_)) if args.len() == 1 => Ok(l.clone()),
                 _ => Err(self.corrupt("build_intlist without one list argument")),
             },
+            // The set's items are never needed (module bookkeeping).
+            Value::Global(Global::Set) if args.len() <= 1 => {
+                Ok(Value::List(Rc::new(RefCell::new(Vec::new()))))
+            }
             Value::Global(Global::RebuildParameter) => match args.first() {
                 Some(t @ Value::Tensor(_)) => Ok(t.clone()),
                 _ => Err(self.corrupt("_rebuild_parameter without a tensor")),
@@ -820,8 +975,8 @@ impl<'a> Unpickler<'a> {
                     let v = self.reduce(callable, args)?;
                     self.stack.push(v)
                 }
-                0x81 if self.script => {
-                    // NEWOBJ of a TorchScript module class: an empty attribute record.
+                0x81 if !matches!(self.classes, Classes::None) => {
+                    // NEWOBJ of an allowed class: an empty attribute record.
                     let args = self.pop()?;
                     let class = self.pop()?;
                     let Value::Class(class) = class else {
@@ -943,7 +1098,7 @@ fn read_entry<R: Read + std::io::Seek>(
     Ok(out)
 }
 
-fn read_zip(bytes: &[u8], source: &str, script: bool) -> Result<(Value, Storages)> {
+fn read_zip(bytes: &[u8], source: &str, classes: Classes<'_>) -> Result<(Value, Storages)> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| zip_err(source, e))?;
     let mut pkl_names = Vec::new();
     for name in zip.file_names() {
@@ -970,11 +1125,7 @@ fn read_zip(bytes: &[u8], source: &str, script: bool) -> Result<(Value, Storages
         }
     }
     let pkl = read_entry(&mut zip, pkl_name, MAX_PICKLE_BYTES, source)?;
-    let mut up = if script {
-        Unpickler::new_script(&pkl, source)
-    } else {
-        Unpickler::new(&pkl, source)
-    };
+    let mut up = Unpickler::with_classes(&pkl, source, classes);
     let root = up.load()?;
     let mut storages = Storages::new();
     for s in &up.storages {
@@ -1003,10 +1154,10 @@ fn storage_bytes(s: &StorageRef, dtype: DType, source: &str) -> Result<usize> {
         .ok_or_else(|| candle_core::Error::Msg(format!("{source}: storage {} too large", s.key)))
 }
 
-fn read_legacy(bytes: &[u8], source: &str) -> Result<(Value, Storages)> {
+fn read_legacy(bytes: &[u8], source: &str, classes: Classes<'_>) -> Result<(Value, Storages)> {
     let mut pos = LEGACY_MAGIC.len();
     let mut next = |what: &str| -> Result<(Value, Vec<Rc<StorageRef>>)> {
-        let mut up = Unpickler::new(&bytes[pos..], source);
+        let mut up = Unpickler::with_classes(&bytes[pos..], source, classes);
         let v = up
             .load()
             .map_err(|e| candle_core::Error::Msg(format!("{e} (legacy checkpoint, {what})")))?;
@@ -1072,6 +1223,18 @@ fn read_legacy(bytes: &[u8], source: &str) -> Result<(Value, Storages)> {
     Ok((root, storages))
 }
 
+/// Counts one visited entry of a walk; fails past [`MAX_VISITS`].
+fn count_visit(visits: &mut usize, source: &str) -> Result<()> {
+    *visits += 1;
+    if *visits > MAX_VISITS {
+        bail!(
+            "{source}: the checkpoint's dicts and objects have more than {MAX_VISITS} entries in \
+             all (containers shared many times over)"
+        )
+    }
+    Ok(())
+}
+
 /// Walks the unpickled object and lists its tensors with their (flattened) names.
 fn collect_tensors(
     v: &Value,
@@ -1079,6 +1242,7 @@ fn collect_tensors(
     depth: usize,
     source: &str,
     out: &mut Vec<(String, Rc<TensorRef>)>,
+    visits: &mut usize,
 ) -> Result<()> {
     let Value::Dict(d) = v else {
         bail!(
@@ -1090,6 +1254,7 @@ fn collect_tensors(
         bail!("{source}: dicts nested deeper than {MAX_DICT_DEPTH} levels")
     }
     for (k, v) in d.borrow().iter() {
+        count_visit(visits, source)?;
         let key = match k {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
@@ -1102,7 +1267,7 @@ fn collect_tensors(
         };
         match v {
             Value::Tensor(t) => out.push((name, t.clone())),
-            Value::Dict(_) => collect_tensors(v, &name, depth + 1, source, out)?,
+            Value::Dict(_) => collect_tensors(v, &name, depth + 1, source, out, visits)?,
             _ => {}
         }
     }
@@ -1235,7 +1400,7 @@ ctorch\nFloatStorage\nU\x010U\x03cpuK\x03tQK\x01K\x02\x85K\x01\x85tRu.";
         let mut up = Unpickler::new(pkl, "t.pkl");
         let root = up.load()?;
         let mut refs = Vec::new();
-        collect_tensors(&root, "", 0, "t.pkl", &mut refs)?;
+        collect_tensors(&root, "", 0, "t.pkl", &mut refs, &mut 0)?;
         let [(name, t)] = refs.as_slice() else {
             panic!("{} tensors", refs.len())
         };
@@ -1282,6 +1447,38 @@ ctorch\nFloatStorage\nU\x010U\x03cpuK\x03tQK\x01K\x02\x85K\x01\x85tRu.";
             panic!("not a list")
         };
         assert_eq!(l.borrow().len(), 2);
+        Ok(())
+    }
+
+    /// Dicts of 64 references to the dict below, 8 levels deep: a 4 KB pickle describing 64⁸
+    /// entries. The walks stop at their visit budget instead of running for years.
+    #[test]
+    fn widely_shared_containers_stop_the_walk() -> Result<()> {
+        fn level(i: u8) -> Vec<u8> {
+            let mut p = vec![b'}', b'q', i];
+            if i > 0 {
+                p.push(b'(');
+                p.extend(b"X\x01\x00\x00\x00k");
+                p.extend(level(i - 1));
+                for _ in 1..64 {
+                    p.extend(b"X\x01\x00\x00\x00k");
+                    p.extend([b'h', i - 1]);
+                }
+                p.push(b'u');
+            }
+            p
+        }
+        let mut pkl = b"\x80\x02".to_vec();
+        pkl.extend(level(8));
+        pkl.push(b'.');
+        assert!(pkl.len() < 5000);
+        let root = unpickle(&pkl)?;
+        let budget = |e: candle_core::Error| {
+            let e = e.to_string();
+            assert!(e.contains("more than 1048576 entries"), "{e}");
+        };
+        budget(collect_tensors(&root, "", 0, "t.pkl", &mut Vec::new(), &mut 0).unwrap_err());
+        budget(collect_object_tensors(&root, "", 0, "t.pkl", &mut Vec::new(), &mut 0).unwrap_err());
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, Result};
 use candle_nn::VarBuilder;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_fast::stytr::{Config, StyTr};
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! photo's features the painting's per-channel mean and standard deviation; a decoder trained for
 //! that renders the result. Port of naoto0804/pytorch-AdaIN (`net.py`, `function.py`,
 //! `test.py`): the checkpoints `vgg_normalised.pth` and `decoder.pth` load as they are through
-//! [`crate::import::torch_zip::read_torch_checkpoint`] (state-dict keys are the
+//! [`easel_core::torch_checkpoint::read_torch_checkpoint`] (state-dict keys are the
 //! `nn.Sequential` indices: `1.weight`, `5.weight`, … `28.bias` for the decoder).
 //!
 //! [`AdaIN::stylize`] offers the paper's user controls:
@@ -35,7 +35,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
 //! use easel_fast::adain::{AdaIN, Config};
-//! use easel_fast::import::torch_zip::read_torch_checkpoint;
+//! use easel_core::torch_checkpoint::read_torch_checkpoint;
 //! # fn main() -> candle_core::Result<()> {
 //! let dev = Device::Cpu;
 //! let load = |path: &str| -> candle_core::Result<VarBuilder<'static>> {

@@ -22,7 +22,7 @@
 //! pyramidal encoding after PyramidStyler; see [`crate::stytr_pe`].
 //!
 //! Weights: the state dicts of the public checkpoints load as they are, through
-//! [`crate::import::torch_zip::read_torch_checkpoint`]: `transformer_iter_*.pth`
+//! [`easel_core::torch_checkpoint::read_torch_checkpoint`]: `transformer_iter_*.pth`
 //! (`encoder_c.layers.{i}.self_attn.in_proj_weight`, … `decoder.norm.bias`, `new_ps.weight`),
 //! `embedding_iter_*.pth` (`proj.weight`, `proj.bias`) and `decoder_iter_*.pth` (`1.weight` …
 //! `28.bias`).
@@ -51,7 +51,7 @@
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
-//! use easel_fast::import::torch_zip::read_torch_checkpoint;
+//! use easel_core::torch_checkpoint::read_torch_checkpoint;
 //! use easel_fast::stytr::{Config, StyTr};
 //! # fn main() -> candle_core::Result<()> {
 //! let dev = Device::Cpu;

@@ -19,7 +19,7 @@
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarBuilder;
-//! use easel_fast::import::torch_zip::read_torch_checkpoint;
+//! use easel_core::torch_checkpoint::read_torch_checkpoint;
 //! use easel_fast::vgg::{Config, Layer, VggEncoder};
 //! # fn main() -> candle_core::Result<()> {
 //! let dev = Device::Cpu;

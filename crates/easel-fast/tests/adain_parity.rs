@@ -2,7 +2,7 @@
 //! reference modules of `tools/ref/adain_ref.py` (naoto0804/pytorch-AdaIN `net.py` /
 //! `function.py` / `test.py`, widths ÷ 8, random weights, seed 0). The weights are read from the
 //! script's `torch.save` checkpoints (`adain_vgg_tiny.pth`, `adain_decoder_tiny.pth`) through
-//! `easel_fast::import::torch_zip`; inputs and expected outputs are in `adain_cases.safetensors`.
+//! `easel_core::torch_checkpoint`; inputs and expected outputs are in `adain_cases.safetensors`.
 
 use candle_core::{DType, Device, Result, Tensor};
 use easel_fast::adain::{AdaIN, Config};

@@ -7,9 +7,9 @@
 //! `EASEL_WRITE_WEIGHTS=1 cargo test -p easel-fast --test efficientnet_import`
 
 use candle_core::{DType, Result};
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_fast::efficientnet::{Config, EMBEDDED_WEIGHTS};
 use easel_fast::import::efficientnet::{expected_tensors, import_efficientnet_lite0};
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use std::path::PathBuf;
 
 fn manifest() -> PathBuf {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_fast::adain::{self, Decoder};
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use easel_fast::losses::{
     adain_loss, feature_identity_loss, mse, normalized_content_loss, style_loss, LossWeights,
 };

@@ -1,7 +1,7 @@
 //! Parity of `easel_fast::stytr::StyTr` with the PyTorch reference modules of
 //! `tools/ref/stytr_ref.py` (diyiiyiii/StyTR-2's transformer / embedding / decoder in eval mode,
 //! tiny widths, random weights, seed 0). Weights are read from the script's `torch.save`
-//! checkpoints through `easel_fast::import::torch_zip`; inputs (a 100×70 photo, an 84×60 style,
+//! checkpoints through `easel_core::torch_checkpoint`; inputs (a 100×70 photo, an 84×60 style,
 //! both padded to multiples of 8) and expected outputs are in `stytr_cases.safetensors`.
 
 use candle_core::{DType, Device, Result, Tensor};

@@ -1,4 +1,4 @@
-//! `easel_fast::import::torch_zip`: PyTorch checkpoints read without executing anything.
+//! `easel_core::torch_checkpoint`: PyTorch checkpoints read without executing anything.
 //!
 //! Fixtures (`tests/fixtures/adain_*.pth`, expected values in `adain_cases.safetensors`) are
 //! written by `tools/ref/adain_ref.py` with `torch.save` (zip and legacy formats); the malicious
@@ -6,7 +6,7 @@
 //! The AdaIN parity test (`adain_parity.rs`) loads its weights through the same reader.
 
 use candle_core::{DType, Device, Result, Tensor};
-use easel_fast::import::torch_zip::{read_torch_checkpoint, torch_to_safetensors};
+use easel_core::torch_checkpoint::{read_torch_checkpoint, torch_to_safetensors};
 use std::collections::HashMap;
 
 fn fixture_bytes(name: &str) -> Vec<u8> {

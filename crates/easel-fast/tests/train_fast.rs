@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Result, Tensor};
-use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_fast::stytr::{self, StyTr};
 use easel_fast::train::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use easel_fast::train::{

@@ -1,7 +1,7 @@
 //! Parity of `easel_fast::vgg::VggEncoder` ("vgg_normalised" VGG-19) with the PyTorch `vgg`
 //! `nn.Sequential` of naoto0804/pytorch-AdaIN `net.py`, rebuilt with widths ÷ 8 and random
 //! weights (seed 0) by `tools/ref/adain_ref.py`. The weights are read from the script's
-//! `torch.save` checkpoint `adain_vgg_tiny.pth` through `easel_fast::import::torch_zip`; the
+//! `torch.save` checkpoint `adain_vgg_tiny.pth` through `easel_core::torch_checkpoint`; the
 //! input picture and the five expected activations are in `adain_cases.safetensors`.
 
 use candle_core::{DType, Device, Result, Tensor};

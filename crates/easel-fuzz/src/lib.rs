@@ -128,11 +128,12 @@ pub fn onnx_import(data: &[u8]) {
     let _ = easel_fast::import::arbitrary::import_arbitrary(data, data);
 }
 
-/// PyTorch checkpoints: the zip and legacy `torch.save` formats, their pickle VM, and
-/// TorchScript archives.
+/// PyTorch checkpoints: the zip and legacy `torch.save` formats, their pickle VM, TorchScript
+/// archives, and pickled modules (the official LSAST / ArtBank checkpoints, imported as banks).
 pub fn torch_checkpoint(data: &[u8]) {
-    let _ = easel_fast::import::torch_zip::read_torch_checkpoint(data, "fuzz.pth");
-    let _ = easel_fast::import::torch_zip::read_torchscript_tensors(data, "fuzz.pt");
+    let _ = easel_core::torch_checkpoint::read_torch_checkpoint(data, "fuzz.pth");
+    let _ = easel_core::torch_checkpoint::read_torchscript_tensors(data, "fuzz.pt");
+    let _ = easel_bank::official::import_official(data, "fuzz.pt", &Device::Cpu);
     let _ = easel_fast::import::adain::read_weights(data, "fuzz.pth");
 }
 

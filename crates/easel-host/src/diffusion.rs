@@ -111,8 +111,13 @@ pub fn bank_defaults(path: &std::path::Path) -> Result<InferenceDefaults> {
     };
     match easel_bank::file::read_bank(&bytes, &Device::Cpu) {
         Ok((_, metadata)) => metadata.inference_defaults().map_err(unreadable),
-        // Not a bank file (an embedding, imported when it is loaded): no defaults.
-        Err(_) => Ok(InferenceDefaults::default()),
+        // Not a bank file: an embedding, imported when it is loaded, paints with the defaults
+        // of its import (an official checkpoint's preset's; none for textual inversion).
+        Err(_) => Ok(
+            easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
+                .map(|imported| imported.inference)
+                .unwrap_or_default(),
+        ),
     }
 }
 

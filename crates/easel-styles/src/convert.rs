@@ -157,16 +157,18 @@ impl PluginSource {
                     .map(String::as_str)
                 {
                     Some(easel_bank::file::FORMAT) => Ok(PluginSource::BankFile(path)),
-                    _ if easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
-                        .is_ok() =>
-                    {
-                        Ok(PluginSource::Embedding(path))
-                    }
-                    _ => Err(source_error(
-                        "is neither an easel plugin, a bank file nor a textual-inversion \
-                         embedding"
-                            .to_string(),
-                    )),
+                    _ => match easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu) {
+                        Ok(_) => Ok(PluginSource::Embedding(path)),
+                        // A torch.save file can only be an official checkpoint: say why not.
+                        Err(e) if easel_bank::official::is_torch_save(&bytes) => {
+                            Err(source_error(e.to_string()))
+                        }
+                        Err(_) => Err(source_error(
+                            "is neither an easel plugin, a bank file nor a textual-inversion \
+                             embedding"
+                                .to_string(),
+                        )),
+                    },
                 }
             }
         }

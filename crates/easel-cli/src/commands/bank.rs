@@ -11,9 +11,10 @@ use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use easel_bank::file::{read_bank, save_bank, BankMetadata};
 use easel_bank::interop::{
-    export_a1111, export_diffusers, import_embedding, imported_metadata, A1111Info,
+    export_a1111, export_diffusers, import_embedding, imported_metadata, A1111Info, EmbeddingFormat,
 };
 use easel_bank::layout::Slot;
+use easel_bank::official::OfficialKind;
 use easel_bank::show::BankSummary;
 
 use easel_core::hash::sha256_hex;
@@ -80,12 +81,13 @@ struct ExportArgs {
     output: PathBuf,
 }
 
-/// Import a diffusers or AUTOMATIC1111 textual-inversion embedding (safetensors; PyTorch
-/// pickles are refused) as a bank file.
+/// Import a diffusers or AUTOMATIC1111 textual-inversion embedding (safetensors), or an
+/// official LSAST / ArtBank checkpoint (embeddings_gs-*.pt, read as data; other PyTorch
+/// pickles are refused), as a bank file.
 #[derive(Args)]
 struct ImportArgs {
-    /// The embedding: learned_embeds.safetensors (diffusers), or an A1111 / kohya
-    /// .safetensors embedding.
+    /// The embedding: learned_embeds.safetensors (diffusers), an A1111 / kohya .safetensors
+    /// embedding, or the official code's embeddings_gs-*.pt.
     #[arg(value_name = "EMBEDDING")]
     embedding: PathBuf,
 
@@ -94,8 +96,8 @@ struct ImportArgs {
     #[arg(long, value_name = "JSON")]
     sidecar: Option<PathBuf>,
 
-    /// The bank file to write (.bank). Embeddings carry no base-model hash, so using the
-    /// bank with `easel stylize --bank` needs --force-bank.
+    /// The bank file to write (.bank). Embeddings carry no base-model hash: the bank paints on
+    /// any model of its width, with a warning.
     #[arg(short, long, value_name = "OUT.bank")]
     output: PathBuf,
 }
@@ -237,9 +239,20 @@ fn import(a: &ImportArgs) -> Result<()> {
     inputs.extend(a.sidecar.as_deref());
     easel_core::write_output(&a.output, &out, &inputs)?;
     let l = imported.bank.layout();
+    let from = match imported.format {
+        EmbeddingFormat::Official(kind) => format!(
+            "the official {} checkpoint, as the {} preset reads it",
+            match kind {
+                OfficialKind::Lsast => "LSAST",
+                OfficialKind::ArtBank => "ArtBank",
+            },
+            kind.preset()
+        ),
+        _ => "a textual-inversion embedding".to_string(),
+    };
     eprintln!(
-        "wrote {} ({} stages x {} groups x {} tokens of {} dims; no base-model hash: use \
-         --force-bank with easel stylize --bank)",
+        "wrote {} from {from}: {} stages x {} groups x {} tokens of {} dims; it records no base \
+         model, so it paints on any model of that width, with a warning",
         a.output.display(),
         l.stages(),
         l.num_groups(),

@@ -1,5 +1,5 @@
 //! `easel import-torch`: convert a PyTorch checkpoint (`.pth`) into easel's safetensors weights,
-//! reading it without executing anything (see `easel_fast::import::torch_zip`) and checking it
+//! reading it without executing anything (see `easel_core::torch_checkpoint`) and checking it
 //! against the network it is for.
 
 use anyhow::{Context, Result};

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, ValueEnum};
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use easel_core::DeviceChoice;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
 use easel_fast::stytr;
 use easel_fast::train::checkpoint::Checkpoint;
 use easel_fast::train::{

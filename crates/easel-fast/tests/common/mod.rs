@@ -1,10 +1,10 @@
 //! Helpers shared by the AdaIN / VGG parity tests: the fixture written by
 //! `tools/ref/adain_ref.py`, its `torch.save` checkpoints read through
-//! `easel_fast::import::torch_zip`, and comparison helpers.
+//! `easel_core::torch_checkpoint`, and comparison helpers.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use easel_fast::import::torch_zip::read_torch_checkpoint;
+use easel_core::torch_checkpoint::read_torch_checkpoint;
 use std::collections::HashMap;
 
 /// f32 CPU against f32 PyTorch CPU: only summation order differs.
