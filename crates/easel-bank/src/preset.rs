@@ -87,6 +87,8 @@ pub struct TrainingDefaults {
     pub resolution: Option<usize>,
     /// Train through the ControlNet ([`crate::train::TrainConfig::control`]).
     pub control: Option<bool>,
+    /// The caption the artworks are learned under ([`crate::train::TrainConfig::caption`]).
+    pub caption: Option<String>,
 }
 
 /// How a preset's banks paint by default (`None`: the painter's default); the bank file
@@ -195,6 +197,9 @@ impl Preset {
             };
             preset.layout.resolve(&one_layer)?;
             preset.prompt.validate()?;
+            if let Some(caption) = &preset.training.caption {
+                crate::train::check_caption(caption)?;
+            }
             preset.inference.validate()
         };
         if let Err(e) = check() {

@@ -109,6 +109,19 @@ pub struct TrainConfig {
     /// How the learned bank paints by default (its preset's; the bank file carries them).
     #[serde(default)]
     pub inference: crate::preset::InferenceDefaults,
+    /// The caption template the artworks are learned under, `{}` where the bank's tokens go
+    /// (LSAST's official caption is the placeholder alone, `{}`); `None`: the bank's own
+    /// prompt template, which it also paints with.
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+/// Checks a training caption: `{}` exactly once.
+pub fn check_caption(caption: &str) -> Result<()> {
+    if caption.matches("{}").count() != 1 {
+        bail!("training caption {caption:?} must contain {{}} exactly once (where the bank's tokens go)")
+    }
+    Ok(())
 }
 
 fn trained_through_control() -> bool {
@@ -145,6 +158,7 @@ impl Default for TrainConfig {
             control_scale: 1.0,
             control: true,
             inference: crate::preset::InferenceDefaults::default(),
+            caption: None,
         }
     }
 }
@@ -185,6 +199,9 @@ impl TrainConfig {
             bail!("training: control_scale must be finite")
         }
         self.inference.validate()?;
+        if let Some(caption) = &self.caption {
+            check_caption(caption)?;
+        }
         Ok(())
     }
 
@@ -372,6 +389,7 @@ impl Trainer {
             .collect::<Result<Vec<_>>>()?;
         let options = ConditionerOptions {
             num_train_timesteps: config.num_train_timesteps,
+            template: config.caption.clone(),
             ..ConditionerOptions::default()
         };
         let conditioner = BankConditioner::for_model(sd, bank, &options)?;

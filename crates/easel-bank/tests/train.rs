@@ -456,3 +456,51 @@ fn train_loop_hooks_stop_flag_and_latent_cache() {
     assert_eq!(mem.parameter_bytes, 18 * 32 * 4);
     assert_eq!(mem.optimizer_bytes, 2 * mem.parameter_bytes);
 }
+
+/// The training caption replaces the bank's template while learning, and only then: a bank of
+/// template T learned under caption C has exactly the loss of the same bank with template C,
+/// a different one from T's, and keeps T for painting.
+#[test]
+fn the_training_caption_is_what_the_artworks_are_learned_under() {
+    let sd = models();
+    let cfg = config(1);
+    let ex = examples(&sd, &cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let with_template = |template: &str| {
+        let b = bank(&sd, 2);
+        let prompt = easel_bank::preset::PromptSpec {
+            template: template.to_string(),
+            placeholder: b.prompt().placeholder.clone(),
+        };
+        Bank::new(
+            b.layout().clone(),
+            b.params().clone(),
+            prompt,
+            b.init_word().to_string(),
+        )
+        .unwrap()
+    };
+    let first_loss = |bank: Bank, caption: Option<&str>| {
+        let cfg = TrainConfig {
+            caption: caption.map(str::to_string),
+            ..cfg.clone()
+        };
+        let mut tr = Trainer::new(&sd, bank, ex.clone(), cfg, dir.path()).unwrap();
+        let loss = tr.train_step().unwrap().loss;
+        (loss, tr.bank().prompt().template.clone())
+    };
+    let template = bank(&sd, 2).prompt().template.clone();
+    let (captioned, kept) = first_loss(bank(&sd, 2), Some("{}"));
+    let (alone, _) = first_loss(with_template("{}"), None);
+    let (plain, _) = first_loss(bank(&sd, 2), None);
+    assert_eq!(captioned.to_bits(), alone.to_bits());
+    assert_ne!(captioned, plain);
+    assert_eq!(kept, template, "the bank paints with its own template");
+
+    let bad = TrainConfig {
+        caption: Some("no placeholder".into()),
+        ..cfg.clone()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("must contain {} exactly once"), "{err}");
+}

@@ -458,18 +458,29 @@ fn preset_defaults_reach_learn_and_stylize_and_flags_override_them() {
     // Flags override the training defaults.
     let flagged = tmp.path().join("art-flags.bank");
     let mut args = base("artbank");
-    args.extend(["--lr", "0.01", "--control", "on"]);
+    args.extend(["--lr", "0.01", "--control", "on", "--caption", "art of {}"]);
     assert_success(&learn(&cache, &coll, &flagged, &args));
     let (_, training, _) = contents(&flagged);
     assert_eq!(training["lr"], 0.01);
     assert_eq!(training["control"], true);
+    assert_eq!(training["caption"], "art of {}");
 
     // LSAST: 1e-6 without the ControlNet; paints through it, run on the conditional context.
     let lsast = tmp.path().join("lsast.bank");
-    assert_success(&learn(&cache, &coll, &lsast, &base("lsast")));
+    let run = learn(&cache, &coll, &lsast, &base("lsast"));
+    assert_success(&run);
+    assert!(
+        stderr(&run).contains("without the ControlNet, caption \"{}\""),
+        "{}",
+        stderr(&run)
+    );
     let (_, training, _) = contents(&lsast);
     assert_eq!(training["lr"], 1e-6);
     assert_eq!(training["control"], false);
+    assert_eq!(
+        training["caption"], "{}",
+        "the official caption: the placeholder alone"
+    );
     let params = stylize(
         &lsast,
         &tmp.path().join("lsast.png"),

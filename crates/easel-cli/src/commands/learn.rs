@@ -72,7 +72,7 @@ pub struct LearnArgs {
 
     /// Continue the run checkpointed in the run folder, with its settings (only --steps may
     /// be given, to train longer).
-    #[arg(long, conflicts_with_all = ["layout", "init_word", "lr", "batch", "grad_accumulation", "resolution", "seed", "checkpoint_every", "control"])]
+    #[arg(long, conflicts_with_all = ["layout", "init_word", "lr", "batch", "grad_accumulation", "resolution", "seed", "checkpoint_every", "control", "caption"])]
     resume: bool,
 
     /// Optimizer steps of the whole run (default: the preset's [training] steps, else 1000).
@@ -100,6 +100,12 @@ pub struct LearnArgs {
     /// inference only) (default: the preset's, else on).
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     control: Option<bool>,
+
+    /// The caption the artworks are learned under, with {} where the bank's tokens go (e.g.
+    /// "{}" alone, as the official LSAST code trains) (default: the preset's training caption,
+    /// else the bank's prompt template). The bank paints with its prompt template either way.
+    #[arg(long, value_name = "TEMPLATE")]
+    caption: Option<String>,
 
     /// Seed of the training draws and of the bank's random initial parts (default 0).
     #[arg(long, value_name = "N")]
@@ -188,6 +194,7 @@ fn config(args: &LearnArgs, preset: &Preset) -> TrainConfig {
         validate_every: args.validate_every.unwrap_or(d.validate_every),
         control: args.control.or(p.control).unwrap_or(d.control),
         inference: preset.inference.clone(),
+        caption: args.caption.clone().or_else(|| p.caption.clone()),
         ..d
     }
 }
@@ -350,9 +357,13 @@ pub fn run(args: LearnArgs) -> Result<()> {
         let config = config(&args, &preset);
         config.validate()?;
         if preset.training != Default::default() {
+            let caption = match &config.caption {
+                Some(c) => format!(", caption {c:?}"),
+                None => String::new(),
+            };
             preset_notice = Some(format!(
-                "{} preset: {} steps at lr {:e}, {} the ControlNet (--steps, --lr and --control \
-                 override)",
+                "{} preset: {} steps at lr {:e}, {} the ControlNet{caption} (--steps, --lr, \
+                 --control and --caption override)",
                 preset.name,
                 config.steps,
                 config.lr,
