@@ -89,6 +89,9 @@ pub struct TrainingDefaults {
     pub control: Option<bool>,
     /// The caption the artworks are learned under ([`crate::train::TrainConfig::caption`]).
     pub caption: Option<String>,
+    /// The Stable Diffusion the official code learns on, as a hub id (ArtBank:
+    /// `CompVis/stable-diffusion-v1-4`); loaded unless another model is named.
+    pub base_model: Option<String>,
 }
 
 /// How a preset's banks paint by default (`None`: the painter's default); the bank file

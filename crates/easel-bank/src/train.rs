@@ -114,6 +114,10 @@ pub struct TrainConfig {
     /// prompt template, which it also paints with.
     #[serde(default)]
     pub caption: Option<String>,
+    /// The Stable Diffusion the run learns on, as it was named (a hub id, folder or file;
+    /// `None`: the default model); a resumed run loads it again.
+    #[serde(default)]
+    pub base_model: Option<String>,
 }
 
 /// Checks a training caption: `{}` exactly once.
@@ -159,6 +163,7 @@ impl Default for TrainConfig {
             control: true,
             inference: crate::preset::InferenceDefaults::default(),
             caption: None,
+            base_model: None,
         }
     }
 }

@@ -495,3 +495,109 @@ fn preset_defaults_reach_learn_and_stylize_and_flags_override_them() {
     }
     assert!(!params.contains("Noise start"), "{params}");
 }
+
+/// ArtBank is built on SD 1.4: the `artbank` preset learns on `CompVis/stable-diffusion-v1-4`
+/// unless `--sd` names a model, records it as the bank's base model, resumes on it, and its
+/// bank paints on it when no model is named. Offline without it, the error names what to
+/// download. (The cache holds the tiny SD under 1.4's repository id.)
+#[test]
+fn artbank_learns_and_paints_on_sd14_unless_a_model_is_named() {
+    const SD14: &str = "CompVis/stable-diffusion-v1-4";
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(tmp.path());
+    let coll = collection(tmp.path());
+    let art = tmp.path().join("art.bank");
+    let learn = |cache: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "learn",
+            s(&coll),
+            "-o",
+            s(&art),
+            "--controlnet",
+            "org/tiny-controlnet",
+            "--device",
+            "cpu",
+            "--offline",
+            "--validate-every",
+            "0",
+        ];
+        args.extend(extra);
+        easel(&args, cache)
+    };
+    let fresh = [
+        "--layout",
+        "artbank",
+        "--resolution",
+        "64",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--grad-accumulation",
+        "1",
+    ];
+
+    // Not in the cache: the download it needs.
+    let run = learn(&cache, &fresh);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains(SD14), "{}", stderr(&run));
+
+    common::add_to_cache(
+        &cache,
+        SD14,
+        &common::fixtures().join("tiny-sd"),
+        "1414141414141414141414141414141414141414",
+    );
+    let run = learn(&cache, &fresh);
+    assert_success(&run);
+    assert!(
+        stderr(&run).contains(&format!("on {SD14} (--sd overrides)")),
+        "{}",
+        stderr(&run)
+    );
+    let meta = |path: &Path| {
+        read_bank(&std::fs::read(path).unwrap(), &Device::Cpu)
+            .unwrap()
+            .1
+    };
+    assert_eq!(meta(&art).base_model, SD14);
+    assert_eq!(meta(&art).training["base_model"], SD14);
+    assert_success(&learn(&cache, &["--resume", "--steps", "2"]));
+    assert_eq!(meta(&art).training["steps_done"], 2);
+
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/chelsea_cat.png");
+    let out = tmp.path().join("art.png");
+    let run = easel(
+        &[
+            "stylize",
+            s(&photo),
+            "--bank",
+            s(&art),
+            "--size",
+            "64",
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+            "--offline",
+            "-o",
+            s(&out),
+        ],
+        &cache,
+    );
+    assert_success(&run);
+    assert!(
+        stderr(&run).contains(&format!(
+            "painting on {SD14}, the model the bank was learned on"
+        )),
+        "{}",
+        stderr(&run)
+    );
+    let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+    assert!(params.contains(&format!("{SD14}@1414")), "{params}");
+
+    // --sd names another model: learned there.
+    let run = learn(&cache, &[&fresh[..], &["--sd", "org/tiny-sd"]].concat());
+    assert_success(&run);
+    assert_eq!(meta(&art).base_model, "org/tiny-sd");
+}

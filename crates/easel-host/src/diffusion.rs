@@ -121,6 +121,19 @@ pub fn bank_defaults(path: &std::path::Path) -> Result<InferenceDefaults> {
     }
 }
 
+/// The Stable Diffusion the bank file at `path` was learned on, when it names a hub repository
+/// (`CompVis/stable-diffusion-v1-4` for a bank of the `artbank` preset): what the bank paints on
+/// when no model is named. `None` for imported embeddings, banks learned on local files and
+/// files that are not banks.
+pub fn bank_base_model(path: &std::path::Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, metadata) = easel_bank::file::read_bank(&bytes, &Device::Cpu).ok()?;
+    match easel_core::WeightSource::parse(&metadata.base_model) {
+        Ok(easel_core::WeightSource::Hub { .. }) => Some(metadata.base_model),
+        _ => None,
+    }
+}
+
 /// Where the control image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlSource {

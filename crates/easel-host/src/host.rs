@@ -182,7 +182,12 @@ impl Host {
                 with_defaults.strength = request.strength.or(options.strength);
                 with_defaults.diffusion = options;
                 let request = &with_defaults;
-                self.paint_diffusion(sources, photo, request, |sd, resolved, s| {
+                // No model named: the one the bank was learned on.
+                let mut sources = sources.clone();
+                if sources.sd.is_none() {
+                    sources.sd = diffusion::bank_base_model(path);
+                }
+                self.paint_diffusion(&sources, photo, request, |sd, resolved, s| {
                     let unet = resolved.unet_file();
                     let info = base_model_info(sd, &resolved.base_model_id, unet.as_deref())?;
                     let run = prepare(

@@ -95,7 +95,7 @@ pub struct CompareArgs {
     pub no_control: bool,
 
     /// Stable Diffusion 1.x weights: hub repo id, diffusers folder or single .safetensors
-    /// (default: stable-diffusion-v1-5/stable-diffusion-v1-5).
+    /// (default: a bank's own hub base model; else stable-diffusion-v1-5/stable-diffusion-v1-5).
     #[arg(long, value_name = "SOURCE")]
     pub sd: Option<String>,
 

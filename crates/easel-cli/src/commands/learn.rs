@@ -130,7 +130,9 @@ pub struct LearnArgs {
     validation_steps: usize,
 
     /// Stable Diffusion 1.x weights: a hub repo id org/name[@revision], a local diffusers
-    /// folder, or a single .safetensors checkpoint (default: stable-diffusion-v1-5).
+    /// folder, or a single .safetensors checkpoint (default: the preset's base model, e.g.
+    /// CompVis/stable-diffusion-v1-4 for artbank, else stable-diffusion-v1-5; with --resume,
+    /// the run's).
     #[arg(long, value_name = "SOURCE")]
     sd: Option<String>,
 
@@ -195,6 +197,7 @@ fn config(args: &LearnArgs, preset: &Preset) -> TrainConfig {
         control: args.control.or(p.control).unwrap_or(d.control),
         inference: preset.inference.clone(),
         caption: args.caption.clone().or_else(|| p.caption.clone()),
+        base_model: args.sd.clone().or_else(|| p.base_model.clone()),
         ..d
     }
 }
@@ -300,12 +303,17 @@ pub fn run(args: LearnArgs) -> Result<()> {
     };
 
     let device = easel_core::select_device(args.device)?;
-    let mut sources = ModelSources::with_default_controlnet(
-        args.sd.clone(),
-        args.controlnet.clone(),
-        args.offline,
-    )
-    .map_err(word)?;
+    // No model named: the preset's (a fresh run) or the run's own (--resume).
+    let sd_source = match (&args.sd, &preset) {
+        (Some(sd), _) => Some(sd.clone()),
+        (None, Some(preset)) => preset.training.base_model.clone(),
+        (None, None) => Checkpoint::load(&run_dir, &Device::Cpu)
+            .ok()
+            .and_then(|ckpt| ckpt.config.base_model),
+    };
+    let mut sources =
+        ModelSources::with_default_controlnet(sd_source, args.controlnet.clone(), args.offline)
+            .map_err(word)?;
     sources.hints = source_hints();
     let models = sources
         .load(
@@ -357,12 +365,15 @@ pub fn run(args: LearnArgs) -> Result<()> {
         let config = config(&args, &preset);
         config.validate()?;
         if preset.training != Default::default() {
-            let caption = match &config.caption {
+            let mut details = match &config.caption {
                 Some(c) => format!(", caption {c:?}"),
                 None => String::new(),
             };
+            if let (None, Some(base)) = (&args.sd, &preset.training.base_model) {
+                details.push_str(&format!(", on {base} (--sd overrides)"));
+            }
             preset_notice = Some(format!(
-                "{} preset: {} steps at lr {:e}, {} the ControlNet{caption} (--steps, --lr, \
+                "{} preset: {} steps at lr {:e}, {} the ControlNet{details} (--steps, --lr, \
                  --control and --caption override)",
                 preset.name,
                 config.steps,

@@ -149,7 +149,8 @@ pub struct DiffusionArgs {
 
     /// Stable Diffusion 1.x weights: a hub repo id org/name[@revision] (downloaded into the
     /// Hugging Face cache when missing), a local diffusers folder, or a single .safetensors
-    /// checkpoint (default: stable-diffusion-v1-5/stable-diffusion-v1-5).
+    /// checkpoint (default: with --bank, the hub model the bank was learned on; else
+    /// stable-diffusion-v1-5/stable-diffusion-v1-5).
     #[arg(long, value_name = "SOURCE")]
     pub sd: Option<String>,
 
@@ -431,8 +432,14 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     };
 
     let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
-    let resolved = d
-        .sources(&s)
+    let mut sources = d.sources(&s);
+    if let (None, Some(bank)) = (&sources.sd, &d.bank) {
+        sources.sd = easel_host::diffusion::bank_base_model(bank);
+        if let Some(sd) = &sources.sd {
+            eprintln!("painting on {sd}, the model the bank was learned on (--sd overrides)");
+        }
+    }
+    let resolved = sources
         .resolve(prefer_fp16, Some(progress::download_hook()))
         .map_err(word)?;
     let sd = resolved
