@@ -13,6 +13,10 @@ ldm/models/diffusion/ddim.py):
   classifier-free guidance.
 - LSAST's ControlNet under guidance: the ControlNet runs once on the conditional context and its
   residuals are added to both halves of the [uncond, cond] UNet batch.
+- LSAST's img2img start (case lsast_ldm_start), the CompVis ldm code's: `stochastic_encode(x0,
+  t_enc)` noises the latents to DDIM timestep index t_enc = int(strength * steps) (701 for 50
+  steps at 0.7), then `decode` runs from index t_enc - 1 (681): one schedule step above where
+  diffusers' img2img noises them.
 - LSAST's window indexing (case lsast_windows): the prompt generator's 30 vectors are read as
   cond[k:k+3] at stage k = int(t * 10 / 1000), one per layer group (down blocks, mid block, up
   blocks), so layer group g of stage k reads vector k + g. Each group's vector replaces the
@@ -76,6 +80,9 @@ CASES = {
         scheduler="ddim", controlnet=True, noise_start="img2img", control_guidance="cond-only",
         windows=dict(stages=10, groups=3, template="a painting in the style of {}",
                      placeholder="<easel-style>"),
+    ),
+    "lsast_ldm_start": dict(
+        scheduler="ddim", controlnet=True, noise_start="ldm-img2img", control_guidance="cond-only",
     ),
 }
 DEFAULTS = dict(
@@ -220,6 +227,11 @@ def run(case, pipe, controlnet, photo, control, noise, bank=None, routed=None):
                              mid_block_additional_residual=mid)
         eps = unet(noised, t, encoder_hidden_states=cond, **residuals).sample
         latents = (a.sqrt() * x0 + (1 - a).sqrt() * eps).float()
+    elif case["noise_start"] == "ldm-img2img":
+        # ldm: stochastic_encode(x0, t_enc) at DDIM index t_enc = int(strength * steps), then
+        # decode from index t_enc - 1: noised one schedule step above the first denoising step.
+        above = sched.timesteps[t_start - 1:t_start] if t_start > 0 else timesteps[:1]
+        latents = sched.add_noise(x0, start_noise, above)
     else:
         latents = sched.add_noise(x0, start_noise, timesteps[:1])
 

@@ -113,6 +113,7 @@ fn prompt_mode_matches_diffusers_through_the_hub_cache() {
         (&official, "artbank_inversion"),
         (&official, "lsast_cond_only"),
         (&official, "inversion_cond_only_dpm"),
+        (&official, "lsast_ldm_start"),
     ];
     for (cases, name) in table {
         let case = &cases.json[name];
@@ -233,8 +234,8 @@ fn prompt_mode_matches_diffusers_through_the_hub_cache() {
             // Non-default starts and ControlNet guidance are recorded.
             let start = case["noise_start"].as_str().unwrap_or("img2img");
             assert_eq!(
-                params.contains("Noise start: stochastic-inversion"),
-                start == "stochastic-inversion",
+                params.contains(&format!("Noise start: {start}")),
+                start != "img2img",
                 "{params}"
             );
             let mode = case["control_guidance"].as_str().unwrap_or("batch");

@@ -425,7 +425,7 @@ impl DiffusionSettings {
         extra("Short side", self.size.to_string());
         extra("Batch", self.batch.to_string());
         // Recorded when not the default, so that older outputs keep their parameters.
-        if self.noise_start == NoiseStart::StochasticInversion {
+        if self.noise_start != NoiseStart::Img2Img {
             extra("Noise start", self.noise_start.name().to_string());
         }
         if let Some(choice) = &self.control {

@@ -6,8 +6,9 @@
 //!    posterior sample (seeded noise) is scaled by the VAE's `scaling_factor`, then repeated
 //!    over the batch;
 //! 2. the schedule's tail for `strength` is run ([`img2img_start`]): the latents are noised to
-//!    its first timestep ([`NoiseStart::Img2Img`]), or ArtBank's stochastic inversion noises
-//!    them with the UNet's own prediction ([`NoiseStart::StochasticInversion`]);
+//!    its first timestep ([`NoiseStart::Img2Img`]), to the schedule's timestep above it as
+//!    ldm's img2img does ([`NoiseStart::LdmImg2Img`], LSAST's), or ArtBank's stochastic
+//!    inversion noises them with the UNet's own prediction ([`NoiseStart::StochasticInversion`]);
 //! 3. at each timestep the [`Conditioning`] gives the contexts; with classifier-free guidance
 //!    (`guidance_scale > 1`) the UNet sees the batch `[uncond, cond]` and the predictions are
 //!    combined as `uncond + g · (cond − uncond)`; the ControlNet's residuals (scale
@@ -71,6 +72,12 @@ pub enum NoiseStart {
     /// noise=model_output, use_original_steps=True)`), and the run goes on from the img2img
     /// start as before.
     StochasticInversion,
+    /// The CompVis ldm code's img2img, which the official LSAST code runs
+    /// (`stochastic_encode(x0, t_enc)` at DDIM index `t_enc = strength · steps`, then `decode`
+    /// from index `t_enc − 1`): the latents are noised with fresh noise to the schedule's
+    /// timestep one step above the first denoising step (701 for the first step 681 of 50 DDIM
+    /// steps at strength 0.7), or to the first step itself at strength 1.
+    LdmImg2Img,
 }
 
 impl ControlGuidance {
@@ -88,13 +95,14 @@ impl ControlGuidance {
 
 impl NoiseStart {
     /// Every choice, in the order of their names in messages.
-    pub const ALL: [NoiseStart; 2] = [Self::Img2Img, Self::StochasticInversion];
+    pub const ALL: [NoiseStart; 3] = [Self::Img2Img, Self::StochasticInversion, Self::LdmImg2Img];
 
-    /// The name users give: `img2img` or `stochastic-inversion`.
+    /// The name users give: `img2img`, `stochastic-inversion` or `ldm-img2img`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Img2Img => "img2img",
             Self::StochasticInversion => "stochastic-inversion",
+            Self::LdmImg2Img => "ldm-img2img",
         }
     }
 }
@@ -325,6 +333,14 @@ impl StableDiffusion {
 
         let mut latents = match request.noise_start {
             NoiseStart::Img2Img => scheduler.add_noise(&init, init_noise, first)?,
+            NoiseStart::LdmImg2Img => {
+                // The schedule runs descending: the step above the first is the one before it.
+                let above = match start.checked_sub(1) {
+                    Some(i) => scheduler.timesteps()[i],
+                    None => first,
+                };
+                scheduler.add_noise(&init, init_noise, above)?
+            }
             NoiseStart::StochasticInversion => {
                 // floor, as the official `int(strength * 1000)`; strength 1 would index past
                 // the schedule.

@@ -82,9 +82,9 @@ fn request(fx: &Fixture, case: &Value) -> StylizeRequest {
             _ => ControlGuidance::Batch,
         },
     };
-    if case["noise_start"].as_str() == Some("stochastic-inversion") {
-        req.noise_start = NoiseStart::StochasticInversion;
-    }
+    req.noise_start = case["noise_start"]
+        .as_str()
+        .map_or(NoiseStart::Img2Img, |s| s.parse().unwrap());
     req
 }
 
@@ -180,6 +180,10 @@ fn matches_the_official_inference_logic() {
         (
             "inversion_cond_only_dpm",
             "both, with DPM++ 2M, strength 0.6, two images per photo",
+        ),
+        (
+            "lsast_ldm_start",
+            "LSAST's ldm img2img start: noised one DDIM step above the first denoising step",
         ),
     ];
     for (name, what) in table {

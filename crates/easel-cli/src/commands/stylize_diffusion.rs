@@ -81,8 +81,9 @@ pub struct DiffusionArgs {
     pub scheduler: Option<SchedulerKind>,
 
     /// How the photo's latents start the run: img2img (noised with fresh noise to the first
-    /// step, diffusers' way) or stochastic-inversion (ArtBank's: noised with the UNet's own
-    /// prediction of the noise at timestep strength·1000) (default img2img).
+    /// step, diffusers' way), ldm-img2img (LSAST's, the CompVis code's: noised to the step above
+    /// the first) or stochastic-inversion (ArtBank's: noised with the UNet's own prediction of
+    /// the noise at timestep strength·1000) (default img2img).
     #[arg(long, value_name = "START", value_parser = parse_noise_start)]
     pub noise_start: Option<NoiseStart>,
 
