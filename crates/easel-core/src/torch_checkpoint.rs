@@ -135,18 +135,10 @@ impl RawTensor {
 }
 
 fn read_raw(bytes: &[u8], source_name: &str) -> Result<Vec<RawTensor>> {
-    let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, source_name, Classes::None)?
-    } else if bytes.starts_with(&LEGACY_MAGIC) {
-        read_legacy(bytes, source_name, Classes::None)?
-    } else {
-        bail!(
-            "{source_name}: not a PyTorch checkpoint (neither a torch.save zip archive nor a \
-             legacy torch.save stream)"
-        )
-    };
-    let mut refs = Vec::new();
-    collect_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
+    let (root, storages) = read_container(bytes, source_name, Classes::None)?;
+    let mut walk = Walk::new(source_name);
+    walk.state_dict(&root, "", 0)?;
+    let refs = walk.found;
     if refs.is_empty() {
         bail!("{source_name}: the checkpoint holds no tensors")
     }
@@ -175,12 +167,12 @@ pub fn read_torchscript_tensors(bytes: &[u8], source_name: &str) -> Result<Vec<(
         bail!("{source_name}: not a TorchScript archive (not a zip file)")
     }
     let (root, storages) = read_zip(bytes, source_name, Classes::TorchScript)?;
-    let mut refs = Vec::new();
-    collect_module_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
-    if refs.is_empty() {
+    let mut walk = Walk::new(source_name);
+    walk.script_module(&root, "", 0)?;
+    if walk.found.is_empty() {
         bail!("{source_name}: the TorchScript archive holds no tensors")
     }
-    tensors_of(refs, &storages, source_name)
+    tensors_of(walk.found, &storages, source_name)
 }
 
 /// Reads every tensor of a `torch.save` of Python objects whose classes are all in `classes`
@@ -196,23 +188,27 @@ pub fn read_module_checkpoint(
     source_name: &str,
     classes: &[&str],
 ) -> Result<Vec<(String, Tensor)>> {
-    let classes = Classes::Listed(classes);
-    let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, source_name, classes)?
-    } else if bytes.starts_with(&LEGACY_MAGIC) {
-        read_legacy(bytes, source_name, classes)?
-    } else {
-        bail!(
-            "{source_name}: not a PyTorch checkpoint (neither a torch.save zip archive nor a \
-             legacy torch.save stream)"
-        )
-    };
-    let mut refs = Vec::new();
-    collect_object_tensors(&root, "", 0, source_name, &mut refs, &mut 0)?;
-    if refs.is_empty() {
+    let (root, storages) = read_container(bytes, source_name, Classes::Listed(classes))?;
+    let mut walk = Walk::new(source_name);
+    walk.objects(&root, "", 0)?;
+    if walk.found.is_empty() {
         bail!("{source_name}: the checkpoint holds no tensors")
     }
-    tensors_of(refs, &storages, source_name)
+    tensors_of(walk.found, &storages, source_name)
+}
+
+/// The root object and the storages of a `torch.save` file, zip or legacy.
+fn read_container(bytes: &[u8], source: &str, classes: Classes<'_>) -> Result<(Value, Storages)> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        read_zip(bytes, source, classes)
+    } else if bytes.starts_with(&LEGACY_MAGIC) {
+        read_legacy(bytes, source, classes)
+    } else {
+        bail!(
+            "{source}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy \
+             torch.save stream)"
+        )
+    }
 }
 
 /// The named tensor references as tensors, gathered from their storages.
@@ -236,101 +232,144 @@ fn tensors_of(
         .collect()
 }
 
-/// Walks pickled dicts and objects (see [`read_module_checkpoint`]) and lists their tensors by
-/// state-dict name.
-fn collect_object_tensors(
-    v: &Value,
-    prefix: &str,
-    depth: usize,
-    source: &str,
-    out: &mut Vec<(String, Rc<TensorRef>)>,
-    visits: &mut usize,
-) -> Result<()> {
-    if depth > MAX_DICT_DEPTH {
-        bail!("{source}: objects nested deeper than {MAX_DICT_DEPTH} levels")
+/// `prefix.key`, or `key` at the root.
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
     }
-    let join = |key: &str| {
-        if prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{prefix}.{key}")
-        }
-    };
-    let entries = match v {
-        Value::Tensor(t) => {
-            out.push((prefix.to_string(), t.clone()));
-            return Ok(());
-        }
-        Value::Dict(d) => d.borrow().clone(),
-        Value::Object(obj) => obj.attrs.borrow().clone(),
-        _ => return Ok(()),
-    };
-    let in_module = matches!(v, Value::Object(_));
-    for (k, v) in &entries {
-        count_visit(visits, source)?;
-        let key = match k {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            other => bail!("{source}: a dict key is a {}, not a string", other.kind()),
-        };
-        // A module's parameters, buffers and submodules are named without their field.
-        let state_field =
-            in_module && matches!(key.as_str(), "_parameters" | "_buffers" | "_modules");
-        match v {
-            Value::Dict(_) if state_field => {
-                collect_object_tensors(v, prefix, depth + 1, source, out, visits)?
-            }
-            // Hooks and other bookkeeping dicts of a module hold no weights.
-            Value::Dict(_) if in_module => {}
-            Value::Tensor(_) | Value::Dict(_) | Value::Object(_) => {
-                collect_object_tensors(v, &join(&key), depth + 1, source, out, visits)?
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
-/// Walks a TorchScript module object tree (objects whose attributes are other modules, tensors
-/// and plain values) and lists its tensors by attribute path.
-fn collect_module_tensors(
-    v: &Value,
-    prefix: &str,
-    depth: usize,
-    source: &str,
-    out: &mut Vec<(String, Rc<TensorRef>)>,
-    visits: &mut usize,
-) -> Result<()> {
-    let Value::Object(obj) = v else {
-        bail!(
-            "{source}: the TorchScript archive's root is a {}, not a module",
-            v.kind()
-        )
-    };
-    if depth > MAX_DICT_DEPTH {
-        bail!("{source}: modules nested deeper than {MAX_DICT_DEPTH} levels")
-    }
-    for (k, v) in obj.attrs.borrow().iter() {
-        count_visit(visits, source)?;
-        let Value::Str(key) = k else {
-            bail!(
-                "{source}: an attribute name of {} is a {}, not a string",
-                obj.class,
-                k.kind()
-            )
-        };
-        let name = if prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match v {
-            Value::Tensor(t) => out.push((name, t.clone())),
-            Value::Object(_) => collect_module_tensors(v, &name, depth + 1, source, out, visits)?,
-            _ => {}
+/// A walk of the unpickled objects that names their tensors, within the visit budget.
+struct Walk<'a> {
+    source: &'a str,
+    /// The tensors found, by name, in the order met.
+    found: Vec<(String, Rc<TensorRef>)>,
+    visits: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn new(source: &'a str) -> Self {
+        Self {
+            source,
+            found: Vec::new(),
+            visits: 0,
         }
     }
-    Ok(())
+
+    /// Counts one entry at nesting `depth`; fails past [`MAX_DICT_DEPTH`] or [`MAX_VISITS`].
+    fn visit(&mut self, depth: usize) -> Result<()> {
+        if depth > MAX_DICT_DEPTH {
+            bail!(
+                "{}: dicts or objects nested deeper than {MAX_DICT_DEPTH} levels",
+                self.source
+            )
+        }
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            bail!(
+                "{}: the checkpoint's dicts and objects have more than {MAX_VISITS} entries in \
+                 all (containers shared many times over)",
+                self.source
+            )
+        }
+        Ok(())
+    }
+
+    /// A dict key as a name part (strings and integers).
+    fn key(&self, k: &Value) -> Result<String> {
+        match k {
+            Value::Str(s) => Ok(s.to_string()),
+            Value::Int(i) => Ok(i.to_string()),
+            other => bail!(
+                "{}: a dict key is a {}, not a string",
+                self.source,
+                other.kind()
+            ),
+        }
+    }
+
+    /// A state dict: nested dicts of tensors, names joined with `.`.
+    fn state_dict(&mut self, v: &Value, prefix: &str, depth: usize) -> Result<()> {
+        let Value::Dict(d) = v else {
+            bail!(
+                "{}: the checkpoint holds a {}, not a dict of tensors (a state dict)",
+                self.source,
+                v.kind()
+            )
+        };
+        for (k, v) in d.borrow().iter() {
+            self.visit(depth)?;
+            let name = join(prefix, &self.key(k)?);
+            match v {
+                Value::Tensor(t) => self.found.push((name, t.clone())),
+                Value::Dict(_) => self.state_dict(v, &name, depth + 1)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A TorchScript module tree: tensors by attribute path.
+    fn script_module(&mut self, v: &Value, prefix: &str, depth: usize) -> Result<()> {
+        let Value::Object(obj) = v else {
+            bail!(
+                "{}: the TorchScript archive's root is a {}, not a module",
+                self.source,
+                v.kind()
+            )
+        };
+        for (k, v) in obj.attrs.borrow().iter() {
+            self.visit(depth)?;
+            let Value::Str(key) = k else {
+                bail!(
+                    "{}: an attribute name of {} is a {}, not a string",
+                    self.source,
+                    obj.class,
+                    k.kind()
+                )
+            };
+            let name = join(prefix, key);
+            match v {
+                Value::Tensor(t) => self.found.push((name, t.clone())),
+                Value::Object(_) => self.script_module(v, &name, depth + 1)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Pickled dicts and objects (see [`read_module_checkpoint`]): tensors by state-dict name.
+    fn objects(&mut self, v: &Value, prefix: &str, depth: usize) -> Result<()> {
+        let entries = match v {
+            Value::Tensor(t) => {
+                self.found.push((prefix.to_string(), t.clone()));
+                return Ok(());
+            }
+            Value::Dict(d) => d.borrow().clone(),
+            Value::Object(obj) => obj.attrs.borrow().clone(),
+            _ => return Ok(()),
+        };
+        let in_module = matches!(v, Value::Object(_));
+        for (k, v) in &entries {
+            self.visit(depth)?;
+            let key = self.key(k)?;
+            // A module's parameters, buffers and submodules are named without their field.
+            let state_field =
+                in_module && matches!(key.as_str(), "_parameters" | "_buffers" | "_modules");
+            match v {
+                Value::Dict(_) if state_field => self.objects(v, prefix, depth + 1)?,
+                // Hooks and other bookkeeping dicts of a module hold no weights.
+                Value::Dict(_) if in_module => {}
+                Value::Tensor(_) | Value::Dict(_) | Value::Object(_) => {
+                    self.objects(v, &join(prefix, &key), depth + 1)?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Element type of a torch storage class (`torch.FloatStorage` → F32).
@@ -1223,57 +1262,6 @@ fn read_legacy(bytes: &[u8], source: &str, classes: Classes<'_>) -> Result<(Valu
     Ok((root, storages))
 }
 
-/// Counts one visited entry of a walk; fails past [`MAX_VISITS`].
-fn count_visit(visits: &mut usize, source: &str) -> Result<()> {
-    *visits += 1;
-    if *visits > MAX_VISITS {
-        bail!(
-            "{source}: the checkpoint's dicts and objects have more than {MAX_VISITS} entries in \
-             all (containers shared many times over)"
-        )
-    }
-    Ok(())
-}
-
-/// Walks the unpickled object and lists its tensors with their (flattened) names.
-fn collect_tensors(
-    v: &Value,
-    prefix: &str,
-    depth: usize,
-    source: &str,
-    out: &mut Vec<(String, Rc<TensorRef>)>,
-    visits: &mut usize,
-) -> Result<()> {
-    let Value::Dict(d) = v else {
-        bail!(
-            "{source}: the checkpoint holds a {}, not a dict of tensors (a state dict)",
-            v.kind()
-        )
-    };
-    if depth > MAX_DICT_DEPTH {
-        bail!("{source}: dicts nested deeper than {MAX_DICT_DEPTH} levels")
-    }
-    for (k, v) in d.borrow().iter() {
-        count_visit(visits, source)?;
-        let key = match k {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            other => bail!("{source}: a dict key is a {}, not a string", other.kind()),
-        };
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match v {
-            Value::Tensor(t) => out.push((name, t.clone())),
-            Value::Dict(_) => collect_tensors(v, &name, depth + 1, source, out, visits)?,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// Copies a (possibly strided, offset) tensor out of its storage into a contiguous tensor.
 fn materialize(name: String, t: &TensorRef, storage: &[u8], source: &str) -> Result<RawTensor> {
     let dtype = match t.storage.ty {
@@ -1399,10 +1387,10 @@ mod tests {
 ctorch\nFloatStorage\nU\x010U\x03cpuK\x03tQK\x01K\x02\x85K\x01\x85tRu.";
         let mut up = Unpickler::new(pkl, "t.pkl");
         let root = up.load()?;
-        let mut refs = Vec::new();
-        collect_tensors(&root, "", 0, "t.pkl", &mut refs, &mut 0)?;
-        let [(name, t)] = refs.as_slice() else {
-            panic!("{} tensors", refs.len())
+        let mut walk = Walk::new("t.pkl");
+        walk.state_dict(&root, "", 0)?;
+        let [(name, t)] = walk.found.as_slice() else {
+            panic!("{} tensors", walk.found.len())
         };
         assert_eq!(name, "w");
         assert_eq!((t.offset, &t.shape, &t.strides), (1, &vec![2], &vec![1]));
@@ -1477,8 +1465,8 @@ ctorch\nFloatStorage\nU\x010U\x03cpuK\x03tQK\x01K\x02\x85K\x01\x85tRu.";
             let e = e.to_string();
             assert!(e.contains("more than 1048576 entries"), "{e}");
         };
-        budget(collect_tensors(&root, "", 0, "t.pkl", &mut Vec::new(), &mut 0).unwrap_err());
-        budget(collect_object_tensors(&root, "", 0, "t.pkl", &mut Vec::new(), &mut 0).unwrap_err());
+        budget(Walk::new("t.pkl").state_dict(&root, "", 0).unwrap_err());
+        budget(Walk::new("t.pkl").objects(&root, "", 0).unwrap_err());
         Ok(())
     }
 
