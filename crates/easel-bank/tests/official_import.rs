@@ -15,6 +15,10 @@ use easel_bank::layout::SlotMap;
 use easel_bank::official::OfficialKind;
 use easel_bank::preset::Preset;
 
+mod common;
+
+use common::{max_abs_diff, max_rel_diff};
+
 fn fixture(path: &str) -> Vec<u8> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official");
     std::fs::read(dir.join(path)).unwrap()
@@ -23,20 +27,6 @@ fn fixture(path: &str) -> Vec<u8> {
 fn expected() -> HashMap<String, Tensor> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official");
     candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// Max abs difference relative to the reference's largest magnitude.
-fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims());
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale
 }
 
 #[test]
@@ -73,21 +63,14 @@ fn official_checkpoints_import_with_the_official_vectors() {
         assert_eq!(imported.inference, preset.inference, "{file}");
 
         let vectors = bank.vectors().unwrap().reshape(((), 16)).unwrap();
-        let err = relative_error(&vectors, &expected[want]);
+        let err = max_rel_diff(&vectors, &expected[want]);
         println!("{file}: vectors max rel err {err:.2e}");
         assert!(err <= 1e-5, "{file}: vectors rel err {err}");
 
         // The bank file keeps the vectors and the preset's inference defaults.
         let meta = imported_metadata("embeddings_gs-99.pt", &imported);
         let (read, meta) = read_bank(&save_bank(bank, &meta).unwrap(), &Device::Cpu).unwrap();
-        let diff = (read.vectors().unwrap() - bank.vectors().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&read.vectors().unwrap(), &bank.vectors().unwrap());
         assert_eq!(diff, 0.0, "{file}: the bank file holds the same vectors");
         assert_eq!(meta.inference_defaults().unwrap(), preset.inference);
         assert_eq!(read.layout(), layout);
@@ -105,7 +88,7 @@ fn lsast_checkpoints_read_overlapping_windows() {
     for slot in bank.layout().slots() {
         let got = bank.slot_vectors(slot).unwrap();
         let want = generated.narrow(0, slot.stage + slot.group, 1).unwrap();
-        assert!(relative_error(&got, &want) <= 1e-5, "{slot:?}");
+        assert!(max_rel_diff(&got, &want) <= 1e-5, "{slot:?}");
     }
 }
 
@@ -149,6 +132,6 @@ fn a1111_pt_embeddings_import_as_data() {
         (1, 1, 2)
     );
     let rows = imported.bank.vectors().unwrap().reshape((2, 16)).unwrap();
-    assert_eq!(relative_error(&rows, &expected()["a1111.rows"]), 0.0);
+    assert_eq!(max_rel_diff(&rows, &expected()["a1111.rows"]), 0.0);
     assert!(imported.inference.is_empty());
 }

@@ -23,7 +23,7 @@ use easel_pipeline::noise::ReplayNoise;
 use easel_pipeline::pipeline::{ControlGuidance, ControlSettings, StylizeRequest};
 use serde_json::Value;
 
-use common::max_abs_diff;
+use common::max_rel_diff;
 
 const CASE: &str = "lsast_windows";
 
@@ -74,15 +74,7 @@ fn relative_error(sd: &StableDiffusion, req: &StylizeRequest, bank: Bank) -> f32
         .denoise(req, &mut conditioning, &mut noise, &mut |_, _| {})
         .unwrap();
     assert_eq!(noise.remaining(), 0, "unused recorded noise");
-    let expected = &expected_cases[&format!("{CASE}/latents")];
-    let scale = expected
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    max_abs_diff(&latents, expected) / scale
+    max_rel_diff(&latents, &expected_cases[&format!("{CASE}/latents")])
 }
 
 #[test]

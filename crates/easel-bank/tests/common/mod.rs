@@ -140,3 +140,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `max |a − b|` relative to the reference `b`'s largest magnitude.
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = values(b).iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    max_abs_diff(a, b) / scale
+}
