@@ -159,6 +159,39 @@ impl InferenceDefaults {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Sets `request`'s guidance, strength, sampler, noise start, control scale and ControlNet
+    /// guidance to the values given here, leaving its steps (and everything else) alone;
+    /// returns whether the bank paints through the ControlNet (`control`, default yes). The
+    /// negative prompt is the conditioning's, not the request's.
+    pub fn apply(&self, request: &mut easel_pipeline::pipeline::StylizeRequest) -> Result<bool> {
+        self.validate()?;
+        if let Some(g) = self.guidance {
+            request.guidance_scale = g;
+        }
+        if let Some(v) = self.strength {
+            request.strength = v;
+        }
+        if let Some(s) = &self.scheduler {
+            request.scheduler = s
+                .parse()
+                .map_err(|e| candle_core::Error::Msg(format!("inference scheduler: {e}")))?;
+        }
+        if let Some(s) = &self.noise_start {
+            request.noise_start = s
+                .parse()
+                .map_err(|e| candle_core::Error::Msg(format!("inference noise_start: {e}")))?;
+        }
+        if let Some(s) = &self.control_cfg {
+            request.control.guidance = s
+                .parse()
+                .map_err(|e| candle_core::Error::Msg(format!("inference control_cfg: {e}")))?;
+        }
+        if let Some(v) = self.control_scale {
+            request.control.scale = v;
+        }
+        Ok(self.control.unwrap_or(true))
+    }
 }
 
 /// A parsed preset (see the module docs and the files in `prompts/`).
@@ -236,6 +269,80 @@ mod tests {
 
     /// Every built-in preset parses and resolves for SD 1.5 to its documented shape
     /// (stages, groups, tokens per slot, parameterisation).
+    /// Each preset's inference defaults set the request's fields and nothing else; an empty set
+    /// leaves the request as it was.
+    #[test]
+    fn inference_defaults_apply_to_a_request() {
+        use easel_pipeline::pipeline::{ControlGuidance, NoiseStart, StylizeRequest};
+        let fresh = || {
+            let photo = candle_core::Tensor::zeros(
+                (1, 3, 8, 8),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            let mut r = StylizeRequest::new(photo);
+            r.steps = 7;
+            r
+        };
+        // (preset, guidance, noise start, ControlNet guidance, through the ControlNet)
+        let cases = [
+            (
+                "lsast",
+                10.0,
+                NoiseStart::LdmImg2Img,
+                ControlGuidance::CondOnly,
+                true,
+            ),
+            (
+                "artbank",
+                10.0,
+                NoiseStart::StochasticInversion,
+                ControlGuidance::Batch,
+                false,
+            ),
+        ];
+        for (name, guidance, start, guide, control) in cases {
+            let mut r = fresh();
+            let through = Preset::builtin(name)
+                .unwrap()
+                .inference
+                .apply(&mut r)
+                .unwrap();
+            assert_eq!(through, control, "{name}");
+            assert_eq!(r.guidance_scale, guidance, "{name}");
+            assert_eq!(
+                (r.noise_start, r.control.guidance),
+                (start, guide),
+                "{name}"
+            );
+            assert_eq!(
+                (r.strength, r.steps),
+                (0.7, 7),
+                "{name}: steps stay the caller's"
+            );
+        }
+        let mut r = fresh();
+        assert!(InferenceDefaults::default().apply(&mut r).unwrap());
+        let d = fresh();
+        assert_eq!(
+            (
+                r.guidance_scale,
+                r.strength,
+                r.noise_start,
+                r.control.guidance,
+                r.scheduler
+            ),
+            (
+                d.guidance_scale,
+                d.strength,
+                d.noise_start,
+                d.control.guidance,
+                d.scheduler
+            )
+        );
+    }
+
     #[test]
     fn builtin_presets_parse() {
         let cases = [

@@ -494,6 +494,38 @@ fn preset_defaults_reach_learn_and_stylize_and_flags_override_them() {
     ] {
         assert!(params.contains(expected), "{expected} in {params}");
     }
+
+    // Validation images paint as the bank paints by default.
+    for (layout, expected) in [
+        (
+            "artbank",
+            &[
+                "Method: sd-img2img",
+                "Guidance: 10",
+                "Noise start: stochastic-inversion",
+            ][..],
+        ),
+        (
+            "lsast",
+            &[
+                "Method: sd-controlnet",
+                "Guidance: 10",
+                "Noise start: ldm-img2img",
+                "Control guidance: cond-only",
+            ][..],
+        ),
+    ] {
+        let out = tmp.path().join(format!("{layout}-validated.bank"));
+        let mut args = base(layout);
+        args.retain(|a| *a != "--validate-every" && *a != "0");
+        args.extend(["--validate-every", "1", "--validation-steps", "2"]);
+        assert_success(&learn(&cache, &coll, &out, &args));
+        let png = out.with_extension("run").join("validation/step_000001.png");
+        let params = easel_core::read_png_parameters(&png).unwrap().unwrap();
+        for e in expected {
+            assert!(params.contains(e), "{layout}: {e} in {params}");
+        }
+    }
 }
 
 /// ArtBank is built on SD 1.4: the `artbank` preset learns on `CompVis/stable-diffusion-v1-4`

@@ -22,12 +22,12 @@ use easel_bank::checkpoint::Checkpoint;
 use easel_bank::collection::{collection_hash, prepare_examples};
 use easel_bank::file::{save_bank, BankMetadata};
 use easel_bank::inject::init_embedding;
-use easel_bank::preset::{Preset, BUILTIN_PRESETS};
+use easel_bank::preset::{InferenceDefaults, Preset, BUILTIN_PRESETS};
 use easel_bank::train::{Hooks, TrainConfig, TrainOutcome, Trainer};
 use easel_core::{DeviceChoice, Parameters};
 use easel_pipeline::canny::{self, CannyOptions};
 use easel_pipeline::models::StableDiffusion;
-use easel_pipeline::pipeline::StylizeRequest;
+use easel_pipeline::pipeline::{ControlGuidance, NoiseStart, StylizeRequest};
 use easel_styles::convert::bank_plugin;
 use easel_styles::PluginInfo;
 use image::RgbImage;
@@ -125,7 +125,8 @@ pub struct LearnArgs {
     #[arg(long, value_name = "FILE")]
     validation_photo: Option<PathBuf>,
 
-    /// Denoising steps of each validation image (DDIM, strength 0.7, guidance 7.5).
+    /// Denoising steps of each validation image, painted as the bank paints by default (the
+    /// preset's inference settings; else DDIM, strength 0.7, guidance 7.5).
     #[arg(long, value_name = "N", default_value_t = 10)]
     validation_steps: usize,
 
@@ -218,10 +219,14 @@ struct ValidationSettings {
     seed: u64,
     /// Edges of the photo, as the training views'.
     canny: CannyOptions,
+    /// How the bank paints by default (its preset's).
+    inference: InferenceDefaults,
 }
 
-/// Writes the validation image of step `step`: `photo` stylized with `bank` through its own
-/// Canny edges (when the models have a ControlNet), seeded by the run's seed.
+/// Writes the validation image of step `step`: `photo` stylized with `bank` as the bank paints
+/// by default (its inference defaults, `settings.steps` steps) through its own Canny edges
+/// (when the models have a ControlNet and the bank paints through one), seeded by the run's
+/// seed.
 fn write_validation(
     sd: &StableDiffusion,
     bank: &Bank,
@@ -235,8 +240,20 @@ fn write_validation(
         steps,
         seed,
         ref canny,
+        ref inference,
     } = *settings;
     let mut request = StylizeRequest::new(easel_core::rgb_to_tensor(photo, &Device::Cpu)?);
+    let through_control = inference.apply(&mut request)?;
+    let without_control;
+    let sd = if through_control || sd.controlnet.is_none() {
+        sd
+    } else {
+        without_control = StableDiffusion {
+            controlnet: None,
+            ..sd.clone()
+        };
+        &without_control
+    };
     if sd.controlnet.is_some() {
         let edges = canny::canny(photo, canny)?;
         request.control_image = Some(easel_core::rgb_to_tensor(
@@ -264,6 +281,17 @@ fn write_validation(
     params
         .extra
         .push(("Scheduler".into(), request.scheduler.to_string()));
+    if request.noise_start != NoiseStart::Img2Img {
+        params
+            .extra
+            .push(("Noise start".into(), request.noise_start.name().into()));
+    }
+    if sd.controlnet.is_some() && request.control.guidance != ControlGuidance::Batch {
+        params.extra.push((
+            "Control guidance".into(),
+            request.control.guidance.name().into(),
+        ));
+    }
     if sd.controlnet.is_some() {
         params.extra.push((
             "Control".into(),
@@ -438,6 +466,7 @@ pub fn run(args: LearnArgs) -> Result<()> {
         steps: args.validation_steps,
         seed: cfg.seed,
         canny: CannyOptions::with_thresholds(cfg.canny_low, cfg.canny_high),
+        inference: cfg.inference.clone(),
     };
 
     if let Some(notice) = &preset_notice {
