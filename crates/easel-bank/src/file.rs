@@ -229,7 +229,7 @@ pub fn load_bank(
             Err(import) => {
                 return Err(BankFitError::Unreadable {
                     name: name.to_string(),
-                    source: if crate::official::is_torch_save(bytes) {
+                    source: if easel_core::torch_checkpoint::is_torch_save(bytes) {
                         import
                     } else {
                         source

@@ -234,7 +234,7 @@ pub fn import_embedding(
     sidecar: Option<&str>,
     device: &Device,
 ) -> Result<ImportedEmbedding> {
-    let (meta, tensors) = if crate::official::is_torch_save(bytes) {
+    let (meta, tensors) = if easel_core::torch_checkpoint::is_torch_save(bytes) {
         let what = "embedding file";
         let tensors = crate::official::read_torch_save(bytes, what)?;
         if crate::official::official_kind(&tensors).is_some() {

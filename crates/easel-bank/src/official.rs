@@ -82,10 +82,6 @@ pub struct OfficialBank {
     pub preset: Preset,
 }
 
-/// Whether `bytes` look like a `torch.save` file (zip archive or legacy stream), the container
-/// of the official checkpoints.
-pub use easel_core::torch_checkpoint::is_torch_save;
-
 /// Reads the tensors of a `torch.save` file as the official checkpoints need it: dicts,
 /// tensors and the module classes of [`OFFICIAL_CLASSES`], nothing else (`source` names it in
 /// errors).

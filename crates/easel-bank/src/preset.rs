@@ -267,8 +267,6 @@ mod tests {
         up: 9,
     };
 
-    /// Every built-in preset parses and resolves for SD 1.5 to its documented shape
-    /// (stages, groups, tokens per slot, parameterisation).
     /// Each preset's inference defaults set the request's fields and nothing else; an empty set
     /// leaves the request as it was.
     #[test]
@@ -343,6 +341,8 @@ mod tests {
         );
     }
 
+    /// Every built-in preset parses and resolves for SD 1.5 to its documented shape
+    /// (stages, groups, tokens per slot, parameterisation).
     #[test]
     fn builtin_presets_parse() {
         let cases = [

@@ -96,9 +96,20 @@ impl ControlOptions {
     }
 }
 
-/// The inference defaults the bank file at `path` carries (none for banks that record none,
-/// such as imported embeddings).
-pub fn bank_defaults(path: &std::path::Path) -> Result<InferenceDefaults> {
+/// How a bank file paints when the request leaves something unset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BankDefaults {
+    /// The inference defaults it carries (none for banks that record none, such as
+    /// textual-inversion embeddings; an official checkpoint's preset's).
+    pub inference: InferenceDefaults,
+    /// The Stable Diffusion it was learned on, when that names a hub repository
+    /// (`CompVis/stable-diffusion-v1-4` for a bank of the `artbank` preset): what it paints on
+    /// when no model is named. `None` for imported embeddings and banks learned on local files.
+    pub base_model: Option<String>,
+}
+
+/// Reads the [`BankDefaults`] of the bank file (or embedding) at `path`.
+pub fn bank_defaults(path: &std::path::Path) -> Result<BankDefaults> {
     let bytes = std::fs::read(path).map_err(|e| HostError::ReadWeights {
         what: "bank",
         path: path.to_path_buf(),
@@ -110,27 +121,21 @@ pub fn bank_defaults(path: &std::path::Path) -> Result<InferenceDefaults> {
         reason: e.to_string(),
     };
     match easel_bank::file::read_bank(&bytes, &Device::Cpu) {
-        Ok((_, metadata)) => metadata.inference_defaults().map_err(unreadable),
+        Ok((_, metadata)) => Ok(BankDefaults {
+            inference: metadata.inference_defaults().map_err(unreadable)?,
+            base_model: match easel_core::WeightSource::parse(&metadata.base_model) {
+                Ok(easel_core::WeightSource::Hub { .. }) => Some(metadata.base_model),
+                _ => None,
+            },
+        }),
         // Not a bank file: an embedding, imported when it is loaded, paints with the defaults
         // of its import (an official checkpoint's preset's; none for textual inversion).
-        Err(_) => Ok(
-            easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
+        Err(_) => Ok(BankDefaults {
+            inference: easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu)
                 .map(|imported| imported.inference)
                 .unwrap_or_default(),
-        ),
-    }
-}
-
-/// The Stable Diffusion the bank file at `path` was learned on, when it names a hub repository
-/// (`CompVis/stable-diffusion-v1-4` for a bank of the `artbank` preset): what the bank paints on
-/// when no model is named. `None` for imported embeddings, banks learned on local files and
-/// files that are not banks.
-pub fn bank_base_model(path: &std::path::Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let (_, metadata) = easel_bank::file::read_bank(&bytes, &Device::Cpu).ok()?;
-    match easel_core::WeightSource::parse(&metadata.base_model) {
-        Ok(easel_core::WeightSource::Hub { .. }) => Some(metadata.base_model),
-        _ => None,
+            base_model: None,
+        }),
     }
 }
 

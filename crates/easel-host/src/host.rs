@@ -175,17 +175,16 @@ impl Host {
                 sources,
             } => {
                 // What the request leaves unset, the bank's inference defaults give.
+                let defaults = diffusion::bank_defaults(path)?;
                 let mut with_defaults = request.clone();
-                let (options, taken) = request
-                    .diffusion
-                    .with_defaults(&diffusion::bank_defaults(path)?)?;
+                let (options, taken) = request.diffusion.with_defaults(&defaults.inference)?;
                 with_defaults.strength = request.strength.or(options.strength);
                 with_defaults.diffusion = options;
                 let request = &with_defaults;
                 // No model named: the one the bank was learned on.
                 let mut sources = sources.clone();
                 if sources.sd.is_none() {
-                    sources.sd = diffusion::bank_base_model(path);
+                    sources.sd = defaults.base_model;
                 }
                 self.paint_diffusion(&sources, photo, request, |sd, resolved, s| {
                     let unet = resolved.unet_file();

@@ -160,7 +160,7 @@ impl PluginSource {
                     _ => match easel_bank::interop::import_embedding(&bytes, None, &Device::Cpu) {
                         Ok(_) => Ok(PluginSource::Embedding(path)),
                         // A torch.save file can only be an official checkpoint: say why not.
-                        Err(e) if easel_bank::official::is_torch_save(&bytes) => {
+                        Err(e) if easel_core::torch_checkpoint::is_torch_save(&bytes) => {
                             Err(source_error(e.to_string()))
                         }
                         Err(_) => Err(source_error(

@@ -286,13 +286,13 @@ fn write_validation(
             .extra
             .push(("Noise start".into(), request.noise_start.name().into()));
     }
-    if sd.controlnet.is_some() && request.control.guidance != ControlGuidance::Batch {
-        params.extra.push((
-            "Control guidance".into(),
-            request.control.guidance.name().into(),
-        ));
-    }
     if sd.controlnet.is_some() {
+        if request.control.guidance != ControlGuidance::Batch {
+            params.extra.push((
+                "Control guidance".into(),
+                request.control.guidance.name().into(),
+            ));
+        }
         params.extra.push((
             "Control".into(),
             format!("canny {}:{}", canny.low, canny.high),

@@ -392,9 +392,12 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let mut options = d.options(args.strength)?;
     // What the flags leave unset, the bank's inference defaults give (its preset's).
     let mut bank_defaults_taken = Vec::new();
+    let mut bank_base_model = None;
     if let Some(bank) = &d.bank {
         let defaults = easel_host::diffusion::bank_defaults(bank).map_err(word)?;
-        (options, bank_defaults_taken) = options.with_defaults(&defaults).map_err(word)?;
+        (options, bank_defaults_taken) =
+            options.with_defaults(&defaults.inference).map_err(word)?;
+        bank_base_model = defaults.base_model;
     }
     let mut s = options
         .settings(d.prompt.clone().unwrap_or_default(), &device)
@@ -434,11 +437,9 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
 
     let prefer_fp16 = !device.is_cpu() && s.dtype != DType::F32;
     let mut sources = d.sources(&s);
-    if let (None, Some(bank)) = (&sources.sd, &d.bank) {
-        sources.sd = easel_host::diffusion::bank_base_model(bank);
-        if let Some(sd) = &sources.sd {
-            eprintln!("painting on {sd}, the model the bank was learned on (--sd overrides)");
-        }
+    if let (None, Some(sd)) = (&sources.sd, bank_base_model) {
+        eprintln!("painting on {sd}, the model the bank was learned on (--sd overrides)");
+        sources.sd = Some(sd);
     }
     let resolved = sources
         .resolve(prefer_fp16, Some(progress::download_hook()))
