@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Speed and peak memory of one Gatys iteration (loss forward + gradient to the picture) on
-EfficientNet-Lite0: easel against PyTorch, same weights, same pictures, same threads, one run.
+EfficientNet-Lite0 or VGG-19: easel against PyTorch, same weights, same pictures, same threads,
+one run.
 
 Not a test. Run from the repository root (builds the example first):
 
     /work/pyref/bin/python tools/ref/gatys_bench.py [--size 512] [--runs 3] [--threads 2]
+        [--network lite0|vgg19]
+
+`--network vgg19`: torchvision's VGG-19 at full widths with seeded random weights (no VGG
+weights exist here; `vgg19_ref.init_`, seed 0), the loss of `tools/ref/vgg19_ref.py` (style at
+relu1_1 ... relu5_1, content at relu4_2, the same weights).
 
 Pictures: chelsea_cat (photo) and Starry Night (painting) resized to SIZE×SIZE (bicubic), `x` =
 photo + 0.1 uniform noise (seed 0). The loss is `tools/ref/gatys_ref.py`'s (style at stem, dw1,
@@ -13,7 +19,7 @@ dw3, dw5, dw8; content at block5; weights 1, 1e5, 10). PyTorch runs in a child p
 the median of --runs; easel runs `cargo run --release -p easel-fast --example bench_gatys` with
 RAYON_NUM_THREADS = --threads. Peak memory is each process's VmHWM; "before" is its resident
 memory after setup (weights, targets) and before the first evaluation. Prints a table with
-easel / PyTorch (lower is better).
+easel / PyTorch (lower is better) and how far easel's gradient to the picture is from PyTorch's.
 """
 import argparse
 import json
@@ -36,7 +42,21 @@ def status_mib(field):
     return 0.0
 
 
-def torch_child(path, runs, threads):
+def vgg19_net(weights):
+    """The torchvision VGG-19 of `weights` (a safetensors state dict), as vgg19_ref.Net."""
+    from safetensors.torch import load_file
+
+    import vgg19_ref
+
+    model = vgg19_ref.TorchvisionVGG19(scale=1)
+    model.load_state_dict(load_file(weights), strict=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return vgg19_ref.Net(model.features, vgg19_ref.TORCHVISION_RELU,
+                         lambda x: (x - vgg19_ref.MEAN) / vgg19_ref.STD)
+
+
+def torch_child(path, runs, threads, vgg19):
     import torch
     from safetensors.torch import load_file
 
@@ -45,14 +65,20 @@ def torch_child(path, runs, threads):
 
     torch.set_num_threads(threads)
     t = load_file(path)
-    net = gatys_ref.load_lite0()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    obj = gatys_ref.Objective(net, t["photo"], [t["style"]])
+    if vgg19:
+        import vgg19_ref
+
+        obj = vgg19_ref.Objective(vgg19_net(vgg19), t["photo"], t["style"])
+    else:
+        net = gatys_ref.load_lite0()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        obj = gatys_ref.Objective(net, t["photo"], [t["style"]])
     rss_before = status_mib("VmRSS:")
     x = t["x"].clone().requires_grad_(True)
     times = []
     loss = 0.0
+    grad = None
     for i in range(runs + 1):
         start = time.perf_counter()
         x.grad = None
@@ -62,6 +88,10 @@ def torch_child(path, runs, threads):
         if i > 0:
             times.append((time.perf_counter() - start) * 1e3)
         loss = float(total)
+        grad = x.grad.detach().clone()
+    from safetensors.torch import save_file
+
+    save_file({"grad": grad.contiguous()}, path + ".torch_grad.safetensors")
     print(json.dumps({"median_ms": statistics.median(times), "ms": times, "loss": loss,
                       "peak_mib": status_mib("VmHWM:"), "rss_before_mib": rss_before}))
 
@@ -71,10 +101,14 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--network", choices=["lite0", "vgg19"], default="lite0",
+                    help="EfficientNet-Lite0 (embedded weights) or VGG-19 (torchvision layout, "
+                         "full widths, seeded random weights: no VGG weights exist here)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--vgg19-weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return torch_child(args.child, args.runs, args.threads)
+        return torch_child(args.child, args.runs, args.threads, args.vgg19_weights)
 
     import torch
     from safetensors.torch import save_file
@@ -91,21 +125,42 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, f"input_{s}.safetensors")
         save_file({"photo": photo, "style": style, "x": x}, path)
+        vgg = []
+        if args.network == "vgg19":
+            import vgg19_ref
+
+            model = vgg19_ref.TorchvisionVGG19(scale=1)
+            vgg19_ref.init_(model, torch.Generator().manual_seed(0))
+            weights = os.path.join(d, "vgg19.safetensors")
+            save_file({k: v for k, v in model.state_dict().items() if k.startswith("features.")},
+                      weights)
+            vgg = ["--vgg19-weights", weights]
         subprocess.run(["cargo", "build", "--release", "-p", "easel-fast", "--example", "bench_gatys"],
                        cwd=ROOT, check=True)
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
         py = subprocess.run([sys.executable, __file__, "--child", path, "--runs", str(args.runs),
-                             "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                             "--threads", str(args.threads)] + vgg,
+                            capture_output=True, text=True, check=True)
         torch_res = json.loads(py.stdout.strip().splitlines()[-1])
+        easel_grad = path + ".easel_grad.safetensors"
         ez = subprocess.run([str(ROOT / "target/release/examples/bench_gatys"), "--input", path,
-                             "--runs", str(args.runs)], capture_output=True, text=True, check=True, env=env)
+                             "--runs", str(args.runs), "--grad-out", easel_grad]
+                            + [a.replace("--vgg19-weights", "--vgg19") for a in vgg],
+                            capture_output=True, text=True, check=True, env=env)
         easel_res = json.loads(ez.stdout.strip().splitlines()[-1])
-    print(f"size {s}², {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+        from safetensors.torch import load_file
+
+        g_torch = load_file(path + ".torch_grad.safetensors")["grad"]
+        g_easel = load_file(easel_grad)["grad"]
+        grad_rel = float((g_easel - g_torch).abs().max() / g_torch.abs().max())
+    print(f"{args.network}, size {s}², {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("| side | median ms | all ms | loss | peak MiB | before MiB |")
     print("|---|---|---|---|---|---|")
     for name, r in [("PyTorch", torch_res), ("easel", easel_res)]:
         ms = ", ".join(f"{v:.0f}" for v in r["ms"])
         print(f"| {name} | {r['median_ms']:.0f} | {ms} | {r['loss']:.6g} | {r['peak_mib']:.0f} | {r['rss_before_mib']:.0f} |")
+    print(f"gradient to the picture: max |easel - PyTorch| / max |PyTorch| = {grad_rel:.1e}")
     print(f"easel / PyTorch: time {easel_res['median_ms'] / torch_res['median_ms']:.2f}x, "
           f"peak {easel_res['peak_mib'] / torch_res['peak_mib']:.2f}x, "
           f"peak over before {(easel_res['peak_mib'] - easel_res['rss_before_mib']) / max(1.0, torch_res['peak_mib'] - torch_res['rss_before_mib']):.2f}x")

@@ -71,6 +71,7 @@ fn setting_flag(setting: Setting) -> &'static str {
         Setting::VaeTiling => "--vae-tiling",
         Setting::StyleLayers => "--style-layers",
         Setting::ContentLayers => "--content-layers",
+        Setting::Vgg19 => "--vgg19",
     }
 }
 

@@ -41,6 +41,15 @@ fn gatys(out: &Path, extra: &[&str]) -> Output {
     easel_command(&args).output().unwrap()
 }
 
+/// The torchvision-layout VGG-19 test checkpoint (eight times narrower, random weights) of
+/// `tools/ref/vgg19_ref.py`.
+fn vgg19_fixture() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../easel-fast/tests/fixtures/vgg19_torchvision_tiny.pth")
+        .display()
+        .to_string()
+}
+
 fn summary(out: &Output) -> serde_json::Value {
     assert_success(out);
     serde_json::from_slice(&out.stdout).unwrap()
@@ -162,6 +171,7 @@ fn bad_inputs_are_refused_and_write_nothing() {
     let grey = image::RgbImage::from_pixel(8, 8, image::Rgb([255, 255, 255]));
     let one_level = work.path().join("white.png");
     grey.save(&one_level).unwrap();
+    let vgg = vgg19_fixture();
     let gatys_args = ["--method", "gatys"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -211,7 +221,20 @@ fn bad_inputs_are_refused_and_write_nothing() {
         ),
         (
             vec!["--style", &starry, "--content-layers", "stem,relu4_1"],
-            "unknown layer \"relu4_1\" (expected stem, dwN, blockN or head)",
+            "--content-layers relu4_1 is not a layer: relu4_1 is a VGG-19 layer; \
+             EfficientNet-Lite0's are stem, dwN, blockN and head",
+        ),
+        (
+            vec!["--style", &starry, "--content-layers", "relu9_1"],
+            "\"relu9_1\" is not a VGG-19 layer",
+        ),
+        (
+            vec!["--style", &starry, "--vgg19", &wave],
+            "cannot be used: ",
+        ),
+        (
+            vec!["--style", &starry, "--vgg19", &vgg, "--style-layers", "dw1"],
+            "--style-layers dw1 is not a layer: dw1 is an EfficientNet-Lite0 layer",
         ),
     ];
     for (extra, expected) in cases {
@@ -373,4 +396,50 @@ fn layer_sets_are_chosen_by_flag_or_spec() {
     );
     summary(&run);
     assert!(image::open(&out).unwrap().to_rgb8() == flags);
+}
+
+/// `--vgg19 FILE` (or `gatys@vgg19=FILE`) optimises on VGG-19 with its own default layers
+/// (Gatys et al.'s relu1_1 … relu5_1 and relu4_2), names the network in the PNG's parameters,
+/// and lowers the loss; the flag and the spec paint the same bytes.
+#[test]
+fn vgg19_weights_are_used_by_flag_or_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let starry = painting("vangogh_starry_night.jpg");
+    let vgg = vgg19_fixture();
+    let out = dir.path().join("vgg.png");
+    let run = gatys(
+        &out,
+        &[
+            "--method",
+            "gatys",
+            "--style",
+            &starry,
+            "--iterations",
+            "3",
+            "--vgg19",
+            &vgg,
+        ],
+    );
+    let json = summary(&run);
+    let record = &json["outputs"][0];
+    let first = record["initial_loss"]["total"].as_f64().unwrap();
+    let last = record["final_loss"]["total"].as_f64().unwrap();
+    assert!(first > 0.0 && last < first, "loss {first} -> {last}");
+    let params = easel_core::read_png_parameters(&out).unwrap().unwrap();
+    assert!(
+        params
+            .contains("Layers: \"style relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; content relu4_2\""),
+        "{params}"
+    );
+    assert!(
+        params.contains("VGG-19 (torchvision layout, vgg19_torchvision_tiny.pth (sha256 "),
+        "{params}"
+    );
+    let out_use = dir.path().join("use.png");
+    let spec = format!("gatys@iterations=3@vgg19={vgg}");
+    summary(&gatys(&out_use, &["--use", &spec, "--style", &starry]));
+    assert!(
+        image::open(&out).unwrap().to_rgb8() == image::open(&out_use).unwrap().to_rgb8(),
+        "--use gatys@vgg19 differs from --vgg19"
+    );
 }

@@ -85,6 +85,7 @@ impl Method {
         let painter = match &spec.style {
             StyleSpec::Gatys => Painter::Gatys {
                 style: GatysStyle {
+                    network: spec.gatys_network()?,
                     paintings: ctx.paintings.iter().map(|p| p.path.clone()).collect(),
                     mask: None,
                 },

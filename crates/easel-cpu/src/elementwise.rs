@@ -9,6 +9,17 @@ crate::simd_fn! {
     }
 }
 
+crate::simd_fn! {
+    /// The gradient through `y = clamp(x, lo, hi)` from `y`: zeroes `g[i]` where `y[i]` is
+    /// clamped (`y ≤ lo` or `y ≥ hi`, PyTorch's rule for ReLU and ReLU6), as a select so that
+    /// it vectorises.
+    pub fn clamp_backward(g: &mut [f32], y: &[f32], lo: f32, hi: f32) {
+        for (gv, &yv) in g.iter_mut().zip(y) {
+            *gv = if yv > lo && yv < hi { *gv } else { 0.0 };
+        }
+    }
+}
+
 /// Sum of `f(x)` over `xs` in f64 (8 partial sums, so it vectorises).
 #[inline(always)]
 pub fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
@@ -45,5 +56,22 @@ mod tests {
         xs[19] = 1.0;
         assert_eq!(sum64(&xs, |x| x), 16_777_218.0);
         assert_eq!(sum64(&[1.0, 2.0, 3.0], |x| x * x), 14.0);
+    }
+
+    /// The clamp's gradient passes strictly inside (lo, hi) only, NaN activations included
+    /// among the blocked ones, over a vector body and tail.
+    #[test]
+    fn clamp_backward_passes_the_open_interval() {
+        let y: Vec<f32> = (0..19)
+            .map(|i| i as f32 * 0.5 - 1.0)
+            .chain([f32::NAN])
+            .collect();
+        let mut g = vec![2.0f32; y.len()];
+        clamp_backward(&mut g, &y, 0.0, 6.0);
+        for (&gv, &yv) in g.iter().zip(&y) {
+            let inside = yv > 0.0 && yv < 6.0;
+            assert_eq!(gv, if inside { 2.0 } else { 0.0 }, "y = {yv}");
+        }
+        assert_eq!(g.iter().filter(|&&v| v == 2.0).count(), 11);
     }
 }

@@ -33,5 +33,5 @@ pub use layer::{Activation, ConvLayer};
 pub use pad::PadOp;
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
 pub use pool2d::MaxPool2Ceil;
-pub use scratch::Scratch;
+pub use scratch::{Scratch, ScratchCache};
 pub use simd::{Isa, ROUND_MAGIC};

@@ -1,13 +1,32 @@
 //! Recycled f32 buffers: a network pass takes and gives back its activations here.
 
+/// Buffers a default [`Scratch`] keeps.
+const DEFAULT_KEPT: usize = 16;
+
 /// Recycled f32 buffers for one network pass: large fresh allocations cost a page fault and a
 /// kernel-zeroed page per 4 KiB, which for the small predictor layers took longer than the convs.
-#[derive(Default)]
 pub struct Scratch {
     free: Vec<Vec<f32>>,
+    /// How many buffers [`Scratch::give`] keeps.
+    kept: usize,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::keeping(DEFAULT_KEPT)
+    }
 }
 
 impl Scratch {
+    /// An empty scratch that keeps up to `kept` buffers (a pass with a backward holds many
+    /// activations at once).
+    pub fn keeping(kept: usize) -> Self {
+        Self {
+            free: Vec::new(),
+            kept,
+        }
+    }
+
     /// A buffer of `len` floats with unspecified (initialised) contents.
     pub fn take(&mut self, len: usize) -> Vec<f32> {
         // Prefer the shortest buffer already `len` long (nothing to initialise), else the one
@@ -41,8 +60,41 @@ impl Scratch {
 
     /// Returns a buffer for reuse (a bounded number are kept).
     pub fn give(&mut self, v: Vec<f32>) {
-        if self.free.len() < 16 && v.capacity() > 0 {
+        if self.free.len() < self.kept && v.capacity() > 0 {
             self.free.push(v);
         }
+    }
+}
+
+/// The buffers of a network's last native CPU pass, kept for the next one (a fresh pass would
+/// page-fault its whole working set in again: a third of the predictor's time). Holds the peak
+/// activation memory of the last pass; concurrent passes on one network use fresh buffers.
+#[derive(Default)]
+pub struct ScratchCache(std::sync::Mutex<Scratch>);
+
+impl ScratchCache {
+    /// A cache whose scratch keeps up to `kept` buffers ([`Scratch::keeping`]).
+    pub fn keeping(kept: usize) -> Self {
+        Self(std::sync::Mutex::new(Scratch::keeping(kept)))
+    }
+
+    /// Runs `f` with the cached buffers (or fresh ones while another pass holds them).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        match self.0.try_lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => f(&mut Scratch::default()),
+        }
+    }
+}
+
+impl Clone for ScratchCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for ScratchCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScratchCache")
     }
 }

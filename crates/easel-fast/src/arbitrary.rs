@@ -49,7 +49,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Sh
 use candle_nn::VarBuilder;
 use easel_cpu::{
     elementwise::{self, sum64},
-    pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch,
+    pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch, ScratchCache,
 };
 
 /// Side of the square picture the style predictor was trained on.
@@ -349,34 +349,6 @@ impl Conv {
             h: ho,
             w: wo,
         })
-    }
-}
-
-/// The buffers of a network's last native CPU pass, kept for the next one (a fresh pass would
-/// page-fault its whole working set in again: a third of the predictor's time). Holds the peak
-/// activation memory of the last pass; concurrent passes on one network use fresh buffers.
-#[derive(Default)]
-struct ScratchCache(std::sync::Mutex<Scratch>);
-
-impl ScratchCache {
-    /// Runs `f` with the cached buffers (or fresh ones while another pass holds them).
-    fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
-        match self.0.try_lock() {
-            Ok(mut s) => f(&mut s),
-            Err(_) => f(&mut Scratch::default()),
-        }
-    }
-}
-
-impl Clone for ScratchCache {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for ScratchCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ScratchCache")
     }
 }
 

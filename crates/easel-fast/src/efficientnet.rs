@@ -31,9 +31,10 @@
 //!   convolutions backwards by hand (weights are frozen, so only the picture's gradient is
 //!   computed), stopping at the deepest requested feature; elsewhere it uses candle's autograd.
 
-use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use crate::tape::AutogradTape;
+use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch};
+use easel_cpu::{elementwise, pad, pool, Conv2d, Epilogue, Scratch, ScratchCache};
 
 /// The embedded EfficientNet-Lite0 ImageNet weights (f16, lukemelas state-dict keys; see
 /// `weights/README.md`).
@@ -299,7 +300,8 @@ impl ConvBn {
             quant: None,
         };
         let (ho, wo) = fwd.out_size(hp, wp)?;
-        let mut out = vec![0f32; x.n * self.c_out * ho * wo];
+        // The conv writes every output.
+        let mut out = scratch.take(x.n * self.c_out * ho * wo);
         if pt + pb + pl + pr == 0 {
             fwd.forward_into(&x.v, (x.n, self.c_in, hp, wp), &ep, &mut out, scratch)?;
         } else {
@@ -319,12 +321,12 @@ impl ConvBn {
     }
 
     /// The gradient of the input (`[n, c_in, h, w]`) from `g`, the gradient of the output `y`
-    /// (which the ReLU6 mask is read from): a stride-1 conv of the zero-dilated, padded `g` with
-    /// the transposed kernel, whose padding maps also drop the rows and columns the forward
-    /// padding added.
+    /// (which the ReLU6 mask is read from, and applied to `g` in place): a stride-1 conv of the
+    /// zero-dilated, padded `g` with the transposed kernel, whose padding maps also drop the rows
+    /// and columns the forward padding added.
     fn cpu_backward(
         &self,
-        mut g: Vec<f32>,
+        g: &mut [f32],
         y: Option<&Act>,
         (h, w): (usize, usize),
         scratch: &mut Scratch,
@@ -334,11 +336,16 @@ impl ConvBn {
             let Some(y) = y else {
                 bail!("efficientnet: internal error: ReLU6 backward without the activation")
             };
-            for (gv, &yv) in g.iter_mut().zip(&y.v) {
-                if !(yv > 0.0 && yv < 6.0) {
-                    *gv = 0.0;
-                }
+            if y.v.len() != g.len() {
+                bail!("efficientnet: internal error: gradient and activation sizes differ")
             }
+            // Whole chunks in parallel, then the partial last one.
+            pool::par_chunks_mut(g, RELU6_CHUNK, |i, chunk| {
+                let ys = &y.v[i * RELU6_CHUNK..];
+                elementwise::clamp_backward(chunk, ys, 0.0, 6.0);
+            });
+            let tail = g.len() / RELU6_CHUNK * RELU6_CHUNK;
+            elementwise::clamp_backward(&mut g[tail..], &y.v[tail..], 0.0, 6.0);
         }
         let (pt, pb) = same_pad(h, self.k, self.stride);
         let (pl, pr) = same_pad(w, self.k, self.stride);
@@ -347,10 +354,11 @@ impl ConvBn {
             (w + pl + pr - self.k) / self.stride + 1,
         );
         let n = g.len() / (self.c_out * ho * wo).max(1);
-        let mut out = vec![0f32; n * self.c_in * h * w];
+        // The conv writes every output.
+        let mut out = scratch.take(n * self.c_in * h * w);
         if self.k == 1 && self.stride == 1 {
             bwd.forward_into(
-                &g,
+                g,
                 (n, self.c_out, h, w),
                 &Epilogue::default(),
                 &mut out,
@@ -369,7 +377,7 @@ impl ConvBn {
             };
             let rows = map(h, pt, ho);
             let cols = map(w, pl, wo);
-            let gp = pad::pad(&g, (n * self.c_out, ho, wo), &rows, &cols, scratch)?;
+            let gp = pad::pad(g, (n * self.c_out, ho, wo), &rows, &cols, scratch)?;
             let dims = (n, self.c_out, h + self.k - 1, w + self.k - 1);
             bwd.forward_into(&gp, dims, &Epilogue::default(), &mut out, scratch)?;
             scratch.give(gp);
@@ -383,6 +391,9 @@ impl ConvBn {
         })
     }
 }
+
+/// Floats per parallel unit of the ReLU6 mask.
+const RELU6_CHUNK: usize = 1 << 16;
 
 /// A CPU activation `[n, c, h, w]`.
 #[derive(Debug, Clone)]
@@ -418,6 +429,8 @@ pub struct EfficientNet {
     fc_weight: Tensor,
     fc_bias: Tensor,
     device: Device,
+    /// The CPU path's buffers, kept from one pass (and its tape) to the next.
+    scratch: ScratchCache,
 }
 
 impl EfficientNet {
@@ -508,6 +521,8 @@ impl EfficientNet {
             fc_weight,
             fc_bias,
             device: vb.device().clone(),
+            // Every activation of a pass to the head and its backward's gradients.
+            scratch: ScratchCache::keeping(2 * 16 * 3 + 8),
         })
     }
 
@@ -641,23 +656,41 @@ impl EfficientNet {
         x: &Tensor,
         taps: &[Tap],
     ) -> Result<(Vec<Tensor>, FeatureTape<'_>)> {
-        let (n, _, h, w) = self.check_input(x)?;
+        self.check_input(x)?;
         for &t in taps {
             self.check_tap(t)?;
         }
         if !self.device.is_cpu() || !x.device().is_cpu() {
-            let var = Var::from_tensor(&x.to_dtype(DType::F32)?)?;
-            let feats = self.forward(var.as_tensor(), taps)?;
+            let (feats, tape) = AutogradTape::record(x, |x| self.forward(x, taps))?;
             return Ok((
-                feats.clone(),
+                feats,
                 FeatureTape {
                     net: self,
                     taps: taps.to_vec(),
-                    inner: TapeInner::Autograd { x: var, feats },
+                    inner: TapeInner::Autograd(tape),
                 },
             ));
         }
-        let mut scratch = Scratch::default();
+        let saved = self
+            .scratch
+            .with(|scratch| self.cpu_features(x, taps, scratch))?;
+        let feats = taps
+            .iter()
+            .map(|&t| saved.get(t).to_tensor())
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            feats,
+            FeatureTape {
+                net: self,
+                taps: taps.to_vec(),
+                inner: TapeInner::Cpu(saved),
+            },
+        ))
+    }
+
+    /// The CPU forward up to the deepest of `taps`, keeping what the backward needs.
+    fn cpu_features(&self, x: &Tensor, taps: &[Tap], scratch: &mut Scratch) -> Result<Saved> {
+        let (n, _, h, w) = x.dims4()?;
         let deepest = taps.iter().map(|t| t.order()).max().unwrap_or(0);
         let mean = IMAGENET_MEAN;
         let std = IMAGENET_STD;
@@ -669,7 +702,7 @@ impl EfficientNet {
             }
         }
         let input = Act { v, n, c: 3, h, w };
-        let stem = self.stem.cpu_forward(&input, &mut scratch)?;
+        let stem = self.stem.cpu_forward(&input, scratch)?;
         let mut saved = Saved {
             input_hw: (h, w),
             stem,
@@ -688,12 +721,12 @@ impl EfficientNet {
             let e = b
                 .expand
                 .as_ref()
-                .map(|c| c.cpu_forward(x_in, &mut scratch))
+                .map(|c| c.cpu_forward(x_in, scratch))
                 .transpose()?;
             let d = b
                 .depthwise
-                .cpu_forward(e.as_ref().unwrap_or(x_in), &mut scratch)?;
-            let mut p = b.project.cpu_forward(&d, &mut scratch)?;
+                .cpu_forward(e.as_ref().unwrap_or(x_in), scratch)?;
+            let mut p = b.project.cpu_forward(&d, scratch)?;
             if b.residual {
                 elementwise::add_assign(&mut p.v, &x_in.v);
             }
@@ -706,20 +739,10 @@ impl EfficientNet {
         }
         if deepest == Tap::Head.order() {
             let last = saved.blocks.last().map_or(&saved.stem, |s| &s.out);
-            saved.head = Some(self.head.cpu_forward(last, &mut scratch)?);
+            saved.head = Some(self.head.cpu_forward(last, scratch)?);
         }
-        let feats = taps
-            .iter()
-            .map(|&t| saved.get(t).to_tensor())
-            .collect::<Result<Vec<_>>>()?;
-        Ok((
-            feats,
-            FeatureTape {
-                net: self,
-                taps: taps.to_vec(),
-                inner: TapeInner::Cpu(saved),
-            },
-        ))
+        scratch.give(input.v);
+        Ok(saved)
     }
 }
 
@@ -755,7 +778,7 @@ impl Saved {
 #[derive(Debug)]
 enum TapeInner {
     Cpu(Saved),
-    Autograd { x: Var, feats: Vec<Tensor> },
+    Autograd(AutogradTape),
 }
 
 /// What [`EfficientNet::features_with_backward`] recorded to compute the picture's gradient.
@@ -779,30 +802,22 @@ impl FeatureTape<'_> {
             )
         }
         let saved = match &self.inner {
-            TapeInner::Autograd { x, feats } => {
-                let mut total: Option<Tensor> = None;
-                for (f, g) in feats.iter().zip(grads) {
-                    if let Some(g) = g {
-                        let term = (f * g.to_dtype(DType::F32)?.detach())?.sum_all()?;
-                        total = Some(match total {
-                            Some(t) => (t + term)?,
-                            None => term,
-                        });
-                    }
-                }
-                let Some(total) = total else {
-                    return x.zeros_like();
-                };
-                let store = total.backward()?;
-                return match store.get(x.as_tensor()) {
-                    Some(g) => Ok(g.clone()),
-                    None => x.zeros_like(),
-                };
-            }
+            TapeInner::Autograd(tape) => return tape.backward(grads),
             TapeInner::Cpu(saved) => saved,
         };
+        self.net
+            .scratch
+            .with(|scratch| self.cpu_backward(saved, grads, scratch))
+    }
+
+    /// The CPU backward through `saved`.
+    fn cpu_backward(
+        &self,
+        saved: &Saved,
+        grads: &[Option<Tensor>],
+        scratch: &mut Scratch,
+    ) -> Result<Tensor> {
         let net = self.net;
-        let mut scratch = Scratch::default();
         let grad_of = |tap: Tap| -> Result<Option<Vec<f32>>> {
             let mut acc: Option<Vec<f32>> = None;
             for (t, g) in self.taps.iter().zip(grads) {
@@ -827,67 +842,80 @@ impl FeatureTape<'_> {
             }
             Ok(acc)
         };
-        let add = |dst: &mut Option<Vec<f32>>, src: Option<Vec<f32>>| match (dst.as_mut(), src) {
-            (Some(d), Some(s)) => elementwise::add_assign(d, &s),
+        // `dst += src`, `src`'s buffer recycled.
+        let add = |dst: &mut Option<Vec<f32>>, src: Option<Vec<f32>>, scratch: &mut Scratch| match (
+            dst.as_mut(),
+            src,
+        ) {
+            (Some(d), Some(s)) => {
+                elementwise::add_assign(d, &s);
+                scratch.give(s);
+            }
             (None, Some(s)) => *dst = Some(s),
             (_, None) => {}
         };
         // Gradient of the current activation (the last block's output, or the stem).
         let mut g: Option<Vec<f32>> = None;
         if let Some(head) = &saved.head {
-            if let Some(gh) = grad_of(Tap::Head)? {
+            if let Some(mut gh) = grad_of(Tap::Head)? {
                 let last = saved.blocks.last().map_or(&saved.stem, |s| &s.out);
                 let gi = net
                     .head
-                    .cpu_backward(gh, Some(head), (last.h, last.w), &mut scratch)?;
+                    .cpu_backward(&mut gh, Some(head), (last.h, last.w), scratch)?;
+                scratch.give(gh);
                 g = Some(gi.v);
             }
         }
         for (i, (b, s)) in net.blocks.iter().zip(&saved.blocks).enumerate().rev() {
-            add(&mut g, grad_of(Tap::Block(i))?);
-            let g_out = g.take();
-            let mut g_d = match &g_out {
+            add(&mut g, grad_of(Tap::Block(i))?, scratch);
+            // The projection has no activation, so its backward leaves `g_out` as it was: the
+            // residual adds it to the block's input gradient below.
+            let mut g_out = g.take();
+            let mut g_d = match &mut g_out {
                 Some(go) => {
                     let d = &s.depthwise;
-                    Some(
-                        b.project
-                            .cpu_backward(go.clone(), None, (d.h, d.w), &mut scratch)?
-                            .v,
-                    )
+                    Some(b.project.cpu_backward(go, None, (d.h, d.w), scratch)?.v)
                 }
                 None => None,
             };
-            add(&mut g_d, grad_of(Tap::Depthwise(i))?);
+            add(&mut g_d, grad_of(Tap::Depthwise(i))?, scratch);
             let mut g_in = match g_d {
-                Some(gd) => {
+                Some(mut gd) => {
                     let e_hw = s.expand.as_ref().map_or(s.in_hw, |e| (e.h, e.w));
-                    let ge =
-                        b.depthwise
-                            .cpu_backward(gd, Some(&s.depthwise), e_hw, &mut scratch)?;
+                    let mut ge = b
+                        .depthwise
+                        .cpu_backward(&mut gd, Some(&s.depthwise), e_hw, scratch)?
+                        .v;
+                    scratch.give(gd);
                     Some(match (&b.expand, &s.expand) {
                         (Some(c), Some(e)) => {
-                            c.cpu_backward(ge.v, Some(e), s.in_hw, &mut scratch)?.v
+                            let gi = c.cpu_backward(&mut ge, Some(e), s.in_hw, scratch)?.v;
+                            scratch.give(ge);
+                            gi
                         }
-                        _ => ge.v,
+                        _ => ge,
                     })
                 }
                 None => None,
             };
             if b.residual {
-                add(&mut g_in, g_out);
+                add(&mut g_in, g_out, scratch);
+            } else if let Some(go) = g_out {
+                scratch.give(go);
             }
             g = g_in;
         }
-        add(&mut g, grad_of(Tap::Stem)?);
+        add(&mut g, grad_of(Tap::Stem)?, scratch);
         let (h, w) = saved.input_hw;
         let n = saved.stem.n;
-        let Some(gs) = g else {
+        let Some(mut gs) = g else {
             return Tensor::zeros((n, 3, h, w), DType::F32, &Device::Cpu);
         };
         let mut gx = net
             .stem
-            .cpu_backward(gs, Some(&saved.stem), (h, w), &mut scratch)?
+            .cpu_backward(&mut gs, Some(&saved.stem), (h, w), scratch)?
             .v;
+        scratch.give(gs);
         for (p, plane) in gx.chunks_exact_mut(h * w).enumerate() {
             let inv = 1.0 / IMAGENET_STD[p % 3];
             for v in plane {
@@ -895,5 +923,26 @@ impl FeatureTape<'_> {
             }
         }
         Tensor::from_vec(gx, (n, 3, h, w), &Device::Cpu)
+    }
+}
+
+impl Drop for FeatureTape<'_> {
+    /// Gives the saved activations back to the network's buffers for its next pass.
+    fn drop(&mut self) {
+        if let TapeInner::Cpu(saved) = &mut self.inner {
+            self.net.scratch.with(|scratch| {
+                let blocks = saved
+                    .blocks
+                    .iter_mut()
+                    .flat_map(|b| [Some(&mut b.depthwise), Some(&mut b.out), b.expand.as_mut()]);
+                let acts = [Some(&mut saved.stem), saved.head.as_mut()]
+                    .into_iter()
+                    .chain(blocks)
+                    .flatten();
+                for act in acts {
+                    scratch.give(std::mem::take(&mut act.v));
+                }
+            });
+        }
     }
 }

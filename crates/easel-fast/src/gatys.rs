@@ -9,8 +9,9 @@
 //! photo's before optimising) and scale (the painting's resolution relative to the photo, and
 //! coarse-to-fine octaves).
 //!
-//! The perceptual network is the embedded EfficientNet-Lite0 ([`crate::efficientnet`]); no VGG
-//! weights are needed. The loss, for the picture `x` (RGB in [0, 1], `[1, 3, H, W]`):
+//! The perceptual network ([`Perceptual`]) is the embedded EfficientNet-Lite0
+//! ([`crate::efficientnet`]), so no VGG weights are needed, or VGG-19 from a checkpoint the user
+//! has ([`crate::vgg19`]). The loss, for the picture `x` (RGB in [0, 1], `[1, 3, H, W]`):
 //!
 //! - content: `mean((F_c(x) − F_c(photo))²)` at each content layer, summed;
 //! - style: at each style layer, the Gram matrix `G = F Fᵀ / (C·H·W)` of the `[C, H·W]`
@@ -24,17 +25,56 @@
 //! history 100 ([`Lbfgs`]; one `step` whose `max_iter` is the iteration count), or Adam
 //! (`torch.optim.Adam` defaults, learning rate [`Settings::adam_lr`]).
 
-use crate::efficientnet::{EfficientNet, Tap};
+use crate::efficientnet::{EfficientNet, FeatureTape, Tap};
+use crate::tape::AutogradTape;
+use crate::vgg19::{Vgg19, VggLayer};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A layer of one of the perceptual networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    /// An EfficientNet-Lite0 layer (`stem`, `dwN`, `blockN`, `head`).
+    Lite0(Tap),
+    /// A VGG-19 layer (`reluB_I`).
+    Vgg19(VggLayer),
+}
+
+impl Layer {
+    /// Parses either network's layer name: `stem`, `dwN`, `blockN`, `head` (EfficientNet-Lite0)
+    /// or `reluB_I` (VGG-19).
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.starts_with("relu") {
+            VggLayer::parse(s).map(Layer::Vgg19)
+        } else {
+            Tap::parse(s).map(Layer::Lite0).map_err(|e| {
+                candle_core::Error::msg(format!("{e}; VGG-19's layers are reluB_I, e.g. relu4_2"))
+            })
+        }
+    }
+
+    /// Parses a comma-separated list of layers (`stem,dw1,dw3` or `relu1_1,relu2_1`).
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        s.split(',').map(Self::parse).collect()
+    }
+
+    /// The name [`Layer::parse`] reads.
+    pub fn name(self) -> String {
+        match self {
+            Layer::Lite0(t) => t.name(),
+            Layer::Vgg19(l) => l.name(),
+        }
+    }
+}
 
 /// Which layers carry the content and the style.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSet {
     /// Gram-matrix layers.
-    pub style: Vec<Tap>,
+    pub style: Vec<Layer>,
     /// Content layers.
-    pub content: Vec<Tap>,
+    pub content: Vec<Layer>,
 }
 
 impl LayerSet {
@@ -43,23 +83,164 @@ impl LayerSet {
     /// the analogue of VGG's relu1_1 … relu5_1), content at block 5's output (1/16, 80
     /// channels).
     pub fn efficientnet_lite0() -> Self {
+        let style = [
+            Tap::Stem,
+            Tap::Depthwise(1),
+            Tap::Depthwise(3),
+            Tap::Depthwise(5),
+            Tap::Depthwise(8),
+        ];
         Self {
-            style: vec![
-                Tap::Stem,
-                Tap::Depthwise(1),
-                Tap::Depthwise(3),
-                Tap::Depthwise(5),
-                Tap::Depthwise(8),
-            ],
-            content: vec![Tap::Block(5)],
+            style: style.into_iter().map(Layer::Lite0).collect(),
+            content: vec![Layer::Lite0(Tap::Block(5))],
         }
     }
 
-    fn all(&self) -> Vec<Tap> {
-        let mut taps: Vec<Tap> = self.style.iter().chain(&self.content).copied().collect();
-        taps.sort();
-        taps.dedup();
-        taps
+    /// VGG-19's, as Gatys et al. 2016: style at relu1_1, relu2_1, relu3_1, relu4_1 and relu5_1,
+    /// content at relu4_2.
+    pub fn vgg19() -> Self {
+        let relu = |b, i| VggLayer::new(b, i).map(Layer::Vgg19);
+        // Every (block, conv) here exists.
+        let style = (1..=5).flat_map(|b| relu(b, 1)).collect();
+        Self {
+            style,
+            content: relu(4, 2).into_iter().collect(),
+        }
+    }
+
+    fn all(&self) -> Vec<Layer> {
+        let mut layers: Vec<Layer> = self.style.iter().chain(&self.content).copied().collect();
+        layers.sort();
+        layers.dedup();
+        layers
+    }
+}
+
+/// A perceptual network for the loss: its activations at named layers, and their gradient to
+/// the picture.
+pub trait Perceptual {
+    /// The network's name in messages.
+    fn name(&self) -> &'static str;
+    /// The device the weights are on.
+    fn device(&self) -> &Device;
+    /// The layers the loss uses unless the settings name others.
+    fn default_layers(&self) -> LayerSet;
+    /// Fails naming `layer` when the network has no such layer.
+    fn check_layer(&self, layer: Layer) -> Result<()>;
+    /// The activations at `layers` of RGB pictures `x` (`[N, 3, H, W]` in [0, 1]).
+    fn features(&self, x: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>>;
+    /// The activations at `layers` and what turns their gradients into the picture's.
+    fn features_with_backward<'a>(
+        &'a self,
+        x: &Tensor,
+        layers: &[Layer],
+    ) -> Result<(Vec<Tensor>, Box<dyn FeatureBackward + 'a>)>;
+}
+
+/// The backward half of [`Perceptual::features_with_backward`].
+pub trait FeatureBackward {
+    /// The gradient of a scalar loss to the picture, given its gradients to each feature (same
+    /// order and shapes; `None` for a feature the loss does not use).
+    fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor>;
+}
+
+impl FeatureBackward for FeatureTape<'_> {
+    fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+        FeatureTape::backward(self, grads)
+    }
+}
+
+impl FeatureBackward for AutogradTape {
+    fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+        AutogradTape::backward(self, grads)
+    }
+}
+
+fn lite0_taps(layers: &[Layer]) -> Result<Vec<Tap>> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Layer::Lite0(t) => Ok(*t),
+            Layer::Vgg19(v) => bail!(
+                "{} is a VGG-19 layer; EfficientNet-Lite0's are stem, dwN, blockN and head",
+                v.name()
+            ),
+        })
+        .collect()
+}
+
+fn vgg19_layers(layers: &[Layer]) -> Result<Vec<VggLayer>> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Layer::Vgg19(v) => Ok(*v),
+            Layer::Lite0(t) => bail!(
+                "{} is an EfficientNet-Lite0 layer; VGG-19's are reluB_I, e.g. relu4_2",
+                t.name()
+            ),
+        })
+        .collect()
+}
+
+impl Perceptual for EfficientNet {
+    fn name(&self) -> &'static str {
+        "EfficientNet-Lite0"
+    }
+
+    fn device(&self) -> &Device {
+        EfficientNet::device(self)
+    }
+
+    fn default_layers(&self) -> LayerSet {
+        LayerSet::efficientnet_lite0()
+    }
+
+    fn check_layer(&self, layer: Layer) -> Result<()> {
+        self.check_tap(lite0_taps(&[layer])?[0])
+    }
+
+    fn features(&self, x: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>> {
+        EfficientNet::features(self, x, &lite0_taps(layers)?)
+    }
+
+    fn features_with_backward<'a>(
+        &'a self,
+        x: &Tensor,
+        layers: &[Layer],
+    ) -> Result<(Vec<Tensor>, Box<dyn FeatureBackward + 'a>)> {
+        let (feats, tape) = EfficientNet::features_with_backward(self, x, &lite0_taps(layers)?)?;
+        Ok((feats, Box::new(tape)))
+    }
+}
+
+impl Perceptual for Vgg19 {
+    fn name(&self) -> &'static str {
+        "VGG-19"
+    }
+
+    fn device(&self) -> &Device {
+        Vgg19::device(self)
+    }
+
+    fn default_layers(&self) -> LayerSet {
+        LayerSet::vgg19()
+    }
+
+    fn check_layer(&self, layer: Layer) -> Result<()> {
+        vgg19_layers(&[layer]).map(|_| ())
+    }
+
+    fn features(&self, x: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>> {
+        self.forward(x, &vgg19_layers(layers)?)
+    }
+
+    fn features_with_backward<'a>(
+        &'a self,
+        x: &Tensor,
+        layers: &[Layer],
+    ) -> Result<(Vec<Tensor>, Box<dyn FeatureBackward + 'a>)> {
+        let (feats, tape) = Vgg19::features_with_backward(self, x, &vgg19_layers(layers)?)?;
+        Ok((feats, Box::new(tape)))
     }
 }
 
@@ -110,8 +291,10 @@ pub struct Settings {
     pub style_weight: f64,
     /// Weight of the total-variation loss.
     pub tv_weight: f64,
-    /// Layers of the content and the style.
-    pub layers: LayerSet,
+    /// Layers of the style (`None`: the network's [`Perceptual::default_layers`]).
+    pub style_layers: Option<Vec<Layer>>,
+    /// Layers of the content (`None`: the network's default).
+    pub content_layers: Option<Vec<Layer>>,
     /// Starting picture.
     pub init: Init,
     /// Coarse-to-fine passes: octave `o` of `n` runs at 1/2^(n−1−o) of the photo's size, starting
@@ -127,8 +310,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The defaults: 300 L-BFGS iterations, content 1, style 1e5, TV 1, the
-    /// EfficientNet-Lite0 layer set, from the photo, one octave, style scale 1.
+    /// The defaults: 300 L-BFGS iterations, content 1, style 1e5, TV 1, the network's layer
+    /// set, from the photo, one octave, style scale 1.
     pub fn new() -> Self {
         Self {
             iterations: 300,
@@ -138,7 +321,8 @@ impl Settings {
             content_weight: 1.0,
             style_weight: 1e5,
             tv_weight: 1.0,
-            layers: LayerSet::efficientnet_lite0(),
+            style_layers: None,
+            content_layers: None,
             init: Init::Photo,
             octaves: 1,
             style_scale: 1.0,
@@ -174,10 +358,21 @@ impl Settings {
                 self.lbfgs_history
             )
         }
-        if self.layers.style.is_empty() && self.layers.content.is_empty() {
+        if self.style_layers.as_ref().is_some_and(Vec::is_empty)
+            && self.content_layers.as_ref().is_some_and(Vec::is_empty)
+        {
             bail!("no content or style layers")
         }
         Ok(())
+    }
+
+    /// The layers of the loss on `net`: the settings' where given, else the network's.
+    pub fn layers(&self, net: &dyn Perceptual) -> LayerSet {
+        let defaults = net.default_layers();
+        LayerSet {
+            style: self.style_layers.clone().unwrap_or(defaults.style),
+            content: self.content_layers.clone().unwrap_or(defaults.content),
+        }
     }
 }
 
@@ -240,10 +435,10 @@ pub struct Output {
 /// One loss evaluation set up for fixed targets: the photo's content features and the
 /// paintings' Gram matrices (per region with a mask).
 pub struct Objective<'a> {
-    net: &'a EfficientNet,
-    taps: Vec<Tap>,
-    style_taps: Vec<Tap>,
-    content_taps: Vec<Tap>,
+    net: &'a dyn Perceptual,
+    taps: Vec<Layer>,
+    style_taps: Vec<Layer>,
+    content_taps: Vec<Layer>,
     content_targets: Vec<Tensor>,
     /// `[style layer][region]`: the target Gram and the region's mask at that layer's size
     /// (`[1, H·W]`; none without a mask).
@@ -301,14 +496,20 @@ impl<'a> Objective<'a> {
     /// Targets from `photo` (`[1, 3, H, W]`) and `styles` (one painting, or one per region of
     /// `regions`: `[R, H, W]` soft masks at the photo's size, R = number of paintings).
     pub fn new(
-        net: &'a EfficientNet,
+        net: &'a dyn Perceptual,
         photo: &Tensor,
         styles: &[Tensor],
         regions: Option<&Tensor>,
         settings: &Settings,
     ) -> Result<Self> {
-        let layers = &settings.layers;
+        let layers = &settings.layers(net);
+        if layers.style.is_empty() && layers.content.is_empty() {
+            bail!("no content or style layers")
+        }
         let taps = layers.all();
+        for &layer in &taps {
+            net.check_layer(layer)?;
+        }
         let (_, _, ph, pw) = photo.dims4()?;
         let region_masks: Option<Vec<Vec<f32>>> = match regions {
             None => {
@@ -384,34 +585,58 @@ impl<'a> Objective<'a> {
     /// The losses at `x` (`[1, 3, H, W]`) and the gradient of the total with respect to `x`.
     pub fn evaluate(&self, x: &Tensor) -> Result<(Losses, Tensor)> {
         let (feats, tape) = self.net.features_with_backward(x, &self.taps)?;
-        let vars = feats
-            .iter()
-            .map(Var::from_tensor)
-            .collect::<Result<Vec<_>>>()?;
-        let feat_of = |tap: Tap| -> &Tensor {
-            // `taps` holds every style and content tap.
-            let i = self.taps.iter().position(|t| *t == tap).unwrap_or(0);
-            vars[i].as_tensor()
-        };
+        // `taps` holds every style and content tap.
+        let index = |tap: Layer| self.taps.iter().position(|t| *t == tap).unwrap_or(0);
         let (cw, sw, tw) = self.weights;
-        let mut content = Tensor::zeros((), DType::F32, x.device())?;
+        // The losses' gradients with respect to each feature, written out (no autograd graph
+        // over the features: it would copy each one and run twice the matrix products).
+        let mut feat_grads: Vec<Option<Tensor>> = vec![None; feats.len()];
+        let mut accumulate = |i: usize, g: Tensor| -> Result<()> {
+            feat_grads[i] = Some(match feat_grads[i].take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+            Ok(())
+        };
+        let mut content = 0f64;
         for (tap, target) in self.content_taps.iter().zip(&self.content_targets) {
-            content = (content + (feat_of(*tap) - target)?.sqr()?.mean_all()?)?;
-        }
-        let mut style = Tensor::zeros((), DType::F32, x.device())?;
-        for (tap, targets) in self.style_taps.iter().zip(&self.style_targets) {
-            let f = feat_of(*tap);
-            for (target, mask) in targets {
-                let g = gram(f, mask.as_ref())?;
-                style = (style + (g - target)?.sqr()?.mean_all()?)?;
+            let i = index(*tap);
+            // mean(d²); its gradient 2d / numel.
+            let d = (&feats[i] - target)?;
+            let numel = d.elem_count() as f64;
+            content += d.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / numel;
+            if cw > 0.0 {
+                accumulate(i, (d * (2.0 * cw / numel))?)?;
             }
         }
-        let total = ((&content * cw)? + (&style * sw)?)?;
-        let grads = total.backward()?;
-        let feat_grads: Vec<Option<Tensor>> = vars
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        let mut style = 0f64;
+        for (tap, targets) in self.style_taps.iter().zip(&self.style_targets) {
+            let i = index(*tap);
+            let (_, c, h, w) = feats[i].dims4()?;
+            let f = feats[i].reshape((c, h * w))?;
+            for (target, mask) in targets {
+                // G = fm fmᵀ / norm (fm: the masked activations); mean((G − T)²) over C² and
+                // its gradient to fm, (D + Dᵀ) fm · 2 / (C² · norm) with D = G − T.
+                let (fm, norm) = match mask {
+                    None => (f.clone(), (c * h * w) as f64),
+                    Some(m) => {
+                        let norm = m.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                        (f.broadcast_mul(m)?, c as f64 * norm.max(1e-8))
+                    }
+                };
+                let d = ((fm.matmul(&fm.t()?)? / norm)? - target)?;
+                let cc = (c * c) as f64;
+                style += d.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / cc;
+                if sw > 0.0 {
+                    let sym = (&d + d.t()?)?;
+                    let mut g = (sym.matmul(&fm)? * (2.0 * sw / (cc * norm)))?;
+                    if let Some(m) = mask {
+                        g = g.broadcast_mul(m)?;
+                    }
+                    accumulate(i, g.reshape((1, c, h, w))?)?;
+                }
+            }
+        }
         let mut grad = tape.backward(&feat_grads)?;
         let xv = Var::from_tensor(&x.detach())?;
         let tv = total_variation(xv.as_tensor())?;
@@ -422,8 +647,6 @@ impl<'a> Objective<'a> {
                 grad = (grad + g)?;
             }
         }
-        let content = content.to_scalar::<f32>()? as f64;
-        let style = style.to_scalar::<f32>()? as f64;
         let losses = Losses {
             content,
             style,
@@ -809,7 +1032,7 @@ pub fn scaled_size((h, w): (usize, usize), long: f64) -> (usize, usize) {
 /// hears every evaluation and preview (an error from it stops the run); `cancel` stops it early,
 /// keeping the best picture so far.
 pub fn stylize(
-    net: &EfficientNet,
+    net: &dyn Perceptual,
     photo: &Tensor,
     styles: &[Tensor],
     regions: Option<&Tensor>,

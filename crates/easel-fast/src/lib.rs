@@ -11,9 +11,12 @@
 //!   ([`stytr_pe`]), any size, chunked attention.
 //! - [`efficientnet`]: the embedded EfficientNet-Lite0 (ImageNet) as a perceptual network:
 //!   features at named layers, and their exact gradient to the picture.
-//! - [`gatys`]: optimisation-based style transfer (Gatys et al. 2016/2017) on it: L-BFGS or
-//!   Adam, masked Gram matrices, colour and scale controls, octaves.
+//! - [`gatys`]: optimisation-based style transfer (Gatys et al. 2016/2017) on it or on VGG-19:
+//!   L-BFGS or Adam, masked Gram matrices, colour and scale controls, octaves.
 //! - [`vgg`]: the "vgg_normalised" VGG-19 encoder AdaIN uses (relu1_1 … relu5_1).
+//! - [`vgg19`]: VGG-19 as Gatys' perceptual network, from AdaIN's `vgg_normalised.pth` or
+//!   torchvision's `vgg19-dcbb9e9d.pth` (all 16 ReLU layers).
+//! - [`tape`]: features' gradients to the picture by candle's autograd.
 //! - [`losses`]: the training losses of AdaIN and StyTr² (content, style, identity).
 //! - [`train`]: the trainer of `easel train-fast` (data, Adam, checkpoints, sample grids).
 //! - [`import`]: converters from the upstream ONNX files to easel's safetensors weights, and a
@@ -29,5 +32,7 @@ pub mod import;
 pub mod losses;
 pub mod stytr;
 pub mod stytr_pe;
+pub mod tape;
 pub mod train;
 pub mod vgg;
+pub mod vgg19;

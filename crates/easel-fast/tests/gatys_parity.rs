@@ -4,7 +4,9 @@
 
 use candle_core::{Device, Result, Tensor};
 use easel_fast::efficientnet::EfficientNet;
-use easel_fast::gatys::{self, gram, Event, Objective, OptimizerKind, Settings};
+use easel_fast::gatys::{
+    self, gram, Event, LayerSet, Objective, OptimizerKind, Perceptual, Settings,
+};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
@@ -157,20 +159,19 @@ fn mask_regions_take_their_own_painting() -> Result<()> {
         &AtomicBool::new(false),
         &mut |_| Ok(()),
     )?;
-    let layers = &s.layers.style;
+    let layers = &LayerSet::efficientnet_lite0().style;
     let halves = [out.image.narrow(3, 0, 28)?, out.image.narrow(3, 28, 28)?];
     let style_grams: Vec<Vec<Tensor>> = styles
         .iter()
         .map(|st| {
-            net.forward(st, layers)?
+            Perceptual::features(&net, st, layers)?
                 .iter()
                 .map(|f| gram(f, None))
                 .collect()
         })
         .collect::<Result<_>>()?;
     for (r, half) in halves.iter().enumerate() {
-        let grams: Vec<Tensor> = net
-            .forward(half, layers)?
+        let grams: Vec<Tensor> = Perceptual::features(&net, half, layers)?
             .iter()
             .map(|f| gram(f, None))
             .collect::<Result<_>>()?;

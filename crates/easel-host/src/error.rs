@@ -72,6 +72,8 @@ pub enum Setting {
     StyleLayers,
     /// Gatys: the layers that carry the content.
     ContentLayers,
+    /// Gatys: the VGG-19 checkpoint to optimise on.
+    Vgg19,
 }
 
 impl Setting {
@@ -104,6 +106,7 @@ impl Setting {
             Setting::VaeTiling => "VAE tiling",
             Setting::StyleLayers => "style layers",
             Setting::ContentLayers => "content layers",
+            Setting::Vgg19 => "VGG-19 weights",
         }
     }
 }

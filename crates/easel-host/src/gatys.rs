@@ -1,6 +1,6 @@
 //! Optimisation-based style transfer (Gatys et al. 2016/2017) as the host paints with it: the
-//! embedded EfficientNet-Lite0, one painting (or one per mask region), and
-//! [`easel_fast::gatys::stylize`]'s settings, checked here with typed errors.
+//! embedded EfficientNet-Lite0 (or VGG-19 from the user's checkpoint), one painting (or one per
+//! mask region), and [`easel_fast::gatys::stylize`]'s settings, checked here with typed errors.
 //!
 //! [`GatysPainter::build`] loads the network and the paintings once; [`GatysPainter::paint`]
 //! optimises one photo, reporting each loss evaluation and preview to a callback and stopping
@@ -12,10 +12,11 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use easel_core::{LoadOptions, Parameters};
 use easel_fast::efficientnet::EfficientNet;
-use easel_fast::gatys::{regions_from_grey, stylize, STYLE_SCALE_RANGE};
+use easel_fast::gatys::{regions_from_grey, stylize, Perceptual, STYLE_SCALE_RANGE};
 pub use easel_fast::gatys::{
-    ColorControl, Event, Init, LayerSet, Losses, OptimizerKind, Progress, Settings,
+    ColorControl, Event, Init, Layer, LayerSet, Losses, OptimizerKind, Progress, Settings,
 };
+use easel_fast::vgg19::{Layout, Vgg19};
 use image::RgbImage;
 
 use crate::error::{HostError, Result, Setting};
@@ -29,9 +30,22 @@ pub const GATYS_MODEL_ID: &str =
 /// the style scale times the photo's size anyway).
 const PAINTING_MAX_SIDE: u32 = 2048;
 
+/// The perceptual network a Gatys run optimises on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GatysNetwork {
+    /// The embedded EfficientNet-Lite0.
+    #[default]
+    EfficientNetLite0,
+    /// VGG-19 from this checkpoint: AdaIN's `vgg_normalised.pth` or torchvision's
+    /// `vgg19-dcbb9e9d.pth` (`.pth` or safetensors).
+    Vgg19(PathBuf),
+}
+
 /// What a Gatys run paints with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatysStyle {
+    /// The network of the loss.
+    pub network: GatysNetwork,
     /// One painting, or one per region of `mask`.
     pub paintings: Vec<PathBuf>,
     /// A grey mask at the photo's framing: its grey range split into as many equal bands as
@@ -56,7 +70,9 @@ pub struct GatysOutput {
 
 /// The embedded network and the paintings, loaded, with checked settings.
 pub struct GatysPainter {
-    net: EfficientNet,
+    net: Box<dyn Perceptual + Send + Sync>,
+    /// The network in output metadata.
+    model_id: String,
     paintings: Vec<Tensor>,
     mask: Option<(PathBuf, RgbImage)>,
     settings: Settings,
@@ -154,17 +170,39 @@ impl GatysPainter {
             }
             _ => {}
         }
-        let net = EfficientNet::lite0_embedded(device).map_err(HostError::compute(
-            "loading the embedded EfficientNet-Lite0",
-        ))?;
-        let layers = &settings.layers;
-        for (setting, taps) in [
+        let (net, model_id): (Box<dyn Perceptual + Send + Sync>, String) = match &style.network {
+            GatysNetwork::EfficientNetLite0 => (
+                Box::new(
+                    EfficientNet::lite0_embedded(device).map_err(HostError::compute(
+                        "loading the embedded EfficientNet-Lite0",
+                    ))?,
+                ),
+                GATYS_MODEL_ID.to_string(),
+            ),
+            GatysNetwork::Vgg19(path) => {
+                let net = Vgg19::load(path, device).map_err(|e| {
+                    HostError::setting(
+                        Setting::Vgg19,
+                        path.display(),
+                        format!("cannot be used: {e}"),
+                    )
+                })?;
+                let layout = match net.layout() {
+                    Layout::Normalised => "vgg_normalised",
+                    Layout::Torchvision => "torchvision",
+                };
+                let id = format!("VGG-19 ({layout} layout, {})", painting_label(path)?);
+                (Box::new(net), id)
+            }
+        };
+        let layers = settings.layers(net.as_ref());
+        for (setting, given) in [
             (Setting::StyleLayers, &layers.style),
             (Setting::ContentLayers, &layers.content),
         ] {
-            for &tap in taps {
-                net.check_tap(tap).map_err(|e| {
-                    HostError::setting(setting, tap.name(), format!("is not a layer: {e}"))
+            for &layer in given {
+                net.check_layer(layer).map_err(|e| {
+                    HostError::setting(setting, layer.name(), format!("is not a layer: {e}"))
                 })?;
             }
         }
@@ -182,12 +220,17 @@ impl GatysPainter {
         };
         let mut read = style.paintings.clone();
         read.extend(style.mask.clone());
-        let labels = read
+        let labels_end = read.len();
+        if let GatysNetwork::Vgg19(path) = &style.network {
+            read.push(path.clone());
+        }
+        let labels = read[..labels_end]
             .iter()
             .map(|p| painting_label(p))
             .collect::<Result<Vec<_>>>()?;
         let painter = Self {
             net,
+            model_id,
             paintings,
             mask,
             settings,
@@ -220,7 +263,7 @@ impl GatysPainter {
         let mut params = Parameters::new("gatys");
         // `labels` holds the paintings' names, then the mask's (built so in `build`).
         params.styles = self.labels[..self.paintings.len()].to_vec();
-        params.models.push(GATYS_MODEL_ID.to_string());
+        params.models.push(self.model_id.clone());
         if let Init::Noise(seed) = s.init {
             params.seed = Some(seed);
         }
@@ -228,9 +271,8 @@ impl GatysPainter {
             OptimizerKind::Lbfgs => format!("L-BFGS (history {})", s.lbfgs_history),
             OptimizerKind::Adam => format!("Adam (lr {})", s.adam_lr),
         };
-        let taps = |t: &[easel_fast::efficientnet::Tap]| {
-            t.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
-        };
+        let names = |t: &[Layer]| t.iter().map(|t| t.name()).collect::<Vec<_>>().join(",");
+        let layers = s.layers(self.net.as_ref());
         let color = match s.color {
             ColorControl::None => "none",
             ColorControl::KeepColors => "keep colors",
@@ -254,8 +296,8 @@ impl GatysPainter {
                 "Layers",
                 format!(
                     "style {}; content {}",
-                    taps(&s.layers.style),
-                    taps(&s.layers.content)
+                    names(&layers.style),
+                    names(&layers.content)
                 ),
             ),
             ("Init", init.to_string()),
@@ -286,7 +328,7 @@ impl GatysPainter {
         };
         let mut initial = None;
         let out = stylize(
-            &self.net,
+            self.net.as_ref(),
             photo,
             &self.paintings,
             regions.as_ref(),

@@ -393,6 +393,7 @@ mod tests {
     fn gatys_paints_what_its_painter_paints() {
         let (images, photo) = shared_images_and_cat();
         let style = GatysStyle {
+            network: crate::gatys::GatysNetwork::EfficientNetLite0,
             paintings: vec![images.join("style/vangogh_starry_night.jpg")],
             mask: None,
         };

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::error::{HostError, Result, Setting};
 use crate::fast::{FastStyle, WeightFiles, WeightedPath};
-use crate::gatys::{ColorControl, Init, OptimizerKind, Settings};
+use crate::gatys::{ColorControl, GatysNetwork, Init, OptimizerKind, Settings};
 use crate::host::{PaintRequest, Style};
 use crate::sources::ModelSources;
 
@@ -196,6 +196,7 @@ pub const GATYS_KEYS: &[&str] = &[
     "style-scale",
     "style-layers",
     "content-layers",
+    "vgg19",
     "keep-colors",
     "color-transfer",
     "max-size",
@@ -349,6 +350,16 @@ impl UseSpec {
 }
 
 impl UseSpec {
+    /// The network of a `gatys@key=value...` SPEC: VGG-19 from `vgg19=FILE`, else the embedded
+    /// EfficientNet-Lite0.
+    pub fn gatys_network(&self) -> Result<GatysNetwork> {
+        self.check_keys(GATYS_KEYS)?;
+        Ok(match self.setting::<PathBuf>("vgg19")? {
+            Some(path) => GatysNetwork::Vgg19(path),
+            None => GatysNetwork::EfficientNetLite0,
+        })
+    }
+
     /// The Gatys settings of a `gatys@key=value...` SPEC on top of the defaults
     /// ([`GATYS_KEYS`]; `max-size` is the caller's, like the fast methods' photo cap).
     pub fn gatys_settings(&self) -> Result<Settings> {
@@ -377,12 +388,12 @@ impl UseSpec {
             ("content-layers", Setting::ContentLayers),
         ] {
             if let Some(v) = self.setting::<String>(key)? {
-                let taps = easel_fast::efficientnet::Tap::parse_list(&v).map_err(|e| {
+                let layers = easel_fast::gatys::Layer::parse_list(&v).map_err(|e| {
                     HostError::setting(setting, &v, format!("is not a layer list: {e}"))
                 })?;
                 match setting {
-                    Setting::StyleLayers => s.layers.style = taps,
-                    _ => s.layers.content = taps,
+                    Setting::StyleLayers => s.style_layers = Some(layers),
+                    _ => s.content_layers = Some(layers),
                 }
             }
         }

@@ -20,8 +20,8 @@
 use candle_core::{Device, Tensor};
 use easel_core::hash::sha256_hex;
 use easel_core::image_io::downscale_to_fit;
-use easel_fast::efficientnet::{EfficientNet, Tap, EMBEDDED_WEIGHTS};
-use easel_fast::gatys::{gram, LayerSet};
+use easel_fast::efficientnet::{EfficientNet, EMBEDDED_WEIGHTS};
+use easel_fast::gatys::{gram, Layer, LayerSet, Perceptual as PerceptualNet};
 use image::imageops::FilterType;
 use image::RgbImage;
 
@@ -81,7 +81,12 @@ impl Perceptual {
         format!("EfficientNet-Lite0 (ImageNet) sha256:{}", &hash[..12])
     }
 
-    fn features(&self, img: &RgbImage, taps: &[Tap], what: &'static str) -> Result<Vec<Tensor>> {
+    fn features(
+        &self,
+        img: &RgbImage,
+        layers: &[Layer],
+        what: &'static str,
+    ) -> Result<Vec<Tensor>> {
         if img.width() == 0 || img.height() == 0 {
             return Err(MetricError::TooSmall {
                 what,
@@ -91,7 +96,7 @@ impl Perceptual {
             });
         }
         let x = easel_core::rgb_to_tensor(img, &self.device).map_err(compute(what))?;
-        self.net.features(&x, taps).map_err(compute(what))
+        PerceptualNet::features(&self.net, &x, layers).map_err(compute(what))
     }
 
     /// Content distance of `output` to `photo` (see the module doc).

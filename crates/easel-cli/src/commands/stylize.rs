@@ -51,9 +51,9 @@ pub struct StylizeArgs {
     /// `gatys@iterations=100@optimizer=adam`, `prompt:a watercolor@steps=20@seed=7`; keys:
     /// strength, keep-colors, max-size, style-scale for the fast methods; iterations,
     /// optimizer, content-weight, style-weight, tv-weight, init, octaves, style-scale,
-    /// style-layers, content-layers, keep-colors, color-transfer, max-size for gatys; strength,
-    /// size, steps, guidance, seed, scheduler, eta, negative-prompt, control-scale for prompts
-    /// and banks).
+    /// style-layers, content-layers, vgg19, keep-colors, color-transfer, max-size for gatys;
+    /// strength, size, steps, guidance, seed, scheduler, eta, negative-prompt, control-scale for
+    /// prompts and banks).
     /// The same as the method's own flags.
     #[arg(long = "use", value_name = "SPEC", conflicts_with_all = ["method", "preset", "prompt", "bank"])]
     use_spec: Option<String>,
@@ -62,7 +62,8 @@ pub struct StylizeArgs {
     /// --preset), `adain` (AdaIN with the pytorch-AdaIN weights, --style; see --weights) or
     /// `transformer` (StyTr² with the StyTR-2 weights, one --style; see --weights and the
     /// --stytr-* flags) or `gatys` (optimises the picture itself on the embedded
-    /// EfficientNet-Lite0: one --style, or one per --mask region; slow; see the Gatys flags).
+    /// EfficientNet-Lite0, or on VGG-19 with --vgg19: one --style, or one per --mask region;
+    /// slow; see the Gatys flags).
     /// Default: arbitrary with --style, preset with --preset.
     #[arg(long, value_enum, value_name = "METHOD", conflicts_with_all = ["prompt", "bank"])]
     method: Option<MethodKind>,
@@ -719,6 +720,7 @@ fn run_gatys(args: &StylizeArgs) -> Result<()> {
     }
     let device = easel_core::select_device(args.device)?;
     let style = GatysStyle {
+        network: args.gatys.network(),
         paintings,
         mask: args.adain.mask.clone(),
     };

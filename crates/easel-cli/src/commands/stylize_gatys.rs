@@ -1,13 +1,12 @@
 //! `easel stylize --method gatys`: the flags of optimisation-based style transfer (Gatys et
 //! al. 2016, <https://arxiv.org/abs/1508.06576>; controls from Gatys et al. 2017,
-//! <https://arxiv.org/abs/1611.07865>) on the embedded EfficientNet-Lite0, and the printing of
-//! its progress and summary. Loading and optimising are `easel_host::gatys`'s.
+//! <https://arxiv.org/abs/1611.07865>) on the embedded EfficientNet-Lite0 or the user's VGG-19,
+//! and the printing of its progress and summary. Loading and optimising are `easel_host::gatys`'s.
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use easel_fast::efficientnet::Tap;
 use easel_host::gatys::{
-    ColorControl, GatysOutput, Init, Losses, OptimizerKind, Progress, Settings,
+    ColorControl, GatysNetwork, GatysOutput, Init, Layer, Losses, OptimizerKind, Progress, Settings,
 };
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -60,15 +59,23 @@ pub struct GatysArgs {
     #[arg(long, value_enum, value_name = "HOW", conflicts_with = "keep_colors")]
     pub color_transfer: Option<ColorTransferArg>,
 
-    /// Gatys: the layers whose Gram matrices carry the style, comma-separated: `stem`, `dwN`
-    /// (after block N's depthwise convolution), `blockN` (block N's output), `head`; blocks 0
-    /// to 15 (default `stem,dw1,dw3,dw5,dw8`).
+    /// Gatys: the layers whose Gram matrices carry the style, comma-separated. EfficientNet-Lite0:
+    /// `stem`, `dwN` (after block N's depthwise convolution), `blockN` (block N's output),
+    /// `head`; blocks 0 to 15 (default `stem,dw1,dw3,dw5,dw8`). VGG-19 (--vgg19): `reluB_I`
+    /// (default `relu1_1,relu2_1,relu3_1,relu4_1,relu5_1`).
     #[arg(long, value_name = "LAYERS", value_parser = parse_layers)]
     pub style_layers: Option<Layers>,
 
-    /// Gatys: the layers that carry the photo's content, as --style-layers (default `block5`).
+    /// Gatys: the layers that carry the photo's content, as --style-layers (default `block5`;
+    /// VGG-19: `relu4_2`).
     #[arg(long, value_name = "LAYERS", value_parser = parse_layers)]
     pub content_layers: Option<Layers>,
+
+    /// Gatys: optimise on VGG-19 from this checkpoint instead of the embedded EfficientNet-Lite0:
+    /// AdaIN's `vgg_normalised.pth` or torchvision's `vgg19-dcbb9e9d.pth` (or either as
+    /// safetensors). Read without executing anything.
+    #[arg(long, value_name = "FILE")]
+    pub vgg19: Option<PathBuf>,
 
     /// Gatys: every N iterations, write the current picture next to the output as
     /// `<output stem>.preview.png` (at the octave's size, without --keep-colors).
@@ -76,12 +83,12 @@ pub struct GatysArgs {
     pub preview_every: Option<usize>,
 }
 
-/// `--style-layers` / `--content-layers`: EfficientNet-Lite0 layers.
+/// `--style-layers` / `--content-layers`: layers of the network.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Layers(pub Vec<Tap>);
+pub struct Layers(pub Vec<Layer>);
 
 fn parse_layers(s: &str) -> std::result::Result<Layers, String> {
-    Tap::parse_list(s).map(Layers).map_err(|e| e.to_string())
+    Layer::parse_list(s).map(Layers).map_err(|e| e.to_string())
 }
 
 /// `--optimizer`.
@@ -110,6 +117,14 @@ pub enum ColorTransferArg {
 }
 
 impl GatysArgs {
+    /// The network `--vgg19` names, else the embedded EfficientNet-Lite0.
+    pub fn network(&self) -> GatysNetwork {
+        match &self.vgg19 {
+            Some(path) => GatysNetwork::Vgg19(path.clone()),
+            None => GatysNetwork::EfficientNetLite0,
+        }
+    }
+
     /// The Gatys flags that were given (refused with the other methods, but `--style-scale`
     /// with arbitrary and adain).
     pub fn given_flags(&self) -> Vec<&'static str> {
@@ -124,6 +139,7 @@ impl GatysArgs {
             ("--style-scale", self.style_scale.is_some()),
             ("--style-layers", self.style_layers.is_some()),
             ("--content-layers", self.content_layers.is_some()),
+            ("--vgg19", self.vgg19.is_some()),
             ("--color-transfer", self.color_transfer.is_some()),
             ("--preview-every", self.preview_every.is_some()),
         ]
@@ -165,11 +181,11 @@ impl GatysArgs {
         if let Some(v) = self.style_scale {
             s.style_scale = v;
         }
-        if let Some(Layers(taps)) = &self.style_layers {
-            s.layers.style = taps.clone();
+        if let Some(Layers(layers)) = &self.style_layers {
+            s.style_layers = Some(layers.clone());
         }
-        if let Some(Layers(taps)) = &self.content_layers {
-            s.layers.content = taps.clone();
+        if let Some(Layers(layers)) = &self.content_layers {
+            s.content_layers = Some(layers.clone());
         }
         s.color = match (keep_colors, self.color_transfer) {
             (_, Some(ColorTransferArg::Histogram)) => ColorControl::Histogram,
@@ -213,6 +229,7 @@ impl GatysArgs {
             "style-weight" => self.style_weight = Some(number("the weight")?),
             "tv-weight" => self.tv_weight = Some(number("the weight")?),
             "style-scale" => self.style_scale = Some(number("the scale")?),
+            "vgg19" => self.vgg19 = Some(PathBuf::from(value)),
             "style-layers" | "content-layers" => {
                 let layers = parse_layers(value)
                     .map_err(|e| anyhow::anyhow!("--use gatys@{key}={value}: {e}"))?;

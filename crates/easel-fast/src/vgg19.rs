@@ -1,0 +1,409 @@
+//! VGG-19 as a perceptual network for optimisation-based style transfer ([`crate::gatys`]): the
+//! network of Gatys et al. 2016, for users who have its ImageNet weights (none are embedded).
+//!
+//! Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
+//! 2014, <https://arxiv.org/abs/1409.1556>: five blocks of 3×3 convs with ReLU (2, 2, 4, 4, 4
+//! convs), 2×2 max pools between them. Two checkpoint layouts ([`Layout`]) are read:
+//!
+//! - **normalised**: `vgg_normalised.pth` of AdaIN (the [`crate::vgg`] encoder's file), one
+//!   53-module `nn.Sequential`: module 0 a 1×1 conv 3 → 3 doing the Caffe preprocessing (RGB in
+//!   [0, 1] → mean-subtracted BGR in [0, 255]), each conv preceded by `ReflectionPad2d(1)`, pools
+//!   with `ceil_mode=True`. Keys `0.weight`, `2.weight`, `5.weight`, … `51.bias`;
+//! - **torchvision**: `vgg19-dcbb9e9d.pth` (`torchvision.models.vgg19`): `features.N` convs with
+//!   zero padding 1, floor-mode pools, on ImageNet-normalised input (`(x − mean) / std`); the
+//!   `classifier.*` weights are not used.
+//!
+//! The layers are the ReLU outputs `reluB_I` ([`VggLayer`], block B, conv I); Gatys et al. take
+//! the style at relu1_1 … relu5_1 and the content at relu4_2. Channel widths are read from the
+//! checkpoint (the test checkpoints are eight times narrower). [`Vgg19::forward`] runs candle ops
+//! on any device, stopping after the deepest requested layer; the picture's gradient comes from
+//! candle's autograd ([`crate::tape::AutogradTape`]).
+
+use crate::efficientnet::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::tape::AutogradTape;
+use crate::vgg::{max_pool_ceil, reflect_pad1};
+use candle_core::{bail, DType, Device, Result, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Convs per block.
+const CONVS_PER_BLOCK: [usize; 5] = [2, 2, 4, 4, 4];
+/// Convs in the network.
+const CONVS: usize = 16;
+
+/// The ReLU after conv `conv` of block `block` (both from 1): `reluB_I`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VggLayer {
+    /// 0-based index of the conv among the 16.
+    index: u8,
+}
+
+impl VggLayer {
+    /// `relu{block}_{conv}`; fails unless block is 1 to 5 and conv exists in it.
+    pub fn new(block: usize, conv: usize) -> Result<Self> {
+        let Some(&n) = block.checked_sub(1).and_then(|b| CONVS_PER_BLOCK.get(b)) else {
+            bail!("VGG-19 has blocks 1 to 5, not {block}")
+        };
+        if conv == 0 || conv > n {
+            bail!("VGG-19 block {block} has convs 1 to {n}, not {conv}")
+        }
+        let before: usize = CONVS_PER_BLOCK[..block - 1].iter().sum();
+        Ok(Self {
+            // At most 15.
+            index: (before + conv - 1) as u8,
+        })
+    }
+
+    /// Parses `reluB_I` (e.g. `relu4_2`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            candle_core::Error::msg(format!(
+                "{s:?} is not a VGG-19 layer: expected reluB_I, block B 1 to 5, conv I 1 to 2 \
+                 (blocks 1, 2) or 1 to 4 (blocks 3 to 5), e.g. relu4_2"
+            ))
+        };
+        let rest = s.trim().strip_prefix("relu").ok_or_else(bad)?;
+        let (b, i) = rest.split_once('_').ok_or_else(bad)?;
+        let b: usize = b.parse().map_err(|_| bad())?;
+        let i: usize = i.parse().map_err(|_| bad())?;
+        Self::new(b, i).map_err(|_| bad())
+    }
+
+    /// The block (1 to 5) and the conv in it (from 1).
+    pub fn block_and_conv(self) -> (usize, usize) {
+        let mut i = self.index as usize;
+        for (b, &n) in CONVS_PER_BLOCK.iter().enumerate() {
+            if i < n {
+                return (b + 1, i + 1);
+            }
+            i -= n;
+        }
+        // `index` < 16 by construction.
+        (5, 4)
+    }
+
+    /// The name, e.g. `relu4_2`.
+    pub fn name(self) -> String {
+        let (b, i) = self.block_and_conv();
+        format!("relu{b}_{i}")
+    }
+
+    /// Pools before the layer: its resolution is about 1/2^pools.
+    fn pools(self) -> usize {
+        self.block_and_conv().0 - 1
+    }
+}
+
+/// Which published checkpoint the weights come from (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// AdaIN's `vgg_normalised.pth`.
+    Normalised,
+    /// torchvision's `vgg19-dcbb9e9d.pth`.
+    Torchvision,
+}
+
+impl Layout {
+    /// Module index of each conv in the `nn.Sequential`.
+    fn conv_modules(self) -> [usize; CONVS] {
+        match self {
+            Layout::Normalised => [2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51],
+            Layout::Torchvision => [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34],
+        }
+    }
+
+    /// The state-dict prefix of conv `i`.
+    fn conv_key(self, i: usize) -> String {
+        let m = self.conv_modules()[i];
+        match self {
+            Layout::Normalised => m.to_string(),
+            Layout::Torchvision => format!("features.{m}"),
+        }
+    }
+
+    /// The layout of a state dict: torchvision's `features.0.weight`, or the normalised file's
+    /// `0.weight` of shape `[3, 3, 1, 1]`.
+    pub fn detect(tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        if tensors.contains_key("features.0.weight") {
+            return Ok(Layout::Torchvision);
+        }
+        match tensors.get("0.weight") {
+            Some(w) if w.dims() == [3, 3, 1, 1] => Ok(Layout::Normalised),
+            Some(w) => bail!(
+                "not a VGG-19 checkpoint: 0.weight has shape {:?}, vgg_normalised's is [3, 3, 1, 1]",
+                w.dims()
+            ),
+            None => bail!(
+                "not a VGG-19 checkpoint: it has neither features.0.weight (torchvision's \
+                 vgg19-dcbb9e9d.pth) nor 0.weight (AdaIN's vgg_normalised.pth)"
+            ),
+        }
+    }
+
+    /// The smallest picture side that reaches `layer`: a reflection pad needs 2 pixels and
+    /// ceil-mode pools round up; a floor-mode pool needs 2 pixels and rounds down.
+    fn min_side(self, layer: VggLayer) -> usize {
+        let p = layer.pools();
+        match self {
+            Layout::Normalised => (1usize << p) + 1,
+            Layout::Torchvision => 1usize << p,
+        }
+    }
+}
+
+/// VGG-19 with frozen weights.
+#[derive(Debug)]
+pub struct Vgg19 {
+    layout: Layout,
+    /// The normalised layout's 1×1 preprocessing conv (weight, bias).
+    preprocess: Option<(Tensor, Tensor)>,
+    /// The 16 convs: weight `[c_out, c_in, 3, 3]`, bias `[1, c_out, 1, 1]`.
+    convs: Vec<(Tensor, Tensor)>,
+    device: Device,
+}
+
+/// A tensor of the state dict, checked against `want` (`None`: any size on that axis).
+fn get(tensors: &HashMap<String, Tensor>, key: &str, want: &[Option<usize>]) -> Result<Tensor> {
+    let Some(t) = tensors.get(key) else {
+        bail!("VGG-19 checkpoint: {key} is missing")
+    };
+    let fits = t.rank() == want.len()
+        && t.dims()
+            .iter()
+            .zip(want)
+            .all(|(&d, w)| w.is_none_or(|w| w == d))
+        && t.dims().iter().all(|&d| d > 0);
+    if !fits {
+        let want: Vec<String> = want
+            .iter()
+            .map(|w| w.map_or("_".to_string(), |w| w.to_string()))
+            .collect();
+        bail!(
+            "VGG-19 checkpoint: {key} has shape {:?}, expected [{}]",
+            t.dims(),
+            want.join(", ")
+        )
+    }
+    t.to_dtype(DType::F32)
+}
+
+impl Vgg19 {
+    /// Builds the network from a state dict in either layout ([`Layout::detect`]), on `device`.
+    pub fn from_tensors(tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        let layout = Layout::detect(tensors)?;
+        let preprocess = match layout {
+            Layout::Normalised => Some((
+                get(tensors, "0.weight", &[Some(3), Some(3), Some(1), Some(1)])?
+                    .to_device(device)?,
+                get(tensors, "0.bias", &[Some(3)])?
+                    .reshape((1, 3, 1, 1))?
+                    .to_device(device)?,
+            )),
+            Layout::Torchvision => None,
+        };
+        let mut convs = Vec::with_capacity(CONVS);
+        let mut c_in = 3;
+        for i in 0..CONVS {
+            let key = layout.conv_key(i);
+            let w = get(
+                tensors,
+                &format!("{key}.weight"),
+                &[None, Some(c_in), Some(3), Some(3)],
+            )?;
+            let c_out = w.dim(0)?;
+            let b = get(tensors, &format!("{key}.bias"), &[Some(c_out)])?;
+            convs.push((
+                w.to_device(device)?,
+                b.reshape((1, c_out, 1, 1))?.to_device(device)?,
+            ));
+            c_in = c_out;
+        }
+        Ok(Self {
+            layout,
+            preprocess,
+            convs,
+            device: device.clone(),
+        })
+    }
+
+    /// Loads a checkpoint file: a PyTorch `.pth` (read without executing anything) or
+    /// safetensors, in either layout.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            candle_core::Error::msg(format!("reading VGG-19 weights {}: {e}", path.display()))
+        })?;
+        let name = path.display().to_string();
+        let tensors: HashMap<String, Tensor> =
+            if easel_core::torch_checkpoint::is_torch_save(&bytes) {
+                easel_core::torch_checkpoint::read_torch_checkpoint(&bytes, &name)?
+                    .into_iter()
+                    .collect()
+            } else {
+                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+                    .map_err(|e| candle_core::Error::msg(format!("{name}: {e}")))?
+            };
+        Self::from_tensors(&tensors, device)
+            .map_err(|e| candle_core::Error::msg(format!("{name}: {e}")))
+    }
+
+    /// The checkpoint layout it was built from.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Channels of a layer's activations.
+    pub fn channels(&self, layer: VggLayer) -> usize {
+        self.convs[layer.index as usize].0.dims()[0]
+    }
+
+    /// Fails naming `layer` when `(h, w)` pictures are too small to reach it.
+    pub fn check_size(&self, (h, w): (usize, usize), layer: VggLayer) -> Result<()> {
+        let min = self.layout.min_side(layer);
+        if h.min(w) < min {
+            bail!(
+                "VGG-19 needs pictures of at least {min}x{min} to reach {}, got {w}x{h}",
+                layer.name()
+            )
+        }
+        Ok(())
+    }
+
+    /// The activations at `layers` (in the order asked) of RGB pictures `x` (`[N, 3, H, W]` in
+    /// `[0, 1]`), with candle ops: any device, differentiable with candle's autograd. Stops after
+    /// the deepest layer.
+    pub fn forward(&self, x: &Tensor, layers: &[VggLayer]) -> Result<Vec<Tensor>> {
+        let (_, c, h, w) = x.dims4()?;
+        if c != 3 {
+            bail!(
+                "VGG-19: input {:?} is not an RGB picture [N, 3, H, W]",
+                x.dims()
+            )
+        }
+        let Some(&deepest) = layers.iter().max() else {
+            return Ok(Vec::new());
+        };
+        self.check_size((h, w), deepest)?;
+        let x = x.to_dtype(DType::F32)?;
+        let mut act = match &self.preprocess {
+            Some((w, b)) => x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(b)?,
+            None => {
+                let mean = Tensor::new(&IMAGENET_MEAN, x.device())?.reshape((1, 3, 1, 1))?;
+                let std = Tensor::new(&IMAGENET_STD, x.device())?.reshape((1, 3, 1, 1))?;
+                x.broadcast_sub(&mean)?.broadcast_div(&std)?
+            }
+        };
+        let mut found: Vec<Option<Tensor>> = vec![None; layers.len()];
+        let mut i = 0;
+        'blocks: for (block, &n) in CONVS_PER_BLOCK.iter().enumerate() {
+            if block > 0 {
+                act = self.pool(&act)?;
+            }
+            for _ in 0..n {
+                if i > deepest.index as usize {
+                    break 'blocks;
+                }
+                let (w, b) = &self.convs[i];
+                let padded = match self.layout {
+                    Layout::Normalised => reflect_pad1(&act)?,
+                    Layout::Torchvision => act.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?,
+                };
+                act = padded.conv2d(w, 0, 1, 1, 1)?.broadcast_add(b)?.relu()?;
+                for (slot, want) in found.iter_mut().zip(layers) {
+                    if want.index as usize == i {
+                        *slot = Some(act.clone());
+                    }
+                }
+                i += 1;
+            }
+        }
+        // Every layer is at most `deepest`, and the loop ran through it.
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The 2×2 max pool of the layout: ceil mode (an odd edge row or column pooled alone) or
+    /// floor mode (dropped).
+    fn pool(&self, x: &Tensor) -> Result<Tensor> {
+        match self.layout {
+            Layout::Normalised => max_pool_ceil(x),
+            Layout::Torchvision => {
+                let (_, _, h, w) = x.dims4()?;
+                max_pool_ceil(&x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?)
+            }
+        }
+    }
+
+    /// The activations at `layers` and a tape that turns their gradients into the gradient of
+    /// `x` (candle's autograd).
+    pub fn features_with_backward(
+        &self,
+        x: &Tensor,
+        layers: &[VggLayer],
+    ) -> Result<(Vec<Tensor>, AutogradTape)> {
+        AutogradTape::record(x, |x| self.forward(x, layers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names round-trip through the parser for all 16 layers, in network order; bad names fail
+    /// naming the text.
+    #[test]
+    fn layer_names_round_trip() -> Result<()> {
+        let mut names = Vec::new();
+        for (b, &n) in CONVS_PER_BLOCK.iter().enumerate() {
+            for i in 1..=n {
+                let l = VggLayer::new(b + 1, i)?;
+                assert_eq!(VggLayer::parse(&l.name())?, l);
+                names.push(l.name());
+            }
+        }
+        assert_eq!(names.len(), CONVS);
+        assert_eq!(names[9], "relu4_2");
+        assert!(VggLayer::parse("relu4_2")? > VggLayer::parse("relu4_1")?);
+        for bad in [
+            "relu1_3", "relu6_1", "relu0_1", "relu3_0", "conv1_1", "relu4", "relu4_x",
+        ] {
+            let e = VggLayer::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+        Ok(())
+    }
+
+    /// A state dict with a wrong shape fails naming the key and the expected shape; an unknown
+    /// one names both layouts' first key.
+    #[test]
+    fn bad_checkpoints_name_the_key() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        t.insert(
+            "features.0.weight".to_string(),
+            Tensor::zeros((8, 4, 3, 3), DType::F32, &dev)?,
+        );
+        let e = Vgg19::from_tensors(&t, &dev).unwrap_err().to_string();
+        assert!(
+            e.contains("features.0.weight") && e.contains("[_, 3, 3, 3]"),
+            "{e}"
+        );
+        t.insert(
+            "features.0.weight".to_string(),
+            Tensor::zeros((8, 3, 3, 3), DType::F32, &dev)?,
+        );
+        let e = Vgg19::from_tensors(&t, &dev).unwrap_err().to_string();
+        assert!(e.contains("features.0.bias is missing"), "{e}");
+        let e = Vgg19::from_tensors(&HashMap::new(), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("features.0.weight") && e.contains("0.weight"),
+            "{e}"
+        );
+        Ok(())
+    }
+}
