@@ -19,7 +19,8 @@ dw3, dw5, dw8; content at block5; weights 1, 1e5, 10). PyTorch runs in a child p
 the median of --runs; easel runs `cargo run --release -p easel-fast --example bench_gatys` with
 RAYON_NUM_THREADS = --threads. Peak memory is each process's VmHWM; "before" is its resident
 memory after setup (weights, targets) and before the first evaluation. Prints a table with
-easel / PyTorch (lower is better) and how far easel's gradient to the picture is from PyTorch's.
+easel / PyTorch (lower is better) and how far each side's f32 gradient to the picture is from
+PyTorch's in float64 (computed after the timed runs and the peak memory reading).
 """
 import argparse
 import json
@@ -56,24 +57,31 @@ def vgg19_net(weights):
                          lambda x: (x - vgg19_ref.MEAN) / vgg19_ref.STD)
 
 
+def objective(t, vgg19, dtype):
+    """The loss on the photo and painting of `t`, in `dtype`."""
+    import gatys_ref
+    import vgg19_ref
+
+    photo, style = t["photo"].to(dtype), t["style"].to(dtype)
+    if vgg19:
+        net = vgg19_net(vgg19)
+        net.seq.to(dtype)
+        return vgg19_ref.Objective(net, photo, style)
+    net = gatys_ref.load_lite0().to(dtype)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return gatys_ref.Objective(net, photo, [style])
+
+
 def torch_child(path, runs, threads, vgg19):
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gatys_ref
 
     torch.set_num_threads(threads)
     t = load_file(path)
-    if vgg19:
-        import vgg19_ref
-
-        obj = vgg19_ref.Objective(vgg19_net(vgg19), t["photo"], t["style"])
-    else:
-        net = gatys_ref.load_lite0()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        obj = gatys_ref.Objective(net, t["photo"], [t["style"]])
+    obj = objective(t, vgg19, torch.float32)
     rss_before = status_mib("VmRSS:")
     x = t["x"].clone().requires_grad_(True)
     times = []
@@ -89,11 +97,14 @@ def torch_child(path, runs, threads, vgg19):
             times.append((time.perf_counter() - start) * 1e3)
         loss = float(total)
         grad = x.grad.detach().clone()
-    from safetensors.torch import save_file
-
-    save_file({"grad": grad.contiguous()}, path + ".torch_grad.safetensors")
+    peak = status_mib("VmHWM:")
+    # The gradient in float64 (untimed, after the peak was read), to see how far each f32 one is.
+    x64 = t["x"].double().requires_grad_(True)
+    objective(t, vgg19, torch.float64)(x64)[3].backward()
+    save_file({"grad": grad.contiguous(), "grad64": x64.grad.detach().contiguous()},
+              path + ".torch_grad.safetensors")
     print(json.dumps({"median_ms": statistics.median(times), "ms": times, "loss": loss,
-                      "peak_mib": status_mib("VmHWM:"), "rss_before_mib": rss_before}))
+                      "peak_mib": peak, "rss_before_mib": rss_before}))
 
 
 def main():
@@ -150,9 +161,12 @@ def main():
         easel_res = json.loads(ez.stdout.strip().splitlines()[-1])
         from safetensors.torch import load_file
 
-        g_torch = load_file(path + ".torch_grad.safetensors")["grad"]
-        g_easel = load_file(easel_grad)["grad"]
-        grad_rel = float((g_easel - g_torch).abs().max() / g_torch.abs().max())
+        ref = load_file(path + ".torch_grad.safetensors")
+        g64 = ref["grad64"]
+        g_easel = load_file(easel_grad)["grad"].double()
+        scale = g64.abs().max()
+        grad_err = {"PyTorch": float((ref["grad"].double() - g64).abs().max() / scale),
+                    "easel": float((g_easel - g64).abs().max() / scale)}
     print(f"{args.network}, size {s}², {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| side | median ms | all ms | loss | peak MiB | before MiB |")
@@ -160,7 +174,8 @@ def main():
     for name, r in [("PyTorch", torch_res), ("easel", easel_res)]:
         ms = ", ".join(f"{v:.0f}" for v in r["ms"])
         print(f"| {name} | {r['median_ms']:.0f} | {ms} | {r['loss']:.6g} | {r['peak_mib']:.0f} | {r['rss_before_mib']:.0f} |")
-    print(f"gradient to the picture: max |easel - PyTorch| / max |PyTorch| = {grad_rel:.1e}")
+    print("gradient to the picture, max |f32 - float64 PyTorch| / max |float64|: "
+          f"PyTorch {grad_err['PyTorch']:.1e}, easel {grad_err['easel']:.1e}")
     print(f"easel / PyTorch: time {easel_res['median_ms'] / torch_res['median_ms']:.2f}x, "
           f"peak {easel_res['peak_mib'] / torch_res['peak_mib']:.2f}x, "
           f"peak over before {(easel_res['peak_mib'] - easel_res['rss_before_mib']) / max(1.0, torch_res['peak_mib'] - torch_res['rss_before_mib']):.2f}x")

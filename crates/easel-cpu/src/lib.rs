@@ -10,6 +10,7 @@
 //! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
 //! - [`attention`]: fused flash-style multi-head attention ([`FusedAttention`], a `CustomOp3`);
 //! - [`elementwise`]: vectorised element-wise loops and f64 sums;
+//! - [`gram`]: the Gram matrix `F Fᵀ` of long feature rows, split over the pool ([`GramOp`]);
 //! - [`layer`]: [`ConvLayer`], a convolution that takes the direct kernel for CPU f32 inference
 //!   and candle's `conv2d` elsewhere, so a network has one forward in tensor ops.
 //!
@@ -20,6 +21,7 @@
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod gram;
 pub mod layer;
 pub mod pad;
 pub mod pool;
@@ -29,6 +31,7 @@ pub mod simd;
 
 pub use attention::FusedAttention;
 pub use conv::{Conv2d, Conv2dOp, Epilogue, Quantize};
+pub use gram::GramOp;
 pub use layer::{Activation, ConvLayer};
 pub use pad::PadOp;
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};

@@ -28,6 +28,7 @@
 use crate::efficientnet::{EfficientNet, FeatureTape, Tap};
 use crate::tape::AutogradTape;
 use crate::vgg19::{Vgg19, VggLayer};
+use easel_cpu::GramOp;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -447,7 +448,8 @@ pub struct Objective<'a> {
 }
 
 /// The Gram matrix `F Fᵀ / (C·H·W)` of `[1, C, H, W]` activations, optionally masked
-/// (`mask` `[1, H·W]`, normalised by `C · Σ m²` instead).
+/// (`mask` `[1, H·W]`, normalised by `C · Σ m²` instead). Values only: on the CPU it is not
+/// differentiable by candle's autograd (the loss writes its gradient out).
 pub fn gram(feat: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (n, c, h, w) = feat.dims4()?;
     if n != 1 {
@@ -455,12 +457,22 @@ pub fn gram(feat: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     }
     let f = feat.reshape((c, h * w))?;
     match mask {
-        None => f.matmul(&f.t()?)? / (c * h * w) as f64,
+        None => outer(&f)? / (c * h * w) as f64,
         Some(m) => {
             let fm = f.broadcast_mul(m)?;
             let norm = m.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            fm.matmul(&fm.t()?)? / (c as f64 * norm.max(1e-8))
+            outer(&fm)? / (c as f64 * norm.max(1e-8))
         }
+    }
+}
+
+/// `F Fᵀ` of `[C, N]` rows: easel-cpu's kernel on the CPU (candle's gemm runs this shape on one
+/// thread), candle's matmul elsewhere.
+fn outer(f: &Tensor) -> Result<Tensor> {
+    if f.device().is_cpu() && f.dtype() == DType::F32 {
+        f.contiguous()?.apply_op1_no_bwd(&GramOp)
+    } else {
+        f.matmul(&f.t()?)
     }
 }
 
@@ -624,7 +636,7 @@ impl<'a> Objective<'a> {
                         (f.broadcast_mul(m)?, c as f64 * norm.max(1e-8))
                     }
                 };
-                let d = ((fm.matmul(&fm.t()?)? / norm)? - target)?;
+                let d = ((outer(&fm)? / norm)? - target)?;
                 let cc = (c * c) as f64;
                 style += d.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / cc;
                 if sw > 0.0 {
