@@ -114,7 +114,13 @@ pub fn gram_on(isa: Isa, f: &[f32], (c, n): (usize, usize)) -> Result<Vec<f32>> 
     let mut out = vec![0f32; c * c];
     // Rows padded to whole tiles with an empty row (its products are dropped).
     let zeros = vec![0f32; n];
-    let row = |i: usize| if i < c { &f[i * n..(i + 1) * n] } else { &zeros[..] };
+    let row = |i: usize| {
+        if i < c {
+            &f[i * n..(i + 1) * n]
+        } else {
+            &zeros[..]
+        }
+    };
     let blocks = c.div_ceil(TILE);
     // Upper-triangle tiles (bi ≤ bj), numbered row by row.
     let pairs: Vec<(usize, usize)> = (0..blocks)
@@ -193,7 +199,10 @@ mod tests {
             for isa in Isa::supported() {
                 assert_eq!(gram_on(isa, &f, (c, n))?, g, "{isa:?} on [{c}, {n}]");
             }
-            let op = t.apply_op1_no_bwd(&GramOp)?.flatten_all()?.to_vec1::<f32>()?;
+            let op = t
+                .apply_op1_no_bwd(&GramOp)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             assert_eq!(op, g);
         }
         assert!(gram(&[1.0; 5], (2, 3)).is_err());

@@ -26,10 +26,9 @@
 //! (`torch.optim.Adam` defaults, learning rate [`Settings::adam_lr`]).
 
 use crate::efficientnet::{EfficientNet, FeatureTape, Tap};
-use crate::tape::AutogradTape;
-use crate::vgg19::{Vgg19, VggLayer};
-use easel_cpu::GramOp;
+use crate::vgg19::{Vgg19, Vgg19Tape, VggLayer};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use easel_cpu::GramOp;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A layer of one of the perceptual networks.
@@ -151,9 +150,9 @@ impl FeatureBackward for FeatureTape<'_> {
     }
 }
 
-impl FeatureBackward for AutogradTape {
+impl FeatureBackward for Vgg19Tape<'_> {
     fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
-        AutogradTape::backward(self, grads)
+        Vgg19Tape::backward(self, grads)
     }
 }
 
@@ -232,7 +231,7 @@ impl Perceptual for Vgg19 {
     }
 
     fn features(&self, x: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>> {
-        self.forward(x, &vgg19_layers(layers)?)
+        Vgg19::features(self, x, &vgg19_layers(layers)?)
     }
 
     fn features_with_backward<'a>(

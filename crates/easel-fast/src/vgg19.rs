@@ -16,13 +16,17 @@
 //! The layers are the ReLU outputs `reluB_I` ([`VggLayer`], block B, conv I); Gatys et al. take
 //! the style at relu1_1 … relu5_1 and the content at relu4_2. Channel widths are read from the
 //! checkpoint (the test checkpoints are eight times narrower). [`Vgg19::forward`] runs candle ops
-//! on any device, stopping after the deepest requested layer; the picture's gradient comes from
-//! candle's autograd ([`crate::tape::AutogradTape`]).
+//! on any device, stopping after the deepest requested layer. [`Vgg19::features_with_backward`]
+//! on the CPU runs easel's direct convolutions forwards and their transposes backwards by hand
+//! (ReLU masks, reflection-pad folds, max-pool routing to each window's first maximum, as
+//! PyTorch); elsewhere the picture's gradient comes from candle's autograd
+//! ([`crate::tape::AutogradTape`]).
 
 use crate::efficientnet::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::tape::AutogradTape;
 use crate::vgg::{max_pool_ceil, reflect_pad1};
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch, ScratchCache};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -159,7 +163,81 @@ pub struct Vgg19 {
     preprocess: Option<(Tensor, Tensor)>,
     /// The 16 convs: weight `[c_out, c_in, 3, 3]`, bias `[1, c_out, 1, 1]`.
     convs: Vec<(Tensor, Tensor)>,
+    /// The CPU path's kernels, built when the weights are on the CPU.
+    cpu: Option<CpuKernels>,
     device: Device,
+    /// The CPU path's buffers, kept from one pass (and its tape) to the next.
+    scratch: ScratchCache,
+}
+
+/// A conv forwards (bias and ReLU fused) and its transpose (flipped kernel, channels swapped,
+/// no bias) for the gradient of its input.
+#[derive(Debug)]
+struct ConvPair {
+    fwd: Conv2d,
+    bwd: Conv2d,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl ConvPair {
+    fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        let (c_out, c_in, k, _) = weight.dims4()?;
+        let wv = weight.flatten_all()?.to_vec1::<f32>()?;
+        let bv = bias.flatten_all()?.to_vec1::<f32>()?;
+        let kk = k * k;
+        let mut wt = vec![0f32; wv.len()];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for j in 0..kk {
+                    wt[(i * c_out + o) * kk + j] = wv[(o * c_in + i) * kk + kk - 1 - j];
+                }
+            }
+        }
+        Ok(Self {
+            fwd: Conv2d::new(&wv, Some(&bv), (c_in, c_out, k), 1, false)?,
+            bwd: Conv2d::new(&wt, None, (c_out, c_in, k), 1, false)?,
+            c_in,
+            c_out,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct CpuKernels {
+    preprocess: Option<ConvPair>,
+    convs: Vec<ConvPair>,
+}
+
+/// A CPU activation `[c, h, w]` of one picture.
+#[derive(Debug)]
+struct Act {
+    v: Vec<f32>,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+/// What the CPU backward needs: each conv's ReLU output, and the picture's size.
+#[derive(Debug)]
+struct Saved {
+    input_hw: (usize, usize),
+    relus: Vec<Act>,
+}
+
+/// What [`Vgg19::features_with_backward`] recorded.
+#[derive(Debug)]
+enum TapeInner {
+    Cpu(Saved),
+    Autograd(AutogradTape),
+}
+
+/// What [`Vgg19::features_with_backward`] recorded to compute the picture's gradient.
+#[derive(Debug)]
+pub struct Vgg19Tape<'a> {
+    net: &'a Vgg19,
+    layers: Vec<VggLayer>,
+    inner: TapeInner,
 }
 
 /// A tensor of the state dict, checked against `want` (`None`: any size on that axis).
@@ -218,11 +296,28 @@ impl Vgg19 {
             ));
             c_in = c_out;
         }
+        let cpu = if device.is_cpu() {
+            Some(CpuKernels {
+                preprocess: preprocess
+                    .as_ref()
+                    .map(|(w, b)| ConvPair::new(w, b))
+                    .transpose()?,
+                convs: convs
+                    .iter()
+                    .map(|(w, b)| ConvPair::new(w, b))
+                    .collect::<Result<_>>()?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             layout,
             preprocess,
             convs,
+            cpu,
             device: device.clone(),
+            // Every conv's activation and the backward's gradients and pads.
+            scratch: ScratchCache::keeping(2 * CONVS + 8),
         })
     }
 
@@ -337,14 +432,386 @@ impl Vgg19 {
         }
     }
 
-    /// The activations at `layers` and a tape that turns their gradients into the gradient of
-    /// `x` (candle's autograd).
+    /// The activations at `layers` of one picture or a batch (as [`Self::forward`]) and a tape
+    /// that turns their gradients into the gradient of `x`: by hand on the CPU for one picture,
+    /// by candle's autograd otherwise.
     pub fn features_with_backward(
         &self,
         x: &Tensor,
         layers: &[VggLayer],
-    ) -> Result<(Vec<Tensor>, AutogradTape)> {
-        AutogradTape::record(x, |x| self.forward(x, layers))
+    ) -> Result<(Vec<Tensor>, Vgg19Tape<'_>)> {
+        let (n, _, h, w) = x.dims4()?;
+        let tape = |inner| Vgg19Tape {
+            net: self,
+            layers: layers.to_vec(),
+            inner,
+        };
+        let cpu = self.cpu.as_ref().filter(|_| n == 1 && x.device().is_cpu());
+        let (Some(cpu), Some(&deepest)) = (cpu, layers.iter().max()) else {
+            let (feats, t) = AutogradTape::record(x, |x| self.forward(x, layers))?;
+            return Ok((feats, tape(TapeInner::Autograd(t))));
+        };
+        self.check_size((h, w), deepest)?;
+        let saved = self
+            .scratch
+            .with(|scratch| self.cpu_features(cpu, x, deepest, scratch))?;
+        let feats = layers
+            .iter()
+            .map(|l| {
+                let a = &saved.relus[l.index as usize];
+                Tensor::from_slice(&a.v, (1, a.c, a.h, a.w), &Device::Cpu)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((feats, tape(TapeInner::Cpu(saved))))
+    }
+
+    /// The ReLU padding of a conv input `[c, h, w]`: reflection or zeros, 1 pixel.
+    fn pad_maps(&self, h: usize, w: usize) -> Result<(pad::AxisMap, pad::AxisMap)> {
+        Ok(match self.layout {
+            Layout::Normalised => (pad::reflect_map(h, 1, 1, 1)?, pad::reflect_map(w, 1, 1, 1)?),
+            Layout::Torchvision => (pad::zero_map(h, 1, 1), pad::zero_map(w, 1, 1)),
+        })
+    }
+
+    /// The CPU forward of one picture through conv `deepest`, keeping every ReLU output.
+    fn cpu_features(
+        &self,
+        cpu: &CpuKernels,
+        x: &Tensor,
+        deepest: VggLayer,
+        scratch: &mut Scratch,
+    ) -> Result<Saved> {
+        let (_, _, h, w) = x.dims4()?;
+        let mut v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let input = match &cpu.preprocess {
+            Some(pre) => {
+                let mut out = scratch.take(3 * h * w);
+                pre.fwd
+                    .forward_into(&v, (1, 3, h, w), &Epilogue::default(), &mut out, scratch)?;
+                out
+            }
+            None => {
+                for (c, plane) in v.chunks_exact_mut(h * w).enumerate() {
+                    for px in plane {
+                        *px = (*px - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                    }
+                }
+                std::mem::take(&mut v)
+            }
+        };
+        scratch.give(v);
+        let relu = Epilogue {
+            clamp: Some((0.0, f32::INFINITY)),
+            quant: None,
+        };
+        let mut relus: Vec<Act> = Vec::with_capacity(CONVS);
+        // The next layer's input when it is a buffer of its own (the preprocessed picture, a
+        // pool's output); else it is the last ReLU output.
+        let mut own = Some(input);
+        fn current<'a>(own: &'a Option<Vec<f32>>, relus: &'a [Act]) -> &'a [f32] {
+            own.as_deref()
+                .or_else(|| relus.last().map(|a| a.v.as_slice()))
+                .unwrap_or(&[])
+        }
+        let (mut c, mut hh, mut ww) = (3, h, w);
+        let mut i = 0;
+        'blocks: for (block, &n) in CONVS_PER_BLOCK.iter().enumerate() {
+            for conv_in_block in 0..n {
+                if i > deepest.index as usize {
+                    break 'blocks;
+                }
+                if block > 0 && conv_in_block == 0 {
+                    let (pooled, ho, wo) =
+                        self.cpu_pool(current(&own, &relus), (c, hh, ww), scratch)?;
+                    if let Some(v) = own.replace(pooled) {
+                        scratch.give(v);
+                    }
+                    (hh, ww) = (ho, wo);
+                }
+                let conv = &cpu.convs[i];
+                let (rows, cols) = self.pad_maps(hh, ww)?;
+                let padded = pad::pad(current(&own, &relus), (c, hh, ww), &rows, &cols, scratch)?;
+                if let Some(v) = own.take() {
+                    scratch.give(v);
+                }
+                // The conv writes every output.
+                let mut out = scratch.take(conv.c_out * hh * ww);
+                conv.fwd
+                    .forward_into(&padded, (1, c, hh + 2, ww + 2), &relu, &mut out, scratch)?;
+                scratch.give(padded);
+                c = conv.c_out;
+                relus.push(Act {
+                    v: out,
+                    c,
+                    h: hh,
+                    w: ww,
+                });
+                i += 1;
+            }
+        }
+        if let Some(v) = own {
+            scratch.give(v);
+        }
+        Ok(Saved {
+            input_hw: (h, w),
+            relus,
+        })
+    }
+
+    /// The activations at `layers` without gradients: the CPU path for one picture on the CPU,
+    /// candle ops otherwise (the same values within f32 rounding).
+    pub fn features(&self, x: &Tensor, layers: &[VggLayer]) -> Result<Vec<Tensor>> {
+        Ok(self.features_with_backward(x, layers)?.0)
+    }
+
+    /// The layout's 2×2 max pool of `x` (`[c, h, w]`): ceil mode, or floor mode (the odd last
+    /// row and column dropped). Returns the output and its size.
+    fn cpu_pool(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        scratch: &mut Scratch,
+    ) -> Result<(Vec<f32>, usize, usize)> {
+        let (ho, wo) = self.pooled_size(h, w);
+        let out = match self.layout {
+            Layout::Torchvision if h % 2 == 1 || w % 2 == 1 => {
+                let rows = pad::zero_map(h / 2 * 2, 0, 0);
+                let cols = pad::zero_map(w / 2 * 2, 0, 0);
+                let even = pad::pad(x, (c, h, w), &rows, &cols, scratch)?;
+                let out = easel_cpu::pool2d::max_pool2_ceil(&even, (c, h / 2 * 2, w / 2 * 2))?;
+                scratch.give(even);
+                out
+            }
+            _ => easel_cpu::pool2d::max_pool2_ceil(x, (c, h, w))?,
+        };
+        Ok((out, ho, wo))
+    }
+
+    fn pooled_size(&self, h: usize, w: usize) -> (usize, usize) {
+        match self.layout {
+            Layout::Normalised => (h.div_ceil(2), w.div_ceil(2)),
+            Layout::Torchvision => (h / 2, w / 2),
+        }
+    }
+}
+
+/// The gradient of a 2×2 max pool's input `y` (`[c, h, w]`) from its output's gradient `g`
+/// (`[c, ho, wo]`): each window's gradient goes to its first maximum in row-major order (as
+/// PyTorch's CPU kernel); rows and columns no window covers get 0.
+fn pool_backward(g: &[f32], y: &Act, (ho, wo): (usize, usize), scratch: &mut Scratch) -> Vec<f32> {
+    let (h, w) = (y.h, y.w);
+    let mut out = scratch.take(y.c * h * w);
+    out.fill(0.0);
+    easel_cpu::par_chunks_mut(&mut out, h * w, |p, dst| {
+        let src = &y.v[p * h * w..(p + 1) * h * w];
+        let gp = &g[p * ho * wo..(p + 1) * ho * wo];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best = (2 * oy) * w + 2 * ox;
+                for r in 2 * oy..(2 * oy + 2).min(h) {
+                    for col in 2 * ox..(2 * ox + 2).min(w) {
+                        if src[r * w + col] > src[best] {
+                            best = r * w + col;
+                        }
+                    }
+                }
+                dst[best] += gp[oy * wo + ox];
+            }
+        }
+    });
+    out
+}
+
+/// Folds the gradient of a reflection-padded input (`[c, h + 2, w + 2]`, 1 pixel each side)
+/// onto the input (`[c, h, w]`): each padded row and column adds to the one it mirrors.
+fn reflect_fold(gp: &[f32], (c, h, w): (usize, usize, usize), scratch: &mut Scratch) -> Vec<f32> {
+    let (hp, wp) = (h + 2, w + 2);
+    let mut out = scratch.take(c * h * w);
+    easel_cpu::par_chunks_mut(&mut out, h * w, |p, dst| {
+        let src = &gp[p * hp * wp..(p + 1) * hp * wp];
+        // Padded row r of the input's rows: 0 mirrors 1, h + 1 mirrors h − 2.
+        let target = |r: usize| match r {
+            0 => 1,
+            r if r == h + 1 => h - 2,
+            r => r - 1,
+        };
+        dst.fill(0.0);
+        for r in 0..hp {
+            let row = &src[r * wp..(r + 1) * wp];
+            let d = &mut dst[target(r) * w..(target(r) + 1) * w];
+            for (o, v) in d.iter_mut().zip(&row[1..w + 1]) {
+                *o += v;
+            }
+            d[1] += row[0];
+            d[w - 2] += row[w + 1];
+        }
+    });
+    out
+}
+
+impl Vgg19Tape<'_> {
+    /// The gradient of a scalar loss with respect to the picture, given its gradients with
+    /// respect to each requested layer's activation (same order and shapes; `None` for one the
+    /// loss does not use).
+    pub fn backward(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+        if grads.len() != self.layers.len() {
+            bail!(
+                "VGG-19 backward: {} gradients for {} features",
+                grads.len(),
+                self.layers.len()
+            )
+        }
+        match &self.inner {
+            TapeInner::Autograd(tape) => tape.backward(grads),
+            TapeInner::Cpu(saved) => self
+                .net
+                .scratch
+                .with(|scratch| self.cpu_backward(saved, grads, scratch)),
+        }
+    }
+
+    fn cpu_backward(
+        &self,
+        saved: &Saved,
+        grads: &[Option<Tensor>],
+        scratch: &mut Scratch,
+    ) -> Result<Tensor> {
+        let net = self.net;
+        let Some(cpu) = &net.cpu else {
+            bail!("VGG-19: internal error: a CPU tape without CPU kernels")
+        };
+        // The sum of the gradients given for conv `i`'s ReLU output.
+        let grad_of = |i: usize| -> Result<Option<Vec<f32>>> {
+            let mut acc: Option<Vec<f32>> = None;
+            for (l, g) in self.layers.iter().zip(grads) {
+                let Some(g) = g.as_ref().filter(|_| l.index as usize == i) else {
+                    continue;
+                };
+                let a = &saved.relus[i];
+                if g.dims() != [1, a.c, a.h, a.w] {
+                    bail!(
+                        "VGG-19 backward: gradient of {} has shape {:?}, the feature [1, {}, {}, {}]",
+                        l.name(),
+                        g.dims(),
+                        a.c,
+                        a.h,
+                        a.w
+                    )
+                }
+                let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                match &mut acc {
+                    Some(a) => elementwise::add_assign(a, &v),
+                    None => acc = Some(v),
+                }
+            }
+            Ok(acc)
+        };
+        let (h0, w0) = saved.input_hw;
+        // Gradient of the current activation, walking back from the deepest ReLU.
+        let mut g: Option<Vec<f32>> = None;
+        let first_of_block: Vec<usize> = CONVS_PER_BLOCK
+            .iter()
+            .scan(0, |start, &n| {
+                let s = *start;
+                *start += n;
+                Some(s)
+            })
+            .collect();
+        for i in (0..saved.relus.len()).rev() {
+            if let Some(extra) = grad_of(i)? {
+                match &mut g {
+                    Some(acc) => elementwise::add_assign(acc, &extra),
+                    None => g = Some(extra),
+                }
+            }
+            let Some(mut gi) = g.take() else { continue };
+            let y = &saved.relus[i];
+            elementwise::clamp_backward(&mut gi, &y.v, 0.0, f32::INFINITY);
+            let conv = &cpu.convs[i];
+            let (h, w) = (y.h, y.w);
+            // The gradient of the conv's (unpadded) input.
+            let g_in = match net.layout {
+                Layout::Torchvision => {
+                    let (rows, cols) = (pad::zero_map(h, 1, 1), pad::zero_map(w, 1, 1));
+                    let gp = pad::pad(&gi, (conv.c_out, h, w), &rows, &cols, scratch)?;
+                    let mut out = scratch.take(conv.c_in * h * w);
+                    conv.bwd.forward_into(
+                        &gp,
+                        (1, conv.c_out, h + 2, w + 2),
+                        &Epilogue::default(),
+                        &mut out,
+                        scratch,
+                    )?;
+                    scratch.give(gp);
+                    out
+                }
+                Layout::Normalised => {
+                    let (rows, cols) = (pad::zero_map(h, 2, 2), pad::zero_map(w, 2, 2));
+                    let gp = pad::pad(&gi, (conv.c_out, h, w), &rows, &cols, scratch)?;
+                    let mut padded = scratch.take(conv.c_in * (h + 2) * (w + 2));
+                    conv.bwd.forward_into(
+                        &gp,
+                        (1, conv.c_out, h + 4, w + 4),
+                        &Epilogue::default(),
+                        &mut padded,
+                        scratch,
+                    )?;
+                    scratch.give(gp);
+                    let out = reflect_fold(&padded, (conv.c_in, h, w), scratch);
+                    scratch.give(padded);
+                    out
+                }
+            };
+            scratch.give(gi);
+            g = Some(if i > 0 && first_of_block.contains(&i) {
+                // Through the pool to the previous block's last ReLU output.
+                let prev = &saved.relus[i - 1];
+                let out = pool_backward(&g_in, prev, (h, w), scratch);
+                scratch.give(g_in);
+                out
+            } else {
+                g_in
+            });
+        }
+        let Some(mut gx) = g else {
+            return Tensor::zeros((1, 3, h0, w0), DType::F32, &Device::Cpu);
+        };
+        match &cpu.preprocess {
+            Some(pre) => {
+                let mut out = vec![0f32; 3 * h0 * w0];
+                pre.bwd.forward_into(
+                    &gx,
+                    (1, 3, h0, w0),
+                    &Epilogue::default(),
+                    &mut out,
+                    scratch,
+                )?;
+                scratch.give(gx);
+                Tensor::from_vec(out, (1, 3, h0, w0), &Device::Cpu)
+            }
+            None => {
+                for (c, plane) in gx.chunks_exact_mut(h0 * w0).enumerate() {
+                    let inv = 1.0 / IMAGENET_STD[c];
+                    for v in plane {
+                        *v *= inv;
+                    }
+                }
+                Tensor::from_vec(gx, (1, 3, h0, w0), &Device::Cpu)
+            }
+        }
+    }
+}
+
+impl Drop for Vgg19Tape<'_> {
+    /// Gives the saved activations back to the network's buffers for its next pass.
+    fn drop(&mut self) {
+        if let TapeInner::Cpu(saved) = &mut self.inner {
+            self.net.scratch.with(|scratch| {
+                for act in &mut saved.relus {
+                    scratch.give(std::mem::take(&mut act.v));
+                }
+            });
+        }
     }
 }
 

@@ -57,9 +57,9 @@ fn settings() -> Settings {
     }
 }
 
-/// Every ReLU activation of both layouts matches PyTorch within 1e-4 relative (the odd side
-/// exercises ceil-mode pools in one layout and floor-mode in the other), and the layout is
-/// recognised from the keys alone.
+/// Every ReLU activation of both layouts matches PyTorch within 1e-4 relative, by candle ops
+/// and by the CPU path (the odd side exercises ceil-mode pools in one layout and floor-mode in
+/// the other), and the layout is recognised from the keys alone.
 #[test]
 fn features_match_pytorch() -> Result<()> {
     let fx = cases()?;
@@ -69,10 +69,14 @@ fn features_match_pytorch() -> Result<()> {
         let net = Vgg19::load(&fixture(file), &Device::Cpu)?;
         assert_eq!(net.layout(), layout);
         let feats = net.forward(&fx["x"], &layers)?;
-        for (l, f) in layers.iter().zip(&feats) {
+        // The CPU path's direct convs and pools, as the tape records them.
+        let cpu = net.features(&fx["x"], &layers)?;
+        for ((l, f), c) in layers.iter().zip(&feats).zip(&cpu) {
             let want = &fx[&format!("{prefix}.{}", l.name())];
             let e = rel_diff(f, want)?;
             assert!(e <= 1e-4, "{prefix} {}: {e:e}", l.name());
+            let e = rel_diff(c, want)?;
+            assert!(e <= 1e-4, "{prefix} {} (CPU path): {e:e}", l.name());
         }
         // One layer asked alone gives the same activation as in the full list.
         let relu3_2 = VggLayer::parse("relu3_2")?;
@@ -84,7 +88,9 @@ fn features_match_pytorch() -> Result<()> {
 
 /// Content, style, TV and total losses and the gradient of the total to the picture match
 /// PyTorch within 1e-4 relative in both layouts (style at relu1_1 … relu5_1, content at
-/// relu4_2: the defaults the settings leave to the network).
+/// relu4_2: the defaults the settings leave to the network): this checks the CPU path's
+/// hand-written backward through ReLU masks, transposed convs, reflection-pad folds and
+/// max-pool routing (ceil and floor mode), and the preprocessing of each layout.
 #[test]
 fn gatys_losses_and_gradient_match_pytorch() -> Result<()> {
     let fx = cases()?;
