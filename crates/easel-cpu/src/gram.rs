@@ -12,11 +12,15 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
 
 /// Partial sums per dot product (one AVX-512 vector, two AVX2 ones).
 const LANES: usize = 16;
+/// Floats per block: each block's lane sums start from zero and are added to an f64 total, so
+/// rounding grows with the block length, not the row's (rows reach 2¹⁸ floats at 1024²).
+const BLOCK: usize = 1024;
 /// Rows per tile side.
 const TILE: usize = 4;
 
 /// The dot products of rows `a` with rows `b` (all of one length): `out[i][j] = a[i] · b[j]`,
-/// each as [`LANES`] partial sums (`LANES / S::L` vectors), reduced pairwise, then the tail.
+/// each as [`LANES`] partial sums (`LANES / S::L` vectors) per [`BLOCK`] of floats, reduced
+/// pairwise and added to an f64 total, then the tail.
 ///
 /// # Safety
 /// The CPU supports `S`'s instruction set.
@@ -28,38 +32,46 @@ unsafe fn tile<S: Simd>(a: [&[f32]; TILE], b: [&[f32]; TILE]) -> [[f32; TILE]; T
     // SAFETY: the CPU supports `S` (this function's contract); every load reads floats
     // `k + h·L .. k + (h + 1)·L` with `k + LANES ≤ body ≤ n`, inside each row.
     unsafe {
-        let mut acc = [[[S::zero(); 2]; TILE]; TILE];
-        for k in (0..body).step_by(LANES) {
-            for h in 0..parts {
-                let off = k + h * S::L;
-                let av: [S::V; TILE] = std::array::from_fn(|i| S::load(a[i].as_ptr().add(off)));
-                let bv: [S::V; TILE] = std::array::from_fn(|j| S::load(b[j].as_ptr().add(off)));
-                for (acc_i, &ai) in acc.iter_mut().zip(&av) {
-                    for (acc_ij, &bj) in acc_i.iter_mut().zip(&bv) {
-                        acc_ij[h] = S::fma(ai, bj, acc_ij[h]);
+        let mut total = [[0f64; TILE]; TILE];
+        for start in (0..body).step_by(BLOCK) {
+            let mut acc = [[[S::zero(); 2]; TILE]; TILE];
+            for k in (start..(start + BLOCK).min(body)).step_by(LANES) {
+                for h in 0..parts {
+                    let off = k + h * S::L;
+                    let av: [S::V; TILE] = std::array::from_fn(|i| S::load(a[i].as_ptr().add(off)));
+                    let bv: [S::V; TILE] = std::array::from_fn(|j| S::load(b[j].as_ptr().add(off)));
+                    for (acc_i, &ai) in acc.iter_mut().zip(&av) {
+                        for (acc_ij, &bj) in acc_i.iter_mut().zip(&bv) {
+                            acc_ij[h] = S::fma(ai, bj, acc_ij[h]);
+                        }
                     }
+                }
+            }
+            for (total_i, acc_i) in total.iter_mut().zip(&acc) {
+                for (t, acc_ij) in total_i.iter_mut().zip(acc_i) {
+                    let mut lanes = [0f32; LANES];
+                    for (h, &v) in acc_ij.iter().enumerate().take(parts) {
+                        S::store(lanes.as_mut_ptr().add(h * S::L), v);
+                    }
+                    let mut width = LANES;
+                    while width > 1 {
+                        width /= 2;
+                        for l in 0..width {
+                            lanes[l] += lanes[l + width];
+                        }
+                    }
+                    *t += lanes[0] as f64;
                 }
             }
         }
         let mut out = [[0f32; TILE]; TILE];
         for i in 0..TILE {
             for j in 0..TILE {
-                let mut lanes = [0f32; LANES];
-                for h in 0..parts {
-                    S::store(lanes.as_mut_ptr().add(h * S::L), acc[i][j][h]);
-                }
-                let mut width = LANES;
-                while width > 1 {
-                    width /= 2;
-                    for l in 0..width {
-                        lanes[l] += lanes[l + width];
-                    }
-                }
-                let mut s = lanes[0];
+                let mut tail = 0f32;
                 for k in body..n {
-                    s = a[i][k].mul_add(b[j][k], s);
+                    tail = a[i][k].mul_add(b[j][k], tail);
                 }
-                out[i][j] = s;
+                out[i][j] = (total[i][j] + tail as f64) as f32;
             }
         }
         out

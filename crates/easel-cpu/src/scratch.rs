@@ -30,7 +30,7 @@ impl Scratch {
     /// A buffer of `len` floats with unspecified (initialised) contents.
     pub fn take(&mut self, len: usize) -> Vec<f32> {
         // Prefer the shortest buffer already `len` long (nothing to initialise), else the one
-        // with room that is longest (least to zero), else a new one.
+        // with room that is longest (least to zero).
         let ready = self
             .free
             .iter()
@@ -38,14 +38,24 @@ impl Scratch {
             .filter(|(_, v)| v.len() >= len)
             .min_by_key(|(_, v)| v.len())
             .map(|(i, _)| i);
-        let best = ready.or_else(|| {
+        let roomy = || {
             self.free
                 .iter()
                 .enumerate()
                 .filter(|(_, v)| v.capacity() >= len)
                 .max_by_key(|(_, v)| v.len())
                 .map(|(i, _)| i)
-        });
+        };
+        // Else grow the largest (one reallocation, instead of a new buffer beside the kept
+        // ones: the kept memory stays near the pass's working set).
+        let largest = || {
+            self.free
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+        };
+        let best = ready.or_else(roomy).or_else(largest);
         let mut v = match best {
             Some(i) => self.free.swap_remove(i),
             None => Vec::new(),
