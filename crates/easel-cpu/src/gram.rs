@@ -38,8 +38,14 @@ unsafe fn tile<S: Simd>(a: [&[f32]; TILE], b: [&[f32]; TILE]) -> [[f32; TILE]; T
             for k in (start..(start + BLOCK).min(body)).step_by(LANES) {
                 for h in 0..parts {
                     let off = k + h * S::L;
-                    let av: [S::V; TILE] = std::array::from_fn(|i| S::load(a[i].as_ptr().add(off)));
-                    let bv: [S::V; TILE] = std::array::from_fn(|j| S::load(b[j].as_ptr().add(off)));
+                    // Plain loops, not closures: a closure does not inherit the caller's
+                    // target features, so its loads would not inline.
+                    let mut av = [S::zero(); TILE];
+                    let mut bv = [S::zero(); TILE];
+                    for t in 0..TILE {
+                        av[t] = S::load(a[t].as_ptr().add(off));
+                        bv[t] = S::load(b[t].as_ptr().add(off));
+                    }
                     for (acc_i, &ai) in acc.iter_mut().zip(&av) {
                         for (acc_ij, &bj) in acc_i.iter_mut().zip(&bv) {
                             acc_ij[h] = S::fma(ai, bj, acc_ij[h]);

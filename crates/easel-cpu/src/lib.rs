@@ -10,6 +10,8 @@
 //! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
 //! - [`attention`]: fused flash-style multi-head attention ([`FusedAttention`], a `CustomOp3`);
 //! - [`elementwise`]: vectorised element-wise loops and f64 sums;
+//! - [`norm`]: group normalisation with its affine part and an optional SiLU in one kernel
+//!   ([`GroupNormOp`]);
 //! - [`gram`]: the Gram matrix `F Fᵀ` of long feature rows, split over the pool ([`GramOp`]);
 //! - [`layer`]: [`ConvLayer`], a convolution that takes the direct kernel for CPU f32 inference
 //!   and candle's `conv2d` elsewhere, so a network has one forward in tensor ops.
@@ -23,6 +25,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod gram;
 pub mod layer;
+pub mod norm;
 pub mod pad;
 pub mod pool;
 pub mod pool2d;
@@ -33,6 +36,7 @@ pub use attention::FusedAttention;
 pub use conv::{Conv2d, Conv2dOp, Epilogue, Quantize};
 pub use gram::GramOp;
 pub use layer::{Activation, ConvLayer};
+pub use norm::GroupNormOp;
 pub use pad::PadOp;
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
 pub use pool2d::MaxPool2Ceil;

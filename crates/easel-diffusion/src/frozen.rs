@@ -344,7 +344,9 @@ pub fn conv2d(
 }
 
 /// Group normalisation with an affine weight and bias (PyTorch's `nn.GroupNorm`; keys
-/// `weight`, `bias`): candle_nn's computation, with the affine part frozen.
+/// `weight`, `bias`): candle_nn's computation, with the affine part frozen. For f32 inference on
+/// the CPU (an input autograd does not track) it runs easel-cpu's fused kernel instead, SiLU
+/// included with [`GroupNorm::forward_silu`].
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     weight: Tensor,
@@ -352,10 +354,43 @@ pub struct GroupNorm {
     eps: f64,
     num_channels: usize,
     num_groups: usize,
+    /// The fused CPU kernel without and with SiLU (weights on the CPU only).
+    cpu: Option<(easel_cpu::GroupNormOp, easel_cpu::GroupNormOp)>,
+}
+
+impl GroupNorm {
+    /// `silu(self.forward(xs))`, the pair of every ResNet block, fused on the CPU.
+    pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.fused(xs, true)? {
+            Some(ys) => Ok(ys),
+            None => self.forward(xs)?.silu(),
+        }
+    }
+
+    /// The fused kernel's result, where it applies: CPU weights, an f32 CPU input of this many
+    /// channels that autograd does not track.
+    fn fused(&self, xs: &Tensor, silu: bool) -> Result<Option<Tensor>> {
+        let Some((plain, with_silu)) = &self.cpu else {
+            return Ok(None);
+        };
+        let applies = xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+            && !xs.track_op()
+            && xs.rank() >= 3
+            && xs.dims()[1] == self.num_channels;
+        if !applies {
+            return Ok(None);
+        }
+        let op = if silu { with_silu } else { plain };
+        Ok(Some(xs.contiguous()?.apply_op1_no_bwd(op)?))
+    }
 }
 
 impl Module for GroupNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(ys) = self.fused(xs, false)? {
+            return Ok(ys);
+        }
         let x_shape = xs.dims();
         if x_shape.len() <= 2 {
             bail!("GroupNorm: input rank must be at least 3, got {x_shape:?}")
@@ -398,12 +433,31 @@ pub fn group_norm(
     if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
         bail!("GroupNorm: {num_groups} groups do not divide {num_channels} channels")
     }
+    let weight = vb.get(num_channels, "weight")?;
+    let bias = vb.get(num_channels, "bias")?;
+    let cpu = if weight.device().is_cpu() {
+        let op = easel_cpu::GroupNormOp {
+            weight: weight.to_dtype(DType::F32)?.to_vec1()?,
+            bias: bias.to_dtype(DType::F32)?.to_vec1()?,
+            groups: num_groups,
+            eps,
+            silu: false,
+        };
+        let with_silu = easel_cpu::GroupNormOp {
+            silu: true,
+            ..op.clone()
+        };
+        Some((op, with_silu))
+    } else {
+        None
+    };
     Ok(GroupNorm {
-        weight: vb.get(num_channels, "weight")?,
-        bias: vb.get(num_channels, "bias")?,
+        weight,
+        bias,
         eps,
         num_channels,
         num_groups,
+        cpu,
     })
 }
 
@@ -444,6 +498,7 @@ mod tests {
             eps: 1e-5,
             num_channels: 6,
             num_groups: 2,
+            cpu: None,
         };
         let plain_gn = candle_nn::GroupNorm::new(gn_w, gn_b, 6, 2, 1e-5).unwrap();
         let lin_w = pattern(&[3, 3], 6);

@@ -126,7 +126,7 @@ impl ResnetBlock2D {
     /// A block built with `temb_channels: None` refuses a `temb` (diffusers would add the raw
     /// embedding, which is never what a caller means).
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let hs = self.norm1.forward(xs)?.silu()?;
+        let hs = self.norm1.forward_silu(xs)?;
         let mut hs = self.conv1.forward(&hs)?;
         match (temb, &self.time_emb_proj) {
             (Some(temb), Some(proj)) => {
@@ -140,7 +140,7 @@ impl ResnetBlock2D {
             ),
             (None, _) => {}
         }
-        let hs = self.norm2.forward(&hs)?.silu()?;
+        let hs = self.norm2.forward_silu(&hs)?;
         let hs = self.conv2.forward(&hs)?;
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,

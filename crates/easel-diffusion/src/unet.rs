@@ -525,7 +525,7 @@ impl UNet2DConditionModel {
             )?;
             offset += n;
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }
