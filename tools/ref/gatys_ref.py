@@ -100,12 +100,16 @@ class Objective:
         for t, per in zip(STYLE, self.targets):
             for g, m in per:
                 style = style + ((gram(feats[t], m) - g) ** 2).mean()
-        dy = x[:, :, 1:, :] - x[:, :, :-1, :]
-        dx = x[:, :, :, 1:] - x[:, :, :, :-1]
-        tv = (dy ** 2).mean() + (dx ** 2).mean()
-        cw, sw, tw = WEIGHTS
-        total = cw * content + sw * style + tw * tv
-        return content, style, tv, total
+        return with_tv(content, style, x)
+
+
+def with_tv(content, style, x):
+    """(content, style, tv, total) with the total variation of `x` and the WEIGHTS."""
+    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+    tv = (dy ** 2).mean() + (dx ** 2).mean()
+    cw, sw, tw = WEIGHTS
+    return content, style, tv, cw * content + sw * style + tw * tv
 
 
 def losses_and_grad(obj, x):

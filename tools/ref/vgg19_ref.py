@@ -73,7 +73,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adain_ref import make_vgg  # noqa: E402
-from gatys_ref import IMAGES, WEIGHTS, gram, load  # noqa: E402
+from gatys_ref import IMAGES, WEIGHTS, gram, load, losses_and_grad, with_tv  # noqa: E402
 from efficientnet_ref import FIXTURES, MEAN, STD  # noqa: E402
 
 WIDTHS = (8, 16, 32, 64, 64)
@@ -158,19 +158,7 @@ class Objective:
         feats = self.net.features(x, "relu5_1")
         content = sum(((feats[t] - p) ** 2).mean() for t, p in zip(CONTENT, self.content))
         style = sum(((gram(feats[t]) - g) ** 2).mean() for t, g in zip(STYLE, self.targets))
-        dy = x[:, :, 1:, :] - x[:, :, :-1, :]
-        dx = x[:, :, :, 1:] - x[:, :, :, :-1]
-        tv = (dy ** 2).mean() + (dx ** 2).mean()
-        cw, sw, tw = WEIGHTS
-        total = cw * content + sw * style + tw * tv
-        return content, style, tv, total
-
-
-def losses_and_grad(obj, x):
-    x = x.clone().requires_grad_(True)
-    c, s, t, total = obj(x)
-    total.backward()
-    return torch.tensor([c.item(), s.item(), t.item(), total.item()]), x.grad.detach()
+        return with_tv(content, style, x)
 
 
 def lbfgs(obj, photo):

@@ -31,7 +31,7 @@
 //!   convolutions backwards by hand (weights are frozen, so only the picture's gradient is
 //!   computed), stopping at the deepest requested feature; elsewhere it uses candle's autograd.
 
-use crate::tape::AutogradTape;
+use crate::tape::{summed_gradient, AutogradTape};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use easel_cpu::{elementwise, pad, pool, Conv2d, Epilogue, Scratch, ScratchCache};
@@ -818,29 +818,9 @@ impl FeatureTape<'_> {
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
         let net = self.net;
-        let grad_of = |tap: Tap| -> Result<Option<Vec<f32>>> {
-            let mut acc: Option<Vec<f32>> = None;
-            for (t, g) in self.taps.iter().zip(grads) {
-                if *t != tap {
-                    continue;
-                }
-                let Some(g) = g else { continue };
-                let want = saved.get(tap);
-                if g.dims() != [want.n, want.c, want.h, want.w] {
-                    bail!(
-                        "efficientnet backward: gradient of {} has shape {:?}, the feature {:?}",
-                        tap.name(),
-                        g.dims(),
-                        [want.n, want.c, want.h, want.w]
-                    )
-                }
-                let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                match &mut acc {
-                    Some(a) => elementwise::add_assign(a, &v),
-                    None => acc = Some(v),
-                }
-            }
-            Ok(acc)
+        let grad_of = |tap: Tap| {
+            let a = saved.get(tap);
+            summed_gradient(&self.taps, grads, &tap, &[a.n, a.c, a.h, a.w], &tap.name())
         };
         // `dst += src`, `src`'s buffer recycled.
         let add = |dst: &mut Option<Vec<f32>>, src: Option<Vec<f32>>, scratch: &mut Scratch| match (

@@ -3,6 +3,37 @@
 //! network without one).
 
 use candle_core::{bail, DType, Result, Tensor, Var};
+use easel_cpu::elementwise;
+
+/// The sum, as one f32 vector, of the gradients in `grads` given for `layer` (`layers[i]` is the
+/// layer of `grads[i]`; a layer may be asked for more than once), each checked to have the
+/// feature's shape `dims`; `None` when none is given. `name` names the layer in errors.
+pub(crate) fn summed_gradient<L: PartialEq>(
+    layers: &[L],
+    grads: &[Option<Tensor>],
+    layer: &L,
+    dims: &[usize],
+    name: &str,
+) -> Result<Option<Vec<f32>>> {
+    let mut acc: Option<Vec<f32>> = None;
+    for (l, g) in layers.iter().zip(grads) {
+        let Some(g) = g.as_ref().filter(|_| l == layer) else {
+            continue;
+        };
+        if g.dims() != dims {
+            bail!(
+                "backward: the gradient of {name} has shape {:?}, the feature {dims:?}",
+                g.dims()
+            )
+        }
+        let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        match &mut acc {
+            Some(a) => elementwise::add_assign(a, &v),
+            None => acc = Some(v),
+        }
+    }
+    Ok(acc)
+}
 
 /// A forward pass recorded for candle's autograd.
 #[derive(Debug)]

@@ -23,7 +23,7 @@
 //! ([`crate::tape::AutogradTape`]).
 
 use crate::efficientnet::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::tape::AutogradTape;
+use crate::tape::{summed_gradient, AutogradTape};
 use crate::vgg::{max_pool_ceil, reflect_pad1};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch, ScratchCache};
@@ -681,30 +681,17 @@ impl Vgg19Tape<'_> {
             bail!("VGG-19: internal error: a CPU tape without CPU kernels")
         };
         // The sum of the gradients given for conv `i`'s ReLU output.
-        let grad_of = |i: usize| -> Result<Option<Vec<f32>>> {
-            let mut acc: Option<Vec<f32>> = None;
-            for (l, g) in self.layers.iter().zip(grads) {
-                let Some(g) = g.as_ref().filter(|_| l.index as usize == i) else {
-                    continue;
-                };
-                let a = &saved.relus[i];
-                if g.dims() != [1, a.c, a.h, a.w] {
-                    bail!(
-                        "VGG-19 backward: gradient of {} has shape {:?}, the feature [1, {}, {}, {}]",
-                        l.name(),
-                        g.dims(),
-                        a.c,
-                        a.h,
-                        a.w
-                    )
-                }
-                let v = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                match &mut acc {
-                    Some(a) => elementwise::add_assign(a, &v),
-                    None => acc = Some(v),
-                }
-            }
-            Ok(acc)
+        let grad_of = |i: usize| {
+            let a = &saved.relus[i];
+            // `i` < 16: one of the network's convs.
+            let layer = VggLayer { index: i as u8 };
+            summed_gradient(
+                &self.layers,
+                grads,
+                &layer,
+                &[1, a.c, a.h, a.w],
+                &layer.name(),
+            )
         };
         let (h0, w0) = saved.input_hw;
         // Gradient of the current activation, walking back from the deepest ReLU.

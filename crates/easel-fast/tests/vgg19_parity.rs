@@ -155,7 +155,7 @@ fn lbfgs_follows_pytorch() -> Result<()> {
 }
 
 /// Each network refuses the other's layer names, naming the layer; a picture too small for
-/// the deepest layer fails naming the size.
+/// the deepest layer fails naming the size; a gradient of the wrong shape names its layer.
 #[test]
 fn wrong_layers_and_sizes_are_refused() -> Result<()> {
     let fx = cases()?;
@@ -187,5 +187,14 @@ fn wrong_layers_and_sizes_are_refused() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(e.contains("17x17") && e.contains("relu5_1"), "{e}");
+    // A gradient of the wrong shape is refused naming the layer and the feature's shape.
+    let relu2_1 = VggLayer::parse("relu2_1")?;
+    let (feats, tape) = vgg.features_with_backward(&fx["x"], &[relu2_1])?;
+    let bad = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &Device::Cpu)?;
+    let e = tape.backward(&[Some(bad)]).unwrap_err().to_string();
+    assert!(
+        e.contains("relu2_1") && e.contains(&format!("{:?}", feats[0].dims())),
+        "{e}"
+    );
     Ok(())
 }
