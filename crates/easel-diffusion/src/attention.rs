@@ -8,7 +8,7 @@
 //! Everything is differentiable (softmax and layer norm come from [`crate::ops`]); in f16/bf16
 //! the softmax statistics are kept in f32.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::frozen::{conv2d, group_norm, linear, linear_no_bias, Conv2d, GroupNorm, Linear};
@@ -144,7 +144,24 @@ impl CrossAttention {
                 xs.shape()
             )
         }
-        let q = (self.split_heads(&self.to_q.forward(xs)?)? * self.scale)?;
+        let q_proj = self.to_q.forward(xs)?;
+        if q_proj.device().is_cpu()
+            && q_proj.dtype() == DType::F32
+            && !q_proj.track_op()
+            && !context.track_op()
+        {
+            // f32 CPU inference: easel-cpu's fused kernel reads the heads in place from the
+            // projections' `[B, tokens, heads · head_dim]` and never stores a score matrix.
+            let k = self.to_k.forward(context)?.contiguous()?;
+            let v = self.to_v.forward(context)?.contiguous()?;
+            let fused = easel_cpu::FusedAttention {
+                heads: self.heads,
+                scale: self.scale as f32,
+            };
+            let out = q_proj.contiguous()?.apply_op3_no_bwd(&k, &v, &fused)?;
+            return self.to_out.forward(&out);
+        }
+        let q = (self.split_heads(&q_proj)? * self.scale)?;
         let k_t = self
             .split_heads(&self.to_k.forward(context)?)?
             .transpose(1, 2)?
@@ -427,6 +444,31 @@ mod tests {
             AttentionSlicing::QueryChunks(10_000).chunk_len(1, 37, 5, 4),
             37
         );
+    }
+
+    /// f32 CPU inference takes easel-cpu's fused kernel: the same output as candle's ops (run
+    /// here by making the context trackable), for self- and cross-attention.
+    #[test]
+    fn fused_cpu_attention_matches_candle_ops() {
+        let layer = attention(AttentionSlicing::Full);
+        let xs = randn(&[2, 37, 12], 6);
+        let context = randn(&[2, 5, 6], 7);
+        let fused = layer.forward(&xs, Some(&context)).unwrap();
+        let tracked = Var::from_tensor(&context).unwrap();
+        let ops = layer.forward(&xs, Some(tracked.as_tensor())).unwrap();
+        assert!(max_abs_diff(&fused, &ops) <= 1e-5);
+        let mut weights = HashMap::new();
+        for (i, name) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
+            weights.insert(format!("{name}.weight"), randn(&[12, 12], i as u64 + 1));
+        }
+        weights.insert("to_out.0.weight".to_string(), randn(&[12, 12], 4));
+        weights.insert("to_out.0.bias".to_string(), randn(&[12], 5));
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let own = CrossAttention::new(vb, 12, None, 3, 4, AttentionSlicing::Full).unwrap();
+        let fused = own.forward(&xs, None).unwrap();
+        let tracked = Var::from_tensor(&xs).unwrap();
+        let ops = own.forward(tracked.as_tensor(), None).unwrap();
+        assert!(max_abs_diff(&fused, &ops) <= 1e-5);
     }
 
     /// Query chunks (with a ragged last chunk) give the full path's output and gradients.
