@@ -230,6 +230,35 @@ struct Geom {
     wo: usize,
 }
 
+/// The kernel of a convolution's input gradient: `w` (`[c_out, c_in / groups, k, k]`) with its
+/// channels swapped and each `k × k` tap flipped, `[c_in][c_out][k−1−ky][k−1−kx]` (depthwise:
+/// each channel's taps flipped). A stride-1 convolution with it of the output gradient (padded
+/// and, for strided convolutions, zero-dilated) gives the input gradient.
+pub fn transposed_kernel(
+    w: &[f32],
+    (c_in, c_out, k): (usize, usize, usize),
+    depthwise: bool,
+) -> Vec<f32> {
+    let kk = k * k;
+    let mut wt = vec![0f32; w.len()];
+    if depthwise {
+        for (dst, src) in wt.chunks_exact_mut(kk).zip(w.chunks_exact(kk)) {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[kk - 1 - i];
+            }
+        }
+    } else {
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for j in 0..kk {
+                    wt[(i * c_out + o) * kk + j] = w[(o * c_in + i) * kk + kk - 1 - j];
+                }
+            }
+        }
+    }
+    wt
+}
+
 impl Conv2d {
     /// `weight`: `[c_out, c_in / groups, k, k]` row-major; `bias`: `[c_out]` or none (zeros).
     /// `depthwise`: groups = `c_in` = `c_out`; otherwise groups = 1.

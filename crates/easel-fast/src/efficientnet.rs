@@ -34,6 +34,7 @@
 use crate::tape::{summed_gradient, AutogradTape};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use easel_cpu::conv::transposed_kernel;
 use easel_cpu::{elementwise, pad, pool, Conv2d, Epilogue, Scratch, ScratchCache};
 
 /// The embedded EfficientNet-Lite0 ImageNet weights (f16, lukemelas state-dict keys; see
@@ -44,6 +45,26 @@ pub static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../weights/efficientnet-lit
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// See [`IMAGENET_MEAN`].
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `(x − mean) / std` in place on RGB pictures `[N, 3, plane]` (the CPU paths' input step).
+pub(crate) fn imagenet_normalise(x: &mut [f32], plane: usize) {
+    for (p, px) in x.chunks_exact_mut(plane).enumerate() {
+        let c = p % 3;
+        for v in px {
+            *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+}
+
+/// The gradient through [`imagenet_normalise`]: `g / std` in place.
+pub(crate) fn imagenet_normalise_backward(g: &mut [f32], plane: usize) {
+    for (p, px) in g.chunks_exact_mut(plane).enumerate() {
+        let inv = 1.0 / IMAGENET_STD[p % 3];
+        for v in px {
+            *v *= inv;
+        }
+    }
+}
 
 /// One stage of MBConv blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,24 +250,7 @@ impl ConvBn {
             let wv = weight.flatten_all()?.to_vec1::<f32>()?;
             let bv = bias.to_vec1::<f32>()?;
             let fwd = Conv2d::new(&wv, Some(&bv), (c_in, c_out, k), stride, depthwise)?;
-            // Transposed kernel: [c_in][c_out][k−1−ky][k−1−kx] (depthwise: flipped per channel).
-            let kk = k * k;
-            let mut wt = vec![0f32; wv.len()];
-            if depthwise {
-                for (dst, src) in wt.chunks_exact_mut(kk).zip(wv.chunks_exact(kk)) {
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = src[kk - 1 - i];
-                    }
-                }
-            } else {
-                for o in 0..c_out {
-                    for i in 0..c_in {
-                        for j in 0..kk {
-                            wt[(i * c_out + o) * kk + j] = wv[(o * c_in + i) * kk + kk - 1 - j];
-                        }
-                    }
-                }
-            }
+            let wt = transposed_kernel(&wv, (c_in, c_out, k), depthwise);
             let bwd = Conv2d::new(&wt, None, (c_out, c_in, k), 1, depthwise)?;
             Some((fwd, bwd))
         } else {
@@ -692,15 +696,8 @@ impl EfficientNet {
     fn cpu_features(&self, x: &Tensor, taps: &[Tap], scratch: &mut Scratch) -> Result<Saved> {
         let (n, _, h, w) = x.dims4()?;
         let deepest = taps.iter().map(|t| t.order()).max().unwrap_or(0);
-        let mean = IMAGENET_MEAN;
-        let std = IMAGENET_STD;
         let mut v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        for (p, plane) in v.chunks_exact_mut(h * w).enumerate() {
-            let c = p % 3;
-            for px in plane {
-                *px = (*px - mean[c]) / std[c];
-            }
-        }
+        imagenet_normalise(&mut v, h * w);
         let input = Act { v, n, c: 3, h, w };
         let stem = self.stem.cpu_forward(&input, scratch)?;
         let mut saved = Saved {
@@ -896,12 +893,7 @@ impl FeatureTape<'_> {
             .cpu_backward(&mut gs, Some(&saved.stem), (h, w), scratch)?
             .v;
         scratch.give(gs);
-        for (p, plane) in gx.chunks_exact_mut(h * w).enumerate() {
-            let inv = 1.0 / IMAGENET_STD[p % 3];
-            for v in plane {
-                *v *= inv;
-            }
-        }
+        imagenet_normalise_backward(&mut gx, h * w);
         Tensor::from_vec(gx, (n, 3, h, w), &Device::Cpu)
     }
 }

@@ -432,6 +432,9 @@ pub struct Output {
     pub cancelled: bool,
 }
 
+/// A region's mask at a style layer's size (`[1, H·W]`) and its `Σ m²`.
+type RegionMask = (Tensor, f64);
+
 /// One loss evaluation set up for fixed targets: the photo's content features and the
 /// paintings' Gram matrices (per region with a mask).
 pub struct Objective<'a> {
@@ -441,8 +444,8 @@ pub struct Objective<'a> {
     content_taps: Vec<Layer>,
     content_targets: Vec<Tensor>,
     /// `[style layer][region]`: the target Gram and the region's mask at that layer's size
-    /// (`[1, H·W]`; none without a mask).
-    style_targets: Vec<Vec<(Tensor, Option<Tensor>)>>,
+    /// (`[1, H·W]`) with its `Σ m²` (none without a mask).
+    style_targets: Vec<Vec<(Tensor, Option<RegionMask>)>>,
     weights: (f64, f64, f64),
 }
 
@@ -553,7 +556,7 @@ impl<'a> Objective<'a> {
         };
         let photo_feats = net.features(photo, &layers.content)?;
         let content_targets = photo_feats.into_iter().map(|t| t.detach()).collect();
-        let mut style_targets: Vec<Vec<(Tensor, Option<Tensor>)>> =
+        let mut style_targets: Vec<Vec<(Tensor, Option<RegionMask>)>> =
             vec![Vec::new(); layers.style.len()];
         // The output's feature sizes at each style layer (for the masks).
         let out_sizes: Vec<(usize, usize)> = if region_masks.is_some() {
@@ -571,7 +574,8 @@ impl<'a> Objective<'a> {
                     Some(m) => {
                         let (h, w) = out_sizes[l];
                         let small = downsample_mask(&m[r], (ph, pw), (h, w));
-                        Some(Tensor::from_vec(small, (1, h * w), net.device())?)
+                        let sum_sq: f64 = small.iter().map(|&v| v as f64 * v as f64).sum();
+                        Some((Tensor::from_vec(small, (1, h * w), net.device())?, sum_sq))
                     }
                     None => None,
                 };
@@ -630,10 +634,7 @@ impl<'a> Objective<'a> {
                 // its gradient to fm, (D + Dᵀ) fm · 2 / (C² · norm) with D = G − T.
                 let (fm, norm) = match mask {
                     None => (f.clone(), (c * h * w) as f64),
-                    Some(m) => {
-                        let norm = m.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-                        (f.broadcast_mul(m)?, c as f64 * norm.max(1e-8))
-                    }
+                    Some((m, sum_sq)) => (f.broadcast_mul(m)?, c as f64 * sum_sq.max(1e-8)),
                 };
                 let d = ((outer(&fm)? / norm)? - target)?;
                 let cc = (c * c) as f64;
@@ -641,7 +642,7 @@ impl<'a> Objective<'a> {
                 if sw > 0.0 {
                     let sym = (&d + d.t()?)?;
                     let mut g = (sym.matmul(&fm)? * (2.0 * sw / (cc * norm)))?;
-                    if let Some(m) = mask {
+                    if let Some((m, _)) = mask {
                         g = g.broadcast_mul(m)?;
                     }
                     accumulate(i, g.reshape((1, c, h, w))?)?;

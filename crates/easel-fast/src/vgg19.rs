@@ -22,10 +22,12 @@
 //! PyTorch); elsewhere the picture's gradient comes from candle's autograd
 //! ([`crate::tape::AutogradTape`]).
 
+use crate::efficientnet::{imagenet_normalise, imagenet_normalise_backward};
 use crate::efficientnet::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::tape::{summed_gradient, AutogradTape};
 use crate::vgg::{max_pool_ceil, reflect_pad1};
 use candle_core::{bail, DType, Device, Result, Tensor};
+use easel_cpu::conv::transposed_kernel;
 use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch, ScratchCache};
 use std::collections::HashMap;
 use std::path::Path;
@@ -185,15 +187,7 @@ impl ConvPair {
         let (c_out, c_in, k, _) = weight.dims4()?;
         let wv = weight.flatten_all()?.to_vec1::<f32>()?;
         let bv = bias.flatten_all()?.to_vec1::<f32>()?;
-        let kk = k * k;
-        let mut wt = vec![0f32; wv.len()];
-        for o in 0..c_out {
-            for i in 0..c_in {
-                for j in 0..kk {
-                    wt[(i * c_out + o) * kk + j] = wv[(o * c_in + i) * kk + kk - 1 - j];
-                }
-            }
-        }
+        let wt = transposed_kernel(&wv, (c_in, c_out, k), false);
         Ok(Self {
             fwd: Conv2d::new(&wv, Some(&bv), (c_in, c_out, k), 1, false)?,
             bwd: Conv2d::new(&wt, None, (c_out, c_in, k), 1, false)?,
@@ -491,11 +485,7 @@ impl Vgg19 {
                 out
             }
             None => {
-                for (c, plane) in v.chunks_exact_mut(h * w).enumerate() {
-                    for px in plane {
-                        *px = (*px - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-                    }
-                }
+                imagenet_normalise(&mut v, h * w);
                 std::mem::take(&mut v)
             }
         };
@@ -777,12 +767,7 @@ impl Vgg19Tape<'_> {
                 Tensor::from_vec(out, (1, 3, h0, w0), &Device::Cpu)
             }
             None => {
-                for (c, plane) in gx.chunks_exact_mut(h0 * w0).enumerate() {
-                    let inv = 1.0 / IMAGENET_STD[c];
-                    for v in plane {
-                        *v *= inv;
-                    }
-                }
+                imagenet_normalise_backward(&mut gx, h0 * w0);
                 Tensor::from_vec(gx, (1, 3, h0, w0), &Device::Cpu)
             }
         }
