@@ -6,15 +6,17 @@
 //! - [`pool`]: the blocking thread pool ([`par_for`]) that carries a worker's panic back to the
 //!   caller, and [`catch_panic`] turning it into an error at an op's boundary;
 //! - [`scratch`]: recycled activation buffers; [`pad`]: reflection / zero / upsampling pads as
-//!   one gather ([`PadOp`]); [`pool2d`]: the 2×2 ceil-mode max pool ([`MaxPool2Ceil`]);
+//!   one gather ([`PadOp`], [`reflect_pad`]); [`pool2d`]: the 2×2 ceil-mode max pool
+//!   ([`max_pool2_ceil`]);
 //! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
 //! - [`attention`]: fused flash-style multi-head attention ([`FusedAttention`], a `CustomOp3`);
 //! - [`elementwise`]: vectorised element-wise loops and f64 sums;
 //! - [`norm`]: group normalisation with its affine part and an optional SiLU in one kernel
 //!   ([`GroupNormOp`]);
 //! - [`gram`]: the Gram matrix `F Fᵀ` of long feature rows, split over the pool ([`GramOp`]);
-//! - [`layer`]: [`ConvLayer`], a convolution that takes the direct kernel for CPU f32 inference
-//!   and candle's `conv2d` elsewhere, so a network has one forward in tensor ops.
+//! - [`layer`]: [`ConvLayer`], a convolution with zero or reflection [`Padding`] that takes the
+//!   direct kernel for CPU f32 inference and candle's `conv2d` elsewhere, so a network has one
+//!   forward in tensor ops.
 //!
 //! Kernels take contiguous f32 slices or candle CPU tensors; every path of a kernel computes the
 //! same operations in the same order, so results are bit-identical across instruction sets
@@ -35,10 +37,10 @@ pub mod simd;
 pub use attention::FusedAttention;
 pub use conv::{Conv2d, Conv2dOp, Epilogue, Quantize};
 pub use gram::GramOp;
-pub use layer::{Activation, ConvLayer};
+pub use layer::{Activation, ConvLayer, Padding};
 pub use norm::GroupNormOp;
-pub use pad::PadOp;
+pub use pad::{reflect_pad, PadOp};
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
-pub use pool2d::MaxPool2Ceil;
+pub use pool2d::{max_pool2_ceil, MaxPool2Ceil};
 pub use scratch::{Scratch, ScratchCache};
 pub use simd::{Isa, ROUND_MAGIC};

@@ -3,7 +3,7 @@
 
 use crate::pool::{catch_panic, par_for, SharedMut};
 use crate::scratch::Scratch;
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Source index of each output position along one axis: `Some(i)` copies input `i`, `None` is 0.
 pub type AxisMap = Vec<Option<usize>>;
@@ -159,6 +159,51 @@ impl CustomOp1 for PadOp {
     }
 }
 
+/// Reflection padding of the two spatial dims of `x` `[N, C, H, W]`: `top`/`left` rows mirrored
+/// before, `bottom`/`right` after, the edge not repeated (`nn.ReflectionPad2d`,
+/// `F.pad(mode="reflect")`). One [`PadOp`] gather for CPU f32 tensors autograd does not track;
+/// index selects (which have a backward) elsewhere.
+pub fn reflect_pad(
+    x: &Tensor,
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if top.max(bottom) >= h || left.max(right) >= w {
+        bail!(
+            "reflection padding ({top}, {bottom}, {left}, {right}) needs a larger input than {w}x{h}"
+        )
+    }
+    if top + bottom + left + right == 0 {
+        return Ok(x.clone());
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+        let op = PadOp {
+            rows: reflect_map(h, 1, top, bottom)?,
+            cols: reflect_map(w, 1, left, right)?,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    let index = |n: usize, before: usize, after: usize| -> Result<Tensor> {
+        let map = reflect_map(n, 1, before, after)?;
+        // Every entry is `Some` (a reflection map has no zeros); sides fit u32 (checked dims).
+        let idx: Vec<u32> = map.iter().flatten().map(|&i| i as u32).collect();
+        Tensor::new(idx, x.device())
+    };
+    let x = if top + bottom > 0 {
+        x.index_select(&index(h, top, bottom)?, 2)?
+    } else {
+        x.clone()
+    };
+    if left + right > 0 {
+        x.index_select(&index(w, left, right)?, 3)
+    } else {
+        Ok(x)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +234,24 @@ mod tests {
             &[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
         );
         assert!(reflect_map(2, 1, 2, 0).is_err());
+        Ok(())
+    }
+
+    /// The gather and the index-select path (an input autograd tracks) give the same mirror
+    /// image, and too much padding is refused.
+    #[test]
+    fn reflect_pad_mirrors_without_repeating_the_edge() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::arange(0f32, 6.0, &dev)?.reshape((1, 1, 2, 3))?;
+        let tracked = candle_core::Var::from_tensor(&x)?;
+        for x in [&x, tracked.as_tensor()] {
+            let y = reflect_pad(x, 1, 0, 2, 1)?;
+            assert_eq!(
+                y.flatten_all()?.to_vec1::<f32>()?,
+                [5., 4., 3., 4., 5., 4., 2., 1., 0., 1., 2., 1., 5., 4., 3., 4., 5., 4.]
+            );
+            assert!(reflect_pad(x, 2, 0, 0, 0).is_err());
+        }
         Ok(())
     }
 }

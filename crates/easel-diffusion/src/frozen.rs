@@ -373,7 +373,7 @@ pub fn conv2d(
             easel_cpu::ConvLayer::new(
                 weight.clone(),
                 inner.bias().cloned(),
-                cfg.padding,
+                easel_cpu::Padding::Zeros(cfg.padding),
                 cfg.stride,
             )
         })

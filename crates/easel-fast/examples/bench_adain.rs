@@ -4,7 +4,7 @@
 //! `cargo run --release -p easel-fast --example bench_adain -- --size 512 --runs 5`
 //!
 //! Options: `--size N` (content and style N×N, default 512), `--runs R` (default 5, after 2
-//! warm-up runs), `--candle` (candle ops instead of the native CPU path). Full-width networks
+//! warm-up runs). Full-width networks
 //! (`Config::original()`) with deterministic pseudo-random He-scaled weights. Prints one JSON
 //! line with the median milliseconds of one `AdaIN::stylize` (encode content and style, AdaIN,
 //! decode). candle's CPU thread count follows `RAYON_NUM_THREADS`.
@@ -76,20 +76,19 @@ fn weights(plan: &[ConvSpec], seed: u64) -> Result<VarBuilder<'static>> {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse(&["--size", "--runs"], &["--candle"])?;
+    let args = Args::parse(&["--size", "--runs"], &[])?;
     let size = args.number("--size", 512)?;
     let runs = args.number("--runs", 5)?.max(1);
-    let native = !args.switch("--candle");
     let cfg = Config::original();
     let (vgg, dec) = convs(&cfg);
-    let net = AdaIN::new(weights(&vgg, 1)?, weights(&dec, 2)?, &cfg)?.with_native_cpu(native);
+    let net = AdaIN::new(weights(&vgg, 1)?, weights(&dec, 2)?, &cfg)?;
     let (content, style) = (picture(size, 0.0)?, picture(size, 1.0)?);
     let styles = [(style, 1.0)];
     let stylize_ms = median_ms(2, runs, || {
         net.stylize(&content, &styles, 1.0, None).map(|_| ())
     })?;
     println!(
-        "{{\"size\": {size}, \"runs\": {runs}, \"native\": {native}, \"threads\": {}, \"stylize_ms\": {stylize_ms:.1}}}",
+        "{{\"size\": {size}, \"runs\": {runs}, \"threads\": {}, \"stylize_ms\": {stylize_ms:.1}}}",
         candle_core::utils::get_num_threads()
     );
     Ok(())

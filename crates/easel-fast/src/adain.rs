@@ -27,9 +27,11 @@
 //! are encoded at their own size (no padding, so their statistics see only real pixels).
 //! Tensors are NCHW f32 RGB in [0, 1]; the output is the decoder's, not clamped.
 //!
-//! On the CPU the encoder and decoder run natively on [`crate::conv`]'s direct convolution
-//! ([`crate::adain_cpu`]); elsewhere, and when a weight is a trainable variable (gradients are
-//! wanted), they run as candle ops. [`AdaIN::with_native_cpu`] turns the native path off.
+//! The encoder and decoder are one forward in tensor ops over [`easel_cpu::ConvLayer`]: for f32
+//! CPU tensors without gradients each reflection pad (after the decoder's nearest ×2
+//! upsampling, where there is one) is one gather and each conv easel-cpu's direct kernel with
+//! bias and ReLU fused into the store; on CUDA, in other dtypes, or when gradients are wanted,
+//! candle's ops.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
@@ -48,10 +50,10 @@
 //! # Ok(()) }
 //! ```
 
-use crate::adain_cpu::NativeNet;
-use crate::vgg::{self, reflect_pad, reflect_pad1, Layer, VggEncoder};
-use candle_core::{bail, DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, VarBuilder};
+use crate::vgg::{self, conv_layer, Layer, VggEncoder};
+use candle_core::{bail, DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use easel_cpu::{reflect_pad, Activation, ConvLayer, Padding};
 
 /// The epsilon `calc_mean_std` adds to the variance.
 pub const EPS: f64 = 1e-5;
@@ -123,8 +125,8 @@ pub fn adaptive_instance_normalization(
 /// upsamplings.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    /// `(conv, upsample before it, ReLU after it)`.
-    layers: Vec<(Conv2d, bool, bool)>,
+    /// `(conv with its upsampling and reflection pad, ReLU after it)`.
+    layers: Vec<(ConvLayer, bool)>,
 }
 
 impl Decoder {
@@ -154,14 +156,12 @@ impl Decoder {
                 index += 1;
             }
             // pad at `index`, conv at `index + 1`, ReLU at `index + 2` (not after the last conv).
-            let conv = candle_nn::conv2d(
-                cin,
-                cout,
-                3,
-                Default::default(),
-                vb.pp((index + 1).to_string()),
-            )?;
-            layers.push((conv, up, i + 1 < plan.len()));
+            let padding = Padding::Reflect {
+                pad: 1,
+                upsample: if up { 2 } else { 1 },
+            };
+            let conv = conv_layer(&vb.pp((index + 1).to_string()), (cin, cout, 3), padding)?;
+            layers.push((conv, i + 1 < plan.len()));
             index += 3;
         }
         Ok(Self { layers })
@@ -170,15 +170,13 @@ impl Decoder {
     /// Decodes `[N, widths[3], h, w]` features into `[N, 3, 8h, 8w]` (`h, w ≥ 2`).
     pub fn forward(&self, feat: &Tensor) -> Result<Tensor> {
         let mut x = feat.clone();
-        for (conv, up, relu) in &self.layers {
-            if *up {
-                let (_, _, h, w) = x.dims4()?;
-                x = x.upsample_nearest2d(2 * h, 2 * w)?;
-            }
-            x = conv.forward(&reflect_pad1(&x)?)?;
-            if *relu {
-                x = x.relu()?;
-            }
+        for (conv, relu) in &self.layers {
+            let act = if *relu {
+                Activation::Relu
+            } else {
+                Activation::None
+            };
+            x = conv.forward(&x, act)?;
         }
         Ok(x)
     }
@@ -189,8 +187,6 @@ impl Decoder {
 pub struct AdaIN {
     encoder: VggEncoder,
     decoder: Decoder,
-    /// The native CPU encoder and decoder (built when the weights are on the CPU).
-    native: Option<(NativeNet, NativeNet)>,
 }
 
 impl AdaIN {
@@ -201,55 +197,10 @@ impl AdaIN {
             widths: cfg.widths,
             depth: Layer::Relu4_1,
         };
-        // The native kernels are f32-only; other dtypes run on candle ops.
-        let native = if vgg.device().is_cpu()
-            && decoder.device().is_cpu()
-            && vgg.dtype() == DType::F32
-            && decoder.dtype() == DType::F32
-        {
-            let nets = (
-                NativeNet::encoder(&vgg, cfg)?,
-                NativeNet::decoder(&decoder, cfg)?,
-            );
-            (!nets.0.has_variables() && !nets.1.has_variables()).then_some(nets)
-        } else {
-            None
-        };
         Ok(Self {
             encoder: VggEncoder::new(vgg, &vgg_cfg)?,
             decoder: Decoder::new(decoder, cfg)?,
-            native,
         })
-    }
-
-    /// Turns the native CPU path off (`false`: candle ops everywhere, as on CUDA) or back on
-    /// (`true`: used for CPU tensors when the weights are on the CPU and not trainable).
-    pub fn with_native_cpu(mut self, enabled: bool) -> Self {
-        if !enabled {
-            self.native = None;
-        }
-        self
-    }
-
-    /// Whether [`AdaIN::stylize`] runs the native CPU path for CPU tensors.
-    pub fn native_cpu(&self) -> bool {
-        self.native.is_some()
-    }
-
-    /// relu4_1 features of `x` (`[1, 3, H, W]`), natively on the CPU when possible.
-    fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.native {
-            Some((enc, _)) if x.device().is_cpu() => enc.forward(x),
-            _ => self.encoder.forward_to(x, Layer::Relu4_1),
-        }
-    }
-
-    /// The decoder on `feat`, natively on the CPU when possible.
-    fn decode(&self, feat: &Tensor) -> Result<Tensor> {
-        match &self.native {
-            Some((_, dec)) if feat.device().is_cpu() => dec.forward(feat),
-            _ => self.decoder.forward(feat),
-        }
     }
 
     /// The encoder (built to relu4_1).
@@ -271,7 +222,7 @@ impl AdaIN {
     ///   exactly two styles: the first where the mask is ≥ 0.5 (after 8×8 block averaging at
     ///   feature resolution), the second elsewhere; the weights are not used.
     ///
-    /// Runs in the weights' dtype (f32 on the native CPU path; f16/bf16 on CUDA) with the
+    /// Runs in the weights' dtype (f32 on the CPU; f16/bf16 on CUDA) with the
     /// feature statistics in f32. Returns `[1, 3, H, W]` in the weights' dtype, not clamped.
     pub fn stylize(
         &self,
@@ -312,10 +263,10 @@ impl AdaIN {
         }
         let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
         let padded = reflect_pad(&content.to_dtype(self.encoder.dtype())?, 0, ph, 0, pw)?;
-        let content_f = self.encode(&padded)?;
+        let content_f = self.encoder.forward_to(&padded, Layer::Relu4_1)?;
         let style_fs = styles
             .iter()
-            .map(|(s, _)| self.encode(s))
+            .map(|(s, _)| self.encoder.forward_to(s, Layer::Relu4_1))
             .collect::<Result<Vec<_>>>()?;
         let target = match mask {
             Some(mask) => {
@@ -338,7 +289,10 @@ impl AdaIN {
             }
         };
         let feat = ((target * alpha)? + (&content_f * (1.0 - alpha))?)?;
-        self.decode(&feat)?.narrow(2, 0, h)?.narrow(3, 0, w)
+        self.decoder
+            .forward(&feat)?
+            .narrow(2, 0, h)?
+            .narrow(3, 0, w)
     }
 }
 

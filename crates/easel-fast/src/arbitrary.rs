@@ -44,12 +44,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::vgg::reflect_pad;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use easel_cpu::{
     elementwise::{self, sum64},
-    pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch, ScratchCache,
+    pad, reflect_pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch, ScratchCache,
 };
 
 /// Side of the square picture the style predictor was trained on.
@@ -1454,18 +1453,6 @@ mod tests {
                 "fake_quant={fake_quant}: image error {image_err}"
             );
         }
-        Ok(())
-    }
-
-    #[test]
-    fn reflect_pad_mirrors_without_repeating_the_edge() -> Result<()> {
-        let x = Tensor::arange(0f32, 4.0, &Device::Cpu)?.reshape((1, 1, 1, 4))?;
-        let x = x.repeat((1, 1, 3, 1))?; // 3 rows of 0 1 2 3
-        let y = reflect_pad(&x, 0, 2, 2, 3)?;
-        assert_eq!(y.dims(), &[1, 1, 5, 9]);
-        let rows = y.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
-        assert_eq!(rows[0], vec![2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0]);
-        assert!(reflect_pad(&x, 3, 0, 0, 0).is_err()); // needs more rows
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use easel_cpu::{
     elementwise::{self, sum64},
-    pad, Epilogue, Scratch,
+    pad, reflect_pad, Epilogue, Scratch,
 };
 
 /// Number of preset styles in the embedded network.
@@ -94,39 +94,6 @@ impl Default for Config {
     fn default() -> Self {
         Self::multistyle26()
     }
-}
-
-/// Reflection padding (ONNX `Pad` mode `reflect`, PyTorch `ReflectionPad2d`) of an NCHW tensor.
-fn reflect_pad(x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let x = reflect_dim(x, 2, h, top, bottom)?;
-    reflect_dim(&x, 3, w, left, right)
-}
-
-fn reflect_dim(x: &Tensor, dim: usize, n: usize, before: usize, after: usize) -> Result<Tensor> {
-    if before == 0 && after == 0 {
-        return Ok(x.clone());
-    }
-    if before >= n || after >= n {
-        bail!("reflection pad of {before}/{after} needs a side longer than the pad, got {n} pixels")
-    }
-    // Output position i reads input position i - before, mirrored at both edges (edge excluded).
-    let idx: Vec<u32> = (0..n + before + after)
-        .map(|i| {
-            let p = i as i64 - before as i64;
-            let last = n as i64 - 1;
-            let r = if p < 0 {
-                -p
-            } else if p > last {
-                2 * last - p
-            } else {
-                p
-            };
-            r as u32
-        })
-        .collect();
-    let idx = Tensor::from_vec(idx, n + before + after, x.device())?;
-    x.index_select(&idx, dim)
 }
 
 thread_local! {
@@ -568,18 +535,6 @@ pub fn parse_preset_mix(s: &str) -> Result<Vec<(usize, f32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reflect_pad_matches_onnx_reflect() -> Result<()> {
-        let x = Tensor::arange(0f32, 4., &Device::Cpu)?.reshape((1, 1, 1, 4))?;
-        let x = x.repeat((1, 1, 2, 1))?;
-        let y = reflect_pad(&x, 1, 0, 2, 3)?;
-        assert_eq!(y.dims(), [1, 1, 3, 9]);
-        let row: Vec<f32> = y.get(0)?.get(0)?.get(0)?.to_vec1()?;
-        assert_eq!(row, [2., 1., 0., 1., 2., 3., 2., 1., 0.]);
-        assert!(reflect_pad(&x, 2, 0, 0, 0).is_err());
-        Ok(())
-    }
 
     /// The native CPU path against the tensor-op path (what other devices run; here with the
     /// same direct conv), on an odd-sized picture.

@@ -23,7 +23,6 @@
 //!   PyTorch checkpoint reader that executes nothing.
 
 pub mod adain;
-mod adain_cpu;
 pub mod arbitrary;
 pub mod cin26;
 pub mod efficientnet;

@@ -42,11 +42,10 @@
 //!
 //! On the CPU in f32 the inference path runs each attention as one fused kernel
 //! ([`easel_cpu::attention`]: score tiles in cache, online softmax, no score matrix; its memory
-//! is a few tiles per thread), candle's fused LayerNorm, and the CNN decoder on
-//! [`easel_cpu::conv`]'s direct convolution ([`crate::adain_cpu`]). [`StyTr::with_native_cpu`]
-//! `(false)` turns these off (candle ops only, as on CUDA: matmul, softmax, chunked queries).
-//! When a tensor tracks gradients (training with `Var` weights) the same forward uses
-//! differentiable candle ops instead, so it can be trained with candle's autograd.
+//! is a few tiles per thread), candle's fused LayerNorm, and the CNN decoder ([`adain::Decoder`])
+//! on easel-cpu's direct convolution. On CUDA, and wherever a tensor tracks gradients (training
+//! with `Var` weights), the same forward takes candle ops (matmul, softmax, chunked queries), so
+//! it can be trained with candle's autograd.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
@@ -71,12 +70,10 @@
 //! ```
 
 use crate::adain;
-use crate::adain_cpu::NativeNet;
 use crate::stytr_pe::{linear, Cape, Pyramidal};
-use crate::vgg::reflect_pad;
 use candle_core::{bail, DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use easel_cpu::FusedAttention;
+use easel_cpu::{reflect_pad, FusedAttention};
 use serde::{Deserialize, Serialize};
 
 /// LayerNorm epsilon (`nn.LayerNorm` default).
@@ -277,8 +274,6 @@ struct Attention {
     out: Linear,
     nhead: usize,
     max_scores: usize,
-    /// Whether CPU f32 inference runs [`FusedAttention`].
-    fused_cpu: bool,
 }
 
 impl Attention {
@@ -290,7 +285,6 @@ impl Attention {
             out: Linear::new(vb.pp("out_proj"), d, d)?,
             nhead: cfg.nhead,
             max_scores: cfg.max_attention_scores,
-            fused_cpu: true,
         })
     }
 
@@ -311,8 +305,7 @@ impl Attention {
         let (b, l, d) = q.dims3()?;
         let s = k.dim(1)?;
         let head = d / self.nhead;
-        let fused = self.fused_cpu
-            && q.device().is_cpu()
+        let fused = q.device().is_cpu()
             && q.dtype() == DType::F32
             && !tracks(&[q, k, v, &self.in_w, &self.in_b]);
         if fused {
@@ -459,11 +452,6 @@ pub struct StyTr {
     decoder_norm: LayerNorm,
     pos: PosEncoder,
     decoder: adain::Decoder,
-    /// The CNN decoder on [`easel_cpu::conv`]'s direct convolution (weights on the CPU, not
-    /// trainable).
-    native_decoder: Option<NativeNet>,
-    /// Whether CPU inference uses the native kernels (see [`StyTr::with_native_cpu`]).
-    native_cpu: bool,
     cfg: Config,
 }
 
@@ -506,12 +494,6 @@ impl StyTr {
         let dec_cfg = adain::Config {
             widths: cfg.decoder_widths,
         };
-        let native_decoder = if decoder.device().is_cpu() {
-            let net = NativeNet::decoder(&decoder, &dec_cfg)?;
-            (!net.has_variables()).then_some(net)
-        } else {
-            None
-        };
         Ok(Self {
             embed_w: vb_e
                 .get((d, 3, PATCH, PATCH), "weight")?
@@ -523,33 +505,8 @@ impl StyTr {
             decoder_norm: LayerNorm::new(vb_dec.pp("norm"), d)?,
             pos,
             decoder: adain::Decoder::new(decoder, &dec_cfg)?,
-            native_decoder,
-            native_cpu: true,
             cfg: cfg.clone(),
         })
-    }
-
-    /// Turns the native CPU kernels off (`false`: candle ops everywhere, as on CUDA) or back on
-    /// (`true`, the default): the fused attention for CPU f32 tensors, and the direct-convolution
-    /// CNN decoder when its weights are on the CPU and not trainable. Tensors that track
-    /// gradients always take the candle ops.
-    pub fn with_native_cpu(mut self, enabled: bool) -> Self {
-        self.native_cpu = enabled;
-        let encoders = self.encoder_c.iter_mut().chain(&mut self.encoder_s);
-        let attentions = encoders.map(|l| &mut l.self_attn).chain(
-            self.decoder_layers
-                .iter_mut()
-                .flat_map(|l| [&mut l.self_attn, &mut l.multihead_attn]),
-        );
-        for a in attentions {
-            a.fused_cpu = enabled;
-        }
-        self
-    }
-
-    /// Whether CPU inference uses the native kernels (see [`StyTr::with_native_cpu`]).
-    pub fn native_cpu(&self) -> bool {
-        self.native_cpu
     }
 
     /// The configuration.
@@ -657,14 +614,7 @@ impl StyTr {
             .transform_tokens(&c, &s)?
             .permute((0, 3, 1, 2))?
             .contiguous()?;
-        match &self.native_decoder {
-            Some(net)
-                if self.native_cpu && hs.device().is_cpu() && hs.dim(0)? == 1 && !hs.track_op() =>
-            {
-                net.forward(&hs)
-            }
-            _ => self.decoder.forward(&hs),
-        }
+        self.decoder.forward(&hs)
     }
 
     /// Stylizes one photo `[1, 3, H, W]` (sides ≥ 9) with one painting `[1, 3, Hs, Ws]` (sides

@@ -33,7 +33,8 @@
 //! ```
 
 use candle_core::{bail, DType, Result, Tensor};
-use candle_nn::{Conv2d, Module, VarBuilder};
+use candle_nn::VarBuilder;
+use easel_cpu::{max_pool2_ceil, Activation, ConvLayer, Padding};
 
 /// A layer whose activations the encoder exposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,9 +156,9 @@ impl VggFeatures {
 #[derive(Debug, Clone)]
 enum Step {
     /// Module 0, the 1×1 preprocessing conv.
-    Preprocess(Conv2d),
+    Preprocess(ConvLayer),
     /// `ReflectionPad2d(1)`, 3×3 conv, ReLU; `relu` is the ReLU's module index.
-    Conv { conv: Conv2d, relu: usize },
+    Conv { conv: ConvLayer, relu: usize },
     /// `MaxPool2d(2, 2, ceil_mode=True)`.
     Pool,
 }
@@ -179,8 +180,13 @@ impl VggEncoder {
             bail!("VGG widths must be positive, got {w} in {:?}", cfg.widths)
         }
         let [a, b, c, d] = cfg.widths;
+        // `ReflectionPad2d(1)` before each 3×3 conv; none before the 1×1.
         let conv = |cin, cout, k, index: usize| {
-            candle_nn::conv2d(cin, cout, k, Default::default(), vb.pp(index.to_string()))
+            conv_layer(
+                &vb.pp(index.to_string()),
+                (cin, cout, k),
+                Padding::reflect(k / 2),
+            )
         };
         let mut steps = vec![Step::Preprocess(conv(3, 3, 1, 0)?)];
         let mut index = 1; // next module index
@@ -293,10 +299,10 @@ impl VggEncoder {
         let mut want = next.next();
         for step in &self.steps {
             x = match step {
-                Step::Preprocess(conv) => conv.forward(&x)?,
-                Step::Pool => max_pool_ceil(&x)?,
+                Step::Preprocess(conv) => conv.forward(&x, Activation::None)?,
+                Step::Pool => max_pool2_ceil(&x)?,
                 Step::Conv { conv, relu } => {
-                    let y = conv.forward(&reflect_pad1(&x)?)?.relu()?;
+                    let y = conv.forward(&x, Activation::Relu)?;
                     if let Some(layer) = want.filter(|l| l.module_index() == *relu) {
                         tap(layer, &y);
                         if layer == last {
@@ -312,95 +318,24 @@ impl VggEncoder {
     }
 }
 
-/// `MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)`: an odd last row/column forms its own
-/// window (padded with `f32::MIN`, which leaves that window's maximum unchanged).
-///
-/// Computed as a maximum over the window axes of a `[N, C, H/2, 2, W/2, 2]` view rather than
-/// with candle's `max_pool2d`, whose backward gives the window maximum only a quarter of the
-/// gradient (candle 0.11.1); the reduction's backward routes the whole gradient to it, as
-/// PyTorch does (`tests/fast_losses.rs` checks against PyTorch).
-pub(crate) fn max_pool_ceil(x: &Tensor) -> Result<Tensor> {
-    let pad_end = |x: Tensor, dim: usize| -> Result<Tensor> {
-        let mut shape = x.dims().to_vec();
-        if shape[dim].is_multiple_of(2) {
-            return Ok(x);
-        }
-        shape[dim] = 1;
-        let low = Tensor::full(f32::MIN, shape, x.device())?.to_dtype(x.dtype())?;
-        Tensor::cat(&[&x, &low], dim)
-    };
-    let x = pad_end(pad_end(x.clone(), 2)?, 3)?;
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
-}
-
-/// Reflection padding of the two spatial dims: `top`/`left` rows mirrored before,
-/// `bottom`/`right` after, the edge not repeated (`nn.ReflectionPad2d`, `F.pad(mode="reflect")`).
-pub(crate) fn reflect_pad(
-    x: &Tensor,
-    top: usize,
-    bottom: usize,
-    left: usize,
-    right: usize,
-) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if top.max(bottom) >= h || left.max(right) >= w {
-        bail!(
-            "reflection padding ({top}, {bottom}, {left}, {right}) needs a larger input than {w}x{h}"
-        )
-    }
-    let index = |n: usize, before: usize, after: usize| -> Result<Tensor> {
-        let idx: Vec<u32> = (0..before)
-            .map(|i| (before - i) as u32)
-            .chain((0..n).map(|i| i as u32))
-            .chain((0..after).map(|i| (n - 2 - i) as u32))
-            .collect();
-        Tensor::new(idx, x.device())
-    };
-    let x = if top + bottom > 0 {
-        x.index_select(&index(h, top, bottom)?, 2)?
-    } else {
-        x.clone()
-    };
-    if left + right > 0 {
-        x.index_select(&index(w, left, right)?, 3)
-    } else {
-        Ok(x)
-    }
-}
-
-/// `ReflectionPad2d((1, 1, 1, 1))`.
-pub(crate) fn reflect_pad1(x: &Tensor) -> Result<Tensor> {
-    reflect_pad(x, 1, 1, 1, 1)
+/// The conv of one `(in, out, k)` module of a VGG-style `nn.Sequential` (`vb` at its index:
+/// `weight`, `bias`) with the `padding` of the modules before it.
+pub(crate) fn conv_layer(
+    vb: &VarBuilder,
+    (cin, cout, k): (usize, usize, usize),
+    padding: Padding,
+) -> Result<ConvLayer> {
+    ConvLayer::new(
+        vb.get((cout, cin, k, k), "weight")?,
+        Some(vb.get(cout, "bias")?),
+        padding,
+        1,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn ceil_pool_keeps_the_odd_edge() -> Result<()> {
-        let x = Tensor::arange(0f32, 15., &Device::Cpu)?.reshape((1, 1, 3, 5))?;
-        let y = max_pool_ceil(&x)?;
-        assert_eq!(
-            y.flatten_all()?.to_vec1::<f32>()?,
-            [6., 8., 9., 11., 13., 14.]
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn reflect_pad_mirrors_without_repeating_the_edge() -> Result<()> {
-        let x = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((1, 1, 2, 3))?;
-        let y = reflect_pad(&x, 1, 1, 0, 2)?;
-        assert_eq!(
-            y.flatten_all()?.to_vec1::<f32>()?,
-            [3., 4., 5., 4., 3., 0., 1., 2., 1., 0., 3., 4., 5., 4., 3., 0., 1., 2., 1., 0.]
-        );
-        assert!(reflect_pad(&x, 2, 0, 0, 0).is_err());
-        Ok(())
-    }
 
     #[test]
     fn min_sides() {

@@ -25,10 +25,10 @@
 use crate::efficientnet::{imagenet_normalise, imagenet_normalise_backward};
 use crate::efficientnet::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::tape::{summed_gradient, AutogradTape};
-use crate::vgg::{max_pool_ceil, reflect_pad1};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use easel_cpu::conv::transposed_kernel;
 use easel_cpu::{elementwise, pad, Conv2d, Epilogue, Scratch, ScratchCache};
+use easel_cpu::{max_pool2_ceil, reflect_pad};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -398,7 +398,7 @@ impl Vgg19 {
                 }
                 let (w, b) = &self.convs[i];
                 let padded = match self.layout {
-                    Layout::Normalised => reflect_pad1(&act)?,
+                    Layout::Normalised => reflect_pad(&act, 1, 1, 1, 1)?,
                     Layout::Torchvision => act.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?,
                 };
                 act = padded.conv2d(w, 0, 1, 1, 1)?.broadcast_add(b)?.relu()?;
@@ -418,10 +418,10 @@ impl Vgg19 {
     /// floor mode (dropped).
     fn pool(&self, x: &Tensor) -> Result<Tensor> {
         match self.layout {
-            Layout::Normalised => max_pool_ceil(x),
+            Layout::Normalised => max_pool2_ceil(x),
             Layout::Torchvision => {
                 let (_, _, h, w) = x.dims4()?;
-                max_pool_ceil(&x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?)
+                max_pool2_ceil(&x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?)
             }
         }
     }
@@ -568,11 +568,12 @@ impl Vgg19 {
                 let rows = pad::zero_map(h / 2 * 2, 0, 0);
                 let cols = pad::zero_map(w / 2 * 2, 0, 0);
                 let even = pad::pad(x, (c, h, w), &rows, &cols, scratch)?;
-                let out = easel_cpu::pool2d::max_pool2_ceil(&even, (c, h / 2 * 2, w / 2 * 2))?;
+                let out =
+                    easel_cpu::pool2d::max_pool2_ceil_planes(&even, (c, h / 2 * 2, w / 2 * 2))?;
                 scratch.give(even);
                 out
             }
-            _ => easel_cpu::pool2d::max_pool2_ceil(x, (c, h, w))?,
+            _ => easel_cpu::pool2d::max_pool2_ceil_planes(x, (c, h, w))?,
         };
         Ok((out, ho, wo))
     }

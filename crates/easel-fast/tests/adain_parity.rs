@@ -4,7 +4,7 @@
 //! script's `torch.save` checkpoints (`adain_vgg_tiny.pth`, `adain_decoder_tiny.pth`) through
 //! `easel_core::torch_checkpoint`; inputs and expected outputs are in `adain_cases.safetensors`.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use easel_fast::adain::{AdaIN, Config};
 use easel_fast::vgg::Layer;
 
@@ -46,7 +46,8 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// Both CPU paths: the native one (conv.rs, the default) and candle ops (as on CUDA).
+/// Both paths: easel-cpu's kernels (CPU f32 inference) and candle's ops (as on CUDA), taken
+/// where a photo autograd tracks flows (the content encoder and the decoder).
 #[test]
 fn adain_stylize_matches_pytorch() -> Result<()> {
     let fx = fixtures()?;
@@ -55,12 +56,10 @@ fn adain_stylize_matches_pytorch() -> Result<()> {
         checkpoint("adain_decoder_tiny.pth")?,
         &Config::tiny(),
     )?;
-    assert!(net.native_cpu());
-    let candle_ops = net.clone().with_native_cpu(false);
-    assert!(!candle_ops.native_cpu());
     let content = image(&fx["image.content"])?;
+    let tracked = Var::from_tensor(&content)?.as_tensor().clone();
     let mask = (fx["image.mask"].to_dtype(DType::F32)? / 255.0)?;
-    for (path, net) in [("native", &net), ("candle ops", &candle_ops)] {
+    for (path, content) in [("kernels", &content), ("candle ops", &tracked)] {
         for case in CASES {
             let styles = case
                 .styles
@@ -68,7 +67,8 @@ fn adain_stylize_matches_pytorch() -> Result<()> {
                 .map(|(img, w)| Ok((image(&fx[&format!("image.{img}")])?, *w)))
                 .collect::<Result<Vec<_>>>()?;
             let mask = case.mask.then_some(&mask);
-            let out = net.stylize(&content, &styles, case.alpha, mask)?;
+            let out = net.stylize(content, &styles, case.alpha, mask)?;
+            assert_eq!(out.track_op(), path == "candle ops", "{path}");
             let want = &fx[&format!("expected.{}", case.name)];
             let err = max_abs_diff(&out, want)?;
             println!("{path} {}: max abs err {err:.2e}", case.name);
@@ -92,7 +92,6 @@ fn half_precision_weights_stay_close_to_pytorch() -> Result<()> {
         checkpoint_as("adain_decoder_tiny.pth", dtype)?,
         &Config::tiny(),
     )?;
-    assert!(!net.native_cpu(), "the native kernels are f32-only");
     for case in CASES {
         let styles = case
             .styles
