@@ -1,16 +1,18 @@
-//! Group normalisation with a per-channel affine weight and bias, optionally followed by SiLU
-//! (the `GroupNorm` + `SiLU` pair of every Stable Diffusion ResNet block), in one kernel: one
-//! read for each group's mean, one for its variance, one read and one write for the output,
-//! where candle's tensor ops make about seven passes and allocate an input-sized tensor for each.
+//! Group normalisation with a per-channel affine weight and bias, optionally followed by an
+//! activation (the `GroupNorm` + `SiLU` pair of every Stable Diffusion ResNet block; instance
+//! norm, one group per channel, + ReLU or sigmoid in the CIN stylizers), in one kernel: one read
+//! for each group's mean, one for its variance, one read and one write for the output, where
+//! candle's tensor ops make about seven passes and allocate an input-sized tensor for each.
 //!
 //! Statistics are two-pass (the mean, then the mean squared deviation, as `torch.nn.GroupNorm`
 //! and candle_nn compute them), each as f32 vector partial sums per block of 1024 floats added
-//! into an f64 total; the output is
-//! `(x − mean) · rstd · w + b`, then `y · σ(y)` with `σ(y) = a / (a + b)`, `a = e^min(y, 0)`,
+//! into an f64 total; the output is `y = (x − mean) · rstd · w + b`, then the [`NormActivation`]:
+//! `max(y, 0)`, `y · σ(y)` or `σ(y)` with `σ(y) = a / (a + b)`, `a = e^min(y, 0)`,
 //! `b = e^−max(y, 0)` (both exponents ≤ 0, so neither overflows). Every instruction set runs the
 //! same operations in the same order: the results are bit-identical across them.
 
 use crate::pool::{catch_panic, par_for, SharedMut};
+use crate::scratch::zeroed;
 use crate::simd::{Isa, Simd};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
 
@@ -73,22 +75,42 @@ unsafe fn block_sum<S: Simd>(x: &[f32], mean: Option<f32>) -> f64 {
     total
 }
 
-/// `y = v · scale + shift`, then `y · σ(y)` when `silu`.
+/// What follows the normalisation's affine part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormActivation {
+    /// Nothing.
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `y · σ(y)`.
+    Silu,
+    /// `σ(y) = 1 / (1 + e^−y)`.
+    Sigmoid,
+}
+
+/// `y = v · scale + shift`, then `act`.
 ///
 /// # Safety
 /// The CPU supports `S`'s instruction set.
 #[inline(always)]
-unsafe fn affine<S: Simd>(v: S::V, scale: S::V, shift: S::V, silu: bool) -> S::V {
+unsafe fn affine<S: Simd>(v: S::V, scale: S::V, shift: S::V, act: NormActivation) -> S::V {
     // SAFETY: lane-wise methods on a CPU that supports `S` (this function's contract).
     unsafe {
         let y = S::fma(v, scale, shift);
-        if silu {
-            let zero = S::zero();
-            let a = S::exp(S::min(y, zero));
-            let b = S::exp(S::sub(zero, S::max(y, zero)));
-            S::div(S::mul(y, a), S::add(a, b))
+        let zero = S::zero();
+        if act == NormActivation::None {
+            return y;
+        }
+        if act == NormActivation::Relu {
+            return S::max(y, zero);
+        }
+        // σ(y) = a / (a + b) (no closure: it would lose the caller's target features).
+        let a = S::exp(S::min(y, zero));
+        let sum = S::add(a, S::exp(S::sub(zero, S::max(y, zero))));
+        if act == NormActivation::Silu {
+            S::div(S::mul(y, a), sum)
         } else {
-            y
+            S::div(a, sum)
         }
     }
 }
@@ -117,12 +139,12 @@ unsafe fn group<S: Simd>(op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f
             while i + S::L <= hw {
                 S::store(
                     dst.add(i),
-                    affine::<S>(S::load(src.add(i)), sc, sh, op.silu),
+                    affine::<S>(S::load(src.add(i)), sc, sh, op.activation),
                 );
                 i += S::L;
             }
             if i < hw {
-                let v = affine::<S>(S::load_n(src.add(i), hw - i), sc, sh, op.silu);
+                let v = affine::<S>(S::load_n(src.add(i), hw - i), sc, sh, op.activation);
                 S::store_n(dst.add(i), v, hw - i);
             }
         }
@@ -167,8 +189,8 @@ pub struct GroupNormOp {
     pub groups: usize,
     /// Added to the variance.
     pub eps: f64,
-    /// Whether SiLU follows.
-    pub silu: bool,
+    /// What follows the affine part.
+    pub activation: NormActivation,
 }
 
 impl GroupNormOp {
@@ -249,7 +271,7 @@ impl CustomOp1 for GroupNormOp {
             bail!("group norm expects [N, C, ...], got {dims:?}")
         }
         let hw = dims[2..].iter().product();
-        let mut out = vec![0f32; end - start];
+        let mut out = zeroed(end - start);
         catch_panic("group norm", || {
             self.forward_into(&data[start..end], (dims[0], dims[1], hw), &mut out)
         })?;
@@ -263,7 +285,13 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     /// `torch.nn.GroupNorm` (and SiLU) in candle ops, as candle_nn computes it.
-    fn reference(x: &Tensor, groups: usize, w: &Tensor, b: &Tensor, silu: bool) -> Result<Tensor> {
+    fn reference(
+        x: &Tensor,
+        groups: usize,
+        w: &Tensor,
+        b: &Tensor,
+        act: NormActivation,
+    ) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
         let xg = x.reshape((n, groups, c / groups * h * wd))?;
         let centred = xg.broadcast_sub(&xg.mean_keepdim(2)?)?;
@@ -273,20 +301,27 @@ mod tests {
             .reshape((n, c, h, wd))?
             .broadcast_mul(&w.reshape((1, c, 1, 1))?)?
             .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
-        if silu {
-            y.silu()
-        } else {
-            Ok(y)
+        match act {
+            NormActivation::None => Ok(y),
+            NormActivation::Relu => y.relu(),
+            NormActivation::Silu => y.silu(),
+            NormActivation::Sigmoid => (y.neg()?.exp()? + 1.0)?.recip(),
         }
     }
 
-    /// Against the GroupNorm of candle ops (and candle's SiLU) within f32 rounding, over odd plane sizes
-    /// (vector tails), one and several groups, and values far from zero (the two-pass variance);
-    /// bit-identical on every instruction set this CPU has.
+    /// Against the GroupNorm of candle ops (and candle's activations) within f32 rounding, over
+    /// odd plane sizes (vector tails), one group per channel (instance norm) and several
+    /// channels per group, and values far from zero (the two-pass variance); bit-identical on
+    /// every instruction set this CPU has.
     #[test]
     fn matches_candle_and_is_bit_identical_on_every_isa() -> Result<()> {
         let dev = Device::Cpu;
-        for (n, c, h, w, groups) in [(1, 4, 3, 5, 2), (2, 12, 7, 9, 4), (1, 64, 16, 16, 32)] {
+        for (n, c, h, w, groups) in [
+            (1, 4, 3, 5, 2),
+            (2, 12, 7, 9, 4),
+            (1, 64, 16, 16, 32),
+            (2, 6, 5, 7, 6),
+        ] {
             let len = n * c * h * w;
             let xv: Vec<f32> = (0..len)
                 .map(|i| ((i * 7919 % 1013) as f32 / 101.3 - 5.0) * 2.0 + 30.0)
@@ -298,21 +333,26 @@ mod tests {
                 Tensor::from_slice(&wv, c, &dev)?,
                 Tensor::from_slice(&bv, c, &dev)?,
             );
-            for silu in [false, true] {
-                let want = reference(&x, groups, &wt, &bt, silu)?;
+            for act in [
+                NormActivation::None,
+                NormActivation::Relu,
+                NormActivation::Silu,
+                NormActivation::Sigmoid,
+            ] {
+                let want = reference(&x, groups, &wt, &bt, act)?;
                 let op = GroupNormOp {
                     weight: wv.clone(),
                     bias: bv.clone(),
                     groups,
                     eps: 1e-5,
-                    silu,
+                    activation: act,
                 };
                 let got = x.apply_op1_no_bwd(&op)?;
                 let diff = (&got - &want)
                     .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())?;
                 assert!(
                     diff < 1e-4,
-                    "[{n}, {c}, {h}, {w}] / {groups} silu {silu}: {diff}"
+                    "[{n}, {c}, {h}, {w}] / {groups} {act:?}: {diff}"
                 );
                 let base = got.flatten_all()?.to_vec1::<f32>()?;
                 for isa in Isa::supported() {
@@ -327,7 +367,7 @@ mod tests {
             bias: vec![0.0; 3],
             groups: 2,
             eps: 1e-5,
-            silu: false,
+            activation: NormActivation::None,
         };
         assert!(op
             .forward_into(&[0.0; 6], (1, 3, 2), &mut [0.0; 6])

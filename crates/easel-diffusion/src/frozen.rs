@@ -480,10 +480,10 @@ pub fn group_norm(
             bias: bias.to_dtype(DType::F32)?.to_vec1()?,
             groups: num_groups,
             eps,
-            silu: false,
+            activation: easel_cpu::NormActivation::None,
         };
         let with_silu = easel_cpu::GroupNormOp {
-            silu: true,
+            activation: easel_cpu::NormActivation::Silu,
             ..op.clone()
         };
         Some((op, with_silu))

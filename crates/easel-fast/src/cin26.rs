@@ -21,12 +21,9 @@
 //! H×W and ε = 1e-5. Preset names: the upstream package ships none ("I did not invent names for
 //! them, because the model I started from never came with any"), so presets are known by index.
 
-use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use easel_cpu::{
-    elementwise::{self, sum64},
-    pad, reflect_pad, Epilogue, Scratch,
-};
+use candle_core::{bail, DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use easel_cpu::{reflect_pad, Activation, ConvLayer, GroupNormOp, NormActivation, Padding};
 
 /// Number of preset styles in the embedded network.
 pub const NUM_PRESETS: usize = 26;
@@ -96,14 +93,8 @@ impl Default for Config {
     }
 }
 
-thread_local! {
-    /// Whether the native CPU path may run on this thread (crate-private, so tests can force the
-    /// tensor-op path, the one other devices take, on the CPU).
-    static NATIVE_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
 /// Conditional instance norm: per-sample, per-channel normalisation over H×W with the biased
-/// variance, then the style-mixed scale and shift.
+/// variance, then the style-mixed scale and shift, then an activation.
 #[derive(Debug, Clone)]
 struct ConditionalInstanceNorm {
     /// `[presets, C]`
@@ -111,200 +102,93 @@ struct ConditionalInstanceNorm {
     /// `[presets, C]`
     beta: Tensor,
     eps: f64,
-    /// `gamma` as a row-major vector, for the native CPU path.
-    gamma_table: Vec<f32>,
-    /// `beta` as a row-major vector, for the native CPU path.
-    beta_table: Vec<f32>,
 }
 
 impl ConditionalInstanceNorm {
     fn new(vb: VarBuilder, presets: usize, channels: usize, eps: f64) -> Result<Self> {
-        let gamma = vb.get((presets, channels), "gamma")?;
-        let beta = vb.get((presets, channels), "beta")?;
-        let gamma_table = gamma.flatten_all()?.to_vec1::<f32>()?;
-        let beta_table = beta.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
-            gamma,
-            beta,
+            gamma: vb.get((presets, channels), "gamma")?,
+            beta: vb.get((presets, channels), "beta")?,
             eps,
-            gamma_table,
-            beta_table,
         })
     }
 
-    /// `style_weights`: `[presets, 1]` (already unsqueezed, as in the graph).
-    fn forward(&self, x: &Tensor, style_weights: &Tensor) -> Result<Tensor> {
+    /// `style_weights`: `[presets, 1]` (already unsqueezed, as in the graph). For CPU f32
+    /// tensors autograd does not track, easel-cpu's fused kernel (one group per channel);
+    /// elsewhere candle ops.
+    fn forward(&self, x: &Tensor, style_weights: &Tensor, act: NormActivation) -> Result<Tensor> {
         let c = self.gamma.dim(1)?;
         // Mul + ReduceSum over the presets axis, exactly as the graph computes the mix.
-        let gamma = style_weights
-            .broadcast_mul(&self.gamma)?
-            .sum(0)?
-            .reshape((1, c, 1, 1))?;
-        let beta = style_weights
-            .broadcast_mul(&self.beta)?
-            .sum(0)?
-            .reshape((1, c, 1, 1))?;
+        let gamma = style_weights.broadcast_mul(&self.gamma)?.sum(0)?;
+        let beta = style_weights.broadcast_mul(&self.beta)?.sum(0)?;
+        let tracked = x.track_op() || gamma.track_op() || beta.track_op();
+        if x.device().is_cpu() && x.dtype() == DType::F32 && !tracked {
+            let op = GroupNormOp {
+                weight: gamma.to_vec1()?,
+                bias: beta.to_vec1()?,
+                groups: c,
+                eps: self.eps,
+                activation: act,
+            };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
+        }
         let mean = x.mean_keepdim((2, 3))?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim((2, 3))?;
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        centered
+        let y = centered
             .broadcast_mul(&inv_std)?
-            .broadcast_mul(&gamma)?
-            .broadcast_add(&beta)
-    }
-}
-
-impl ConditionalInstanceNorm {
-    /// In place on one CPU image `[C, plane]`, with the preset weights `sw` and an activation:
-    /// `None`, ReLU or the sigmoid.
-    fn cpu(&self, y: &mut [f32], plane: usize, sw: &[f32], act: Activation) {
-        let c = y.len() / plane.max(1);
-        let mix = |table: &[f32], ch: usize| -> f32 {
-            sw.iter()
-                .enumerate()
-                .map(|(s, &w)| w * table[s * c + ch])
-                .sum()
-        };
-        let eps = self.eps;
-        easel_cpu::par_chunks_mut(y, plane, |ch, xs| {
-            let (gamma, beta) = (mix(&self.gamma_table, ch), mix(&self.beta_table, ch));
-            norm_channel(xs, gamma, beta, eps, act);
-        });
-    }
-}
-
-/// The activation after a conditional instance norm.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Activation {
-    None,
-    Relu,
-    Sigmoid,
-}
-
-easel_cpu::simd_fn! {
-    /// Instance norm of one channel with the biased variance, then `gamma`, `beta` and the
-    /// activation, in place.
-    fn norm_channel(xs: &mut [f32], gamma: f32, beta: f32, eps: f64, act: Activation) {
-        let n = xs.len().max(1) as f64;
-        let mean = (sum64(xs, |v| v) / n) as f32;
-        let var = sum64(xs, |v| (v - mean) * (v - mean)) / n;
-        let inv_std = (1.0 / (var + eps).sqrt()) as f32;
-        let (a, b) = (inv_std * gamma, beta);
+            .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
         match act {
-            Activation::None => {
-                for x in xs.iter_mut() {
-                    *x = (*x - mean) * a + b;
-                }
-            }
-            Activation::Relu => {
-                for x in xs.iter_mut() {
-                    let v = (*x - mean) * a + b;
-                    *x = if v < 0.0 { 0.0 } else { v };
-                }
-            }
-            Activation::Sigmoid => {
-                for x in xs.iter_mut() {
-                    let v = (*x - mean) * a + b;
-                    *x = 1.0 / (1.0 + (-v).exp());
-                }
-            }
+            NormActivation::None => Ok(y),
+            NormActivation::Relu => y.relu(),
+            NormActivation::Silu => y.silu(),
+            NormActivation::Sigmoid => candle_nn::ops::sigmoid(&y),
         }
     }
 }
 
-/// Reflection pad → convolution (no bias) → conditional instance norm.
+/// (Nearest upsampling and) reflection pad → convolution (no bias) → conditional instance norm
+/// → activation.
 #[derive(Debug, Clone)]
-struct ConvLayer {
-    conv: Conv2d,
-    /// The same weights packed for the direct CPU kernel (`None` off the CPU, where candle's
-    /// `conv2d` runs).
-    direct: Option<easel_cpu::Conv2d>,
+struct CinLayer {
+    conv: ConvLayer,
     norm: ConditionalInstanceNorm,
-    pad: usize,
 }
 
-impl ConvLayer {
+impl CinLayer {
     fn new(
         vb: VarBuilder,
         cfg: &Config,
         (in_c, out_c, kernel, stride): (usize, usize, usize, usize),
+        upsample: usize,
     ) -> Result<Self> {
         let w = vb.get((out_c, in_c, kernel, kernel), "w")?;
-        let direct = if w.device().is_cpu() {
-            Some(easel_cpu::Conv2d::new(
-                &w.flatten_all()?.to_vec1::<f32>()?,
-                None,
-                (in_c, out_c, kernel),
-                stride,
-                false,
-            )?)
-        } else {
-            None
-        };
-        let conv_cfg = Conv2dConfig {
-            padding: 0,
-            stride,
-            dilation: 1,
-            groups: 1,
-            cudnn_fwd_algo: None,
+        let padding = Padding::Reflect {
+            pad: kernel / 2,
+            upsample,
         };
         Ok(Self {
-            conv: Conv2d::new(w, None, conv_cfg),
-            direct,
+            conv: ConvLayer::new(w, None, padding, stride)?,
             norm: ConditionalInstanceNorm::new(vb.pp("norm"), cfg.num_presets, out_c, cfg.eps)?,
-            pad: kernel / 2,
         })
     }
 
-    /// Nearest ×`up` upsampling, reflection pad, conv, norm and `act` on one CPU image
-    /// `[C, h, w]`; returns the output and its size.
-    fn cpu(
-        &self,
-        x: &[f32],
-        (c, h, w): (usize, usize, usize),
-        up: usize,
-        sw: &[f32],
-        act: Activation,
-        s: &mut Scratch,
-    ) -> Result<(Vec<f32>, usize, usize)> {
-        let Some(d) = &self.direct else {
-            bail!("internal error: conv weights are not on the CPU")
-        };
-        let rows = pad::reflect_map(h, up, self.pad, self.pad)?;
-        let cols = pad::reflect_map(w, up, self.pad, self.pad)?;
-        let (hp, wp) = (rows.len(), cols.len());
-        let padded = pad::pad(x, (c, h, w), &rows, &cols, s)?;
-        let (ho, wo) = d.out_size(hp, wp)?;
-        let mut y = s.take(d.c_out() * ho * wo);
-        d.forward_into(&padded, (1, c, hp, wp), &Epilogue::default(), &mut y, s)?;
-        s.give(padded);
-        self.norm.cpu(&mut y, ho * wo, sw, act);
-        Ok((y, ho, wo))
-    }
-
-    fn forward(&self, x: &Tensor, style_weights: &Tensor) -> Result<Tensor> {
-        let x = reflect_pad(x, self.pad, self.pad, self.pad, self.pad)?;
-        let y = match &self.direct {
-            Some(direct) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op1_no_bwd(&easel_cpu::Conv2dOp {
-                    conv: direct,
-                    ep: easel_cpu::Epilogue::default(),
-                })?
-            }
-            _ => self.conv.forward(&x)?,
-        };
-        self.norm.forward(&y, style_weights)
+    fn forward(&self, x: &Tensor, style_weights: &Tensor, act: NormActivation) -> Result<Tensor> {
+        let y = self.conv.forward(x, Activation::None)?;
+        self.norm.forward(&y, style_weights, act)
     }
 }
 
 /// The 26-preset style transfer network.
 #[derive(Debug, Clone)]
 pub struct PresetNet {
-    contract: Vec<ConvLayer>,
+    contract: Vec<CinLayer>,
     /// Pairs of layers: `x + second(relu(first(x)))`.
-    residual: Vec<(ConvLayer, ConvLayer)>,
-    expand: Vec<ConvLayer>,
+    residual: Vec<(CinLayer, CinLayer)>,
+    /// The first two upsample by 2 before their pad.
+    expand: Vec<CinLayer>,
     num_presets: usize,
 }
 
@@ -312,17 +196,22 @@ impl PresetNet {
     /// Builds the network from weights named as in `multistyle26.onnx` (`contract.0.w`,
     /// `contract.0.norm.gamma`, `res.3.1.norm.beta`, `expand.2.w`, ...).
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
-        let mut layers = Vec::new();
-        for (name, in_c, out_c, kernel, stride) in cfg.layers() {
-            layers.push(ConvLayer::new(
+        // layers() lists 3 contracting layers, 2 per residual block, then 3 expanding layers,
+        // the first two of which upsample.
+        let list = cfg.layers();
+        let upsampled = (3 + 2 * cfg.num_residual)..list.len().saturating_sub(1);
+        let mut layers = Vec::with_capacity(list.len());
+        for (i, (name, in_c, out_c, kernel, stride)) in list.into_iter().enumerate() {
+            let upsample = if upsampled.contains(&i) { 2 } else { 1 };
+            layers.push(CinLayer::new(
                 vb.pp(name),
                 cfg,
                 (in_c, out_c, kernel, stride),
+                upsample,
             )?);
         }
-        // layers() lists 3 contracting layers, 2 per residual block, then 3 expanding layers.
         let mut layers = layers.into_iter();
-        let contract: Vec<ConvLayer> = layers.by_ref().take(3).collect();
+        let contract: Vec<CinLayer> = layers.by_ref().take(3).collect();
         let mut residual = Vec::with_capacity(cfg.num_residual);
         for _ in 0..cfg.num_residual {
             match (layers.next(), layers.next()) {
@@ -330,7 +219,7 @@ impl PresetNet {
                 _ => bail!("internal error: too few residual layers for {cfg:?}"),
             }
         }
-        let expand: Vec<ConvLayer> = layers.collect();
+        let expand: Vec<CinLayer> = layers.collect();
         if contract.len() != 3 || expand.len() != 3 {
             bail!("internal error: layer list of {cfg:?} has an unexpected shape")
         }
@@ -373,67 +262,23 @@ impl PresetNet {
     pub fn forward_unpadded(&self, image: &Tensor, style_weights: &Tensor) -> Result<Tensor> {
         self.check_image(image)?;
         let sw = self.check_weights(style_weights)?;
-        if image.device().is_cpu()
-            && NATIVE_CPU.with(|n| n.get())
-            && self.contract[0].direct.is_some()
-        {
-            return self.forward_cpu(image, &sw.flatten_all()?.to_vec1::<f32>()?);
-        }
         let mut x = image.clone();
         for layer in &self.contract {
-            x = layer.forward(&x, &sw)?.relu()?;
+            x = layer.forward(&x, &sw, NormActivation::Relu)?;
         }
         for (first, second) in &self.residual {
-            let y = first.forward(&x, &sw)?.relu()?;
-            x = (&x + second.forward(&y, &sw)?)?;
+            let y = first.forward(&x, &sw, NormActivation::Relu)?;
+            x = (&x + second.forward(&y, &sw, NormActivation::None)?)?;
         }
         for (i, layer) in self.expand.iter().enumerate() {
-            if i < 2 {
-                let (_, _, h, w) = x.dims4()?;
-                x = x.upsample_nearest2d(2 * h, 2 * w)?;
-                x = layer.forward(&x, &sw)?.relu()?;
+            let act = if i < 2 {
+                NormActivation::Relu
             } else {
-                x = candle_nn::ops::sigmoid(&layer.forward(&x, &sw)?)?;
-            }
+                NormActivation::Sigmoid
+            };
+            x = layer.forward(&x, &sw, act)?;
         }
         Ok(x)
-    }
-
-    /// [`Self::forward_unpadded`] on plain CPU buffers (direct conv, one-pass norms).
-    fn forward_cpu(&self, image: &Tensor, sw: &[f32]) -> Result<Tensor> {
-        let (n, c, h, w) = image.dims4()?;
-        let all = image.flatten_all()?.to_vec1::<f32>()?;
-        let s = &mut Scratch::default();
-        let mut out = Vec::new();
-        let mut out_hw = (0, 0);
-        for img in all.chunks_exact(c * h * w) {
-            let (mut x, mut dims) = (img.to_vec(), (c, h, w));
-            for layer in &self.contract {
-                let (y, ho, wo) = layer.cpu(&x, dims, 1, sw, Activation::Relu, s)?;
-                dims = (layer.norm.gamma_table.len() / self.num_presets, ho, wo);
-                s.give(std::mem::replace(&mut x, y));
-            }
-            for (first, second) in &self.residual {
-                let (y, ho, wo) = first.cpu(&x, dims, 1, sw, Activation::Relu, s)?;
-                let (z, _, _) = second.cpu(&y, (dims.0, ho, wo), 1, sw, Activation::None, s)?;
-                elementwise::add_assign(&mut x, &z);
-                s.give(y);
-                s.give(z);
-            }
-            for (i, layer) in self.expand.iter().enumerate() {
-                let (up, act) = if i < 2 {
-                    (2, Activation::Relu)
-                } else {
-                    (1, Activation::Sigmoid)
-                };
-                let (y, ho, wo) = layer.cpu(&x, dims, up, sw, act, s)?;
-                dims = (layer.norm.gamma_table.len() / self.num_presets, ho, wo);
-                s.give(std::mem::replace(&mut x, y));
-            }
-            out.extend_from_slice(&x);
-            out_hw = (dims.1, dims.2);
-        }
-        Tensor::from_vec(out, (n, 3, out_hw.0, out_hw.1), image.device())
     }
 
     fn check_image(&self, image: &Tensor) -> Result<(usize, usize, usize, usize)> {
@@ -535,32 +380,6 @@ pub fn parse_preset_mix(s: &str) -> Result<Vec<(usize, f32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The native CPU path against the tensor-op path (what other devices run; here with the
-    /// same direct conv), on an odd-sized picture.
-    #[test]
-    fn native_cpu_path_matches_tensor_ops() -> Result<()> {
-        let dev = Device::Cpu;
-        let net = PresetNet::embedded(&dev)?;
-        let v: Vec<f32> = (0..3 * 29 * 43)
-            .map(|i| 0.5 + 0.45 * ((i % 43) as f32 * 0.3 + (i / 43) as f32 * 0.11).sin())
-            .collect();
-        let image = Tensor::from_vec(v, (1, 3, 29, 43), &dev)?;
-        let sw = Tensor::new(preset_weights(&[(3, 0.5), (12, 0.5)])?, &dev)?;
-        let native = net.forward(&image, &sw)?;
-        NATIVE_CPU.with(|n| n.set(false));
-        let tensor = net.forward(&image, &sw);
-        NATIVE_CPU.with(|n| n.set(true));
-        let tensor = tensor?;
-        assert_eq!(native.dims(), &[1, 3, 29, 43]);
-        let err = (native - tensor)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        assert!(err < 1e-5, "max abs difference {err}");
-        Ok(())
-    }
 
     #[test]
     fn layer_list_matches_the_onnx_file() {

