@@ -27,7 +27,7 @@ use crate::scratch::{zeroed, Scratch};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::x86;
 use crate::simd::{Isa, Portable, Simd, ROUND_MAGIC};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use std::borrow::Cow;
 
 /// Output channels per register tile (groups-1 convs).
@@ -49,6 +49,7 @@ pub struct Quantize {
 }
 
 impl Quantize {
+    /// One value.
     #[inline(always)]
     pub fn apply(&self, x: f32) -> f32 {
         // Comparisons rather than `f32::max`/`min` (whose NaN rules block vectorisation); the same
@@ -65,6 +66,7 @@ impl Quantize {
 pub struct Epilogue {
     /// `(lo, hi)`: ReLU is `(0, ∞)`, ReLU6 `(0, 6)`.
     pub clamp: Option<(f32, f32)>,
+    /// int8 fake quantization, after the clamp.
     pub quant: Option<Quantize>,
 }
 
@@ -94,6 +96,53 @@ impl Epilogue {
             return;
         }
         epilogue_slice(self, xs)
+    }
+
+    /// Applies the clamp and quantization (not the bias) to a tensor: one vectorised pass
+    /// ([`EpilogueOp`]) for CPU f32 tensors autograd does not track, tensor ops elsewhere. The
+    /// quantization's tensor ops are `x / scale`, clamped, rounded half to even by adding and
+    /// subtracting [`ROUND_MAGIC`] (exact for the clamped int8 range), times `scale`: the CPU
+    /// kernel's values wherever the device's f32 division and addition are IEEE
+    /// round-to-nearest (CUDA's are).
+    pub fn apply_tensor(&self, x: &Tensor) -> Result<Tensor> {
+        if self.clamp.is_none() && self.quant.is_none() {
+            return Ok(x.clone());
+        }
+        if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+            return x.contiguous()?.apply_op1_no_bwd(&EpilogueOp(*self));
+        }
+        let y = match self.clamp {
+            Some((lo, hi)) => x.clamp(lo, hi)?,
+            None => x.clone(),
+        };
+        let Some(q) = self.quant else { return Ok(y) };
+        let magic = ROUND_MAGIC as f64;
+        let scale = Tensor::new(q.scale, x.device())?.to_dtype(x.dtype())?;
+        let levels = y.broadcast_div(&scale)?.clamp(q.lo, q.hi)?;
+        ((levels + magic)? - magic)?.broadcast_mul(&scale)
+    }
+}
+
+/// [`Epilogue::apply_slice`] as a candle op on contiguous CPU f32 tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct EpilogueOp(pub Epilogue);
+
+impl CustomOp1 for EpilogueOp {
+    fn name(&self) -> &'static str {
+        "easel-clamp-quantize"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("clamp / quantize expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("clamp / quantize expects a contiguous tensor")
+        };
+        let mut out = zeroed(end - start);
+        out.copy_from_slice(&data[start..end]);
+        self.0.apply_slice(&mut out);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
@@ -311,6 +360,7 @@ impl Conv2d {
         })
     }
 
+    /// Output channels.
     pub fn c_out(&self) -> usize {
         self.c_out
     }
@@ -783,6 +833,12 @@ mod tests {
         // 1.5→2, 2.5→2, 0, 12, 0.6→1, 4.5→4.
         assert_eq!(y, [0.0, 1.0, 1.0, 0.0, 6.0, 0.5, 2.0]);
         let mut z = vec![0.25f32, 0.75, 1.25, -2.75, 100.25, 0.3, 2.25];
+        let t = Tensor::new(z.as_slice(), &Device::Cpu)?;
+        // The op (CPU f32) and the tensor ops (an input autograd tracks) give the same values.
+        let tracked = candle_core::Var::from_tensor(&t)?;
+        for t in [&t, tracked.as_tensor()] {
+            assert_eq!(ep.apply_tensor(t)?.to_vec1::<f32>()?, y, "{}", t.track_op());
+        }
         ep.apply_slice(&mut z);
         assert_eq!(z, y);
         Ok(())

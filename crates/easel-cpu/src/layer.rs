@@ -3,7 +3,7 @@
 //! network has one forward written in tensor ops.
 
 use crate::conv::{Conv2d, Conv2dOp, Epilogue};
-use crate::pad::{reflect_pad, PadOp};
+use crate::pad::{reflect_pad, same_padding, zero_map, PadOp};
 use candle_core::{DType, Result, Tensor};
 
 /// How a convolution's input is padded (and upsampled) before the kernel runs.
@@ -19,6 +19,9 @@ pub enum Padding {
         /// Nearest-neighbour upsampling factor applied first (≥ 1).
         upsample: usize,
     },
+    /// TensorFlow's `SAME` zero padding: each side padded so that the output has
+    /// `⌈n / stride⌉` pixels, the odd pixel at the end.
+    Same,
 }
 
 impl Padding {
@@ -37,13 +40,15 @@ pub enum Activation {
     Relu,
 }
 
-/// A 2-D convolution (groups 1) with bias, [`Padding`] and stride `stride`; on the CPU in f32
-/// its weights are packed once for [`Conv2d`].
+/// A 2-D convolution (groups 1, or depthwise) with bias, [`Padding`] and stride `stride`; on the
+/// CPU in f32 its weights are packed once for [`Conv2d`].
 #[derive(Debug, Clone)]
 pub struct ConvLayer {
     weight: Tensor,
     bias: Option<Tensor>,
     padding: Padding,
+    /// 1, or the channel count (depthwise).
+    groups: usize,
     stride: usize,
     /// The packed kernel: weights on the CPU, f32, not trainable.
     packed: Option<Conv2d>,
@@ -57,10 +62,39 @@ impl ConvLayer {
         padding: Padding,
         stride: usize,
     ) -> Result<Self> {
-        let (c_out, c_in, k, k2) = weight.dims4()?;
+        Self::with_groups(weight, bias, padding, stride, 1)
+    }
+
+    /// A depthwise convolution: `weight` `[c, 1, k, k]`, `bias` `[c]`, groups `c`.
+    pub fn depthwise(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        padding: Padding,
+        stride: usize,
+    ) -> Result<Self> {
+        let groups = weight.dim(0)?;
+        Self::with_groups(weight, bias, padding, stride, groups)
+    }
+
+    fn with_groups(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        padding: Padding,
+        stride: usize,
+        groups: usize,
+    ) -> Result<Self> {
+        let (c_out, c_in_per_group, k, k2) = weight.dims4()?;
         if k != k2 {
             candle_core::bail!("conv layer: only square kernels, got {k}x{k2}")
         }
+        let depthwise = groups > 1;
+        if depthwise && (groups != c_out || c_in_per_group != 1) {
+            candle_core::bail!(
+                "conv layer: a depthwise weight is [c, 1, k, k], got {:?}",
+                weight.dims()
+            )
+        }
+        let c_in = c_in_per_group * groups;
         if let Padding::Reflect { upsample: 0, .. } = padding {
             candle_core::bail!("conv layer: upsampling factor 0")
         }
@@ -72,7 +106,7 @@ impl ConvLayer {
                 b.as_deref(),
                 (c_in, c_out, k),
                 stride,
-                false,
+                depthwise,
             )?)
         } else {
             None
@@ -81,6 +115,7 @@ impl ConvLayer {
             weight,
             bias,
             padding,
+            groups,
             stride,
             packed,
         })
@@ -103,10 +138,21 @@ impl ConvLayer {
 
     /// `act(conv(pad(x)) + bias)` for `x` `[N, c_in, H, W]`.
     pub fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let ep = Epilogue {
+            clamp: (act == Activation::Relu).then_some((0.0, f32::INFINITY)),
+            quant: None,
+        };
+        self.forward_with(x, &ep)
+    }
+
+    /// `ep(conv(pad(x)) + bias)` for `x` `[N, c_in, H, W]`: on the packed path the epilogue is
+    /// fused into the kernel's store, elsewhere [`Epilogue::apply_tensor`] follows candle's conv.
+    pub fn forward_with(&self, x: &Tensor, ep: &Epilogue) -> Result<Tensor> {
+        let k = self.weight.dim(3)?;
+        let (_, _, h, w) = x.dims4()?;
         match &self.packed {
             Some(conv) if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() => {
                 let x = x.contiguous()?;
-                let (_, _, h, w) = x.dims4()?;
                 let x = match self.padding {
                     Padding::Zeros(0)
                     | Padding::Reflect {
@@ -117,34 +163,52 @@ impl ConvLayer {
                     Padding::Reflect { pad, upsample } => {
                         x.apply_op1_no_bwd(&PadOp::reflect(h, w, pad, upsample)?)?
                     }
+                    Padding::Same => {
+                        let ((top, bottom), (left, right)) = (
+                            same_padding(h, k, self.stride),
+                            same_padding(w, k, self.stride),
+                        );
+                        if top + bottom + left + right == 0 {
+                            x
+                        } else {
+                            x.apply_op1_no_bwd(&PadOp {
+                                rows: zero_map(h, top, bottom),
+                                cols: zero_map(w, left, right),
+                            })?
+                        }
+                    }
                 };
-                let ep = Epilogue {
-                    clamp: (act == Activation::Relu).then_some((0.0, f32::INFINITY)),
-                    quant: None,
-                };
-                x.apply_op1_no_bwd(&Conv2dOp { conv, ep })
+                x.apply_op1_no_bwd(&Conv2dOp { conv, ep: *ep })
             }
             _ => {
                 let (x, zeros) = match self.padding {
                     Padding::Zeros(p) => (x.clone(), p),
                     Padding::Reflect { pad, upsample } => {
                         let x = if upsample > 1 {
-                            let (_, _, h, w) = x.dims4()?;
                             x.upsample_nearest2d(h * upsample, w * upsample)?
                         } else {
                             x.clone()
                         };
                         (reflect_pad(&x, pad, pad, pad, pad)?, 0)
                     }
+                    Padding::Same => {
+                        let ((top, bottom), (left, right)) = (
+                            same_padding(h, k, self.stride),
+                            same_padding(w, k, self.stride),
+                        );
+                        let x = x.pad_with_zeros(2, top, bottom)?;
+                        (x.pad_with_zeros(3, left, right)?, 0)
+                    }
                 };
-                let y = x.conv2d(&self.weight, zeros, self.stride, 1, 1)?;
+                let y = x.conv2d(&self.weight, zeros, self.stride, 1, self.groups)?;
                 let y = match &self.bias {
                     Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
                     None => y,
                 };
-                match act {
-                    Activation::None => Ok(y),
-                    Activation::Relu => y.relu(),
+                match (ep.clamp, ep.quant) {
+                    // ReLU as candle's op (its gradient is the usual one).
+                    (Some((lo, hi)), None) if lo == 0.0 && hi == f32::INFINITY => y.relu(),
+                    _ => ep.apply_tensor(&y),
                 }
             }
         }
@@ -226,6 +290,7 @@ mod tests {
                     Padding::Reflect { pad, upsample } => {
                         (reflect_reference(&x, pad, upsample)?, 0)
                     }
+                    Padding::Same => candle_core::bail!("SAME padding has its own test"),
                 };
                 let want = input
                     .conv2d(&w, zeros, stride, 1, 1)?
@@ -270,6 +335,56 @@ mod tests {
             1
         )
         .is_err());
+        Ok(())
+    }
+
+    /// TensorFlow `SAME` padding (the odd pixel at the end), a depthwise weight and a ReLU6 +
+    /// int8 epilogue: the packed path and candle's agree with a plain reference, up to a rare
+    /// one-level rounding flip of the quantizer (the two paths sum in different orders).
+    #[test]
+    fn same_padding_depthwise_and_quantized_epilogue() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 12), &dev)?;
+        let w = Tensor::randn(0f32, 0.5, (4, 1, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 0.3, 4, &dev)?;
+        let quant = crate::conv::Quantize {
+            scale: 0.05,
+            lo: -128.0,
+            hi: 127.0,
+        };
+        let ep = Epilogue {
+            clamp: Some((0.0, 6.0)),
+            quant: Some(quant),
+        };
+        // (stride, (top, bottom), (left, right)) of SAME padding for 9×12.
+        for (stride, rows, cols) in [(1, (1, 1), (1, 1)), (2, (1, 1), (0, 1))] {
+            let layer = ConvLayer::depthwise(w.clone(), Some(b.clone()), Padding::Same, stride)?;
+            assert!(layer.is_packed());
+            let padded = x
+                .pad_with_zeros(2, rows.0, rows.1)?
+                .pad_with_zeros(3, cols.0, cols.1)?;
+            let want = padded
+                .conv2d(&w, 0, stride, 1, 4)?
+                .broadcast_add(&b.reshape((1, 4, 1, 1))?)?
+                .clamp(0f32, 6f32)?;
+            let want = ((want / 0.05)?.round()? * 0.05)?;
+            let tracked = Var::from_tensor(&x)?;
+            for (path, got) in [
+                ("packed", layer.forward_with(&x, &ep)?),
+                ("candle", layer.forward_with(tracked.as_tensor(), &ep)?),
+            ] {
+                assert_eq!(got.dims(), want.dims(), "{path} s{stride}");
+                let diff = (got - &want)?.abs()?.flatten_all()?.to_vec1::<f32>()?;
+                let flips = diff.iter().filter(|&&d| d > 1e-5).count();
+                let worst = diff.iter().fold(0f32, |m, &d| m.max(d));
+                assert!(
+                    flips * 100 <= diff.len() && worst <= 0.05 + 1e-5,
+                    "{path} s{stride}: {flips} flips, worst {worst}"
+                );
+            }
+        }
+        let not_depthwise = Tensor::zeros((4, 2, 3, 3), DType::F32, &dev)?;
+        assert!(ConvLayer::depthwise(not_depthwise, None, Padding::Same, 1).is_err());
         Ok(())
     }
 }

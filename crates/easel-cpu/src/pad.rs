@@ -40,6 +40,13 @@ pub fn zero_map(n: usize, before: usize, after: usize) -> AxisMap {
         .collect()
 }
 
+/// TensorFlow's `SAME` zero padding of an axis of `n` for a `k`-wide kernel with `stride`:
+/// `(before, after)` so that the output has `⌈n / stride⌉` pixels, the odd pixel at the end.
+pub fn same_padding(n: usize, k: usize, stride: usize) -> (usize, usize) {
+    let total = ((n.div_ceil(stride.max(1)).max(1) - 1) * stride + k).saturating_sub(n);
+    (total / 2, total - total / 2)
+}
+
 /// Gathers `x` (`[planes, h, w]`) into `[planes, rows.len(), cols.len()]`.
 pub fn pad(
     x: &[f32],
@@ -235,6 +242,16 @@ mod tests {
         );
         assert!(reflect_map(2, 1, 2, 0).is_err());
         Ok(())
+    }
+
+    /// TensorFlow's `SAME` rule: the odd pixel goes at the end.
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(256, 3, 2), (0, 1));
+        assert_eq!(same_padding(255, 3, 2), (1, 1));
+        assert_eq!(same_padding(256, 3, 1), (1, 1));
+        assert_eq!(same_padding(255, 1, 1), (0, 0));
+        assert_eq!(same_padding(9, 9, 1), (4, 4));
     }
 
     /// The gather and the index-select path (an input autograd tracks) give the same mirror

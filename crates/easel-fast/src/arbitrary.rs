@@ -44,12 +44,9 @@
 //! # Ok(()) }
 //! ```
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 use candle_nn::VarBuilder;
-use easel_cpu::{
-    elementwise::{self, sum64},
-    pad, reflect_pad, Conv2d, Conv2dOp, Epilogue, Quantize, Scratch, ScratchCache,
-};
+use easel_cpu::{elementwise::sum64, reflect_pad, ConvLayer, Epilogue, Padding, Quantize};
 
 /// Side of the square picture the style predictor was trained on.
 pub const STYLE_SIZE: usize = 256;
@@ -151,245 +148,46 @@ impl Quant {
         }
     }
 
-    /// Quantizes a CPU buffer in place.
-    fn slice(&self, xs: &mut [f32]) {
+    /// The quantizer on a tensor: one vectorised pass on the CPU, tensor ops elsewhere
+    /// ([`Epilogue::apply_tensor`]).
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.epilogue(None).apply_tensor(x)
+    }
+
+    /// A conv epilogue: the optional clamp, then this quantizer.
+    fn epilogue(&self, clamp: Option<(f32, f32)>) -> Epilogue {
         Epilogue {
-            clamp: None,
+            clamp,
             quant: self.op(),
         }
-        .apply_slice(xs)
-    }
-
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(op) = self.op() else {
-            return Ok(x.clone());
-        };
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op1_no_bwd(&FakeQuant(op));
-        }
-        fake_quant_tensor_ops(x, op)
-    }
-}
-
-/// The fake quantization from tensor ops, for devices without the custom op (CUDA, Metal):
-/// `x / scale`, clamped, rounded half to even by adding and subtracting 1.5·2²³ (exact for
-/// magnitudes < 2²², i.e. any clamped int8 value), times `scale`. It gives the CPU op's values
-/// wherever the device's f32 division and addition are IEEE round-to-nearest (CUDA's are).
-fn fake_quant_tensor_ops(x: &Tensor, op: Quantize) -> Result<Tensor> {
-    const MAGIC: f64 = easel_cpu::ROUND_MAGIC as f64;
-    let scale = Tensor::new(op.scale, x.device())?.to_dtype(x.dtype())?;
-    let y = x.broadcast_div(&scale)?.clamp(op.lo, op.hi)?;
-    ((y + MAGIC)? - MAGIC)?.broadcast_mul(&scale)
-}
-
-struct FakeQuant(Quantize);
-
-impl CustomOp1 for FakeQuant {
-    fn name(&self) -> &'static str {
-        "easel-fake-quant-int8"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("fake quantization expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("fake quantization expects a contiguous tensor")
-        };
-        let mut out = data[start..end].to_vec();
-        Epilogue {
-            clamp: None,
-            quant: Some(self.0),
-        }
-        .apply_slice(&mut out);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // layers
 
-/// A convolution with bias and no implicit padding (callers pad explicitly).
-#[derive(Debug, Clone)]
-struct Conv {
-    weight: Tensor,
-    bias: Tensor,
+/// The conv of `vb` (`weight` `[c_out, c_in / groups, k, k]`, `bias` `[c_out]`), groups 1 or
+/// depthwise (`groups` = `c_in` = `c_out`).
+fn conv_layer(
+    vb: &VarBuilder,
+    (c_in, c_out, k): (usize, usize, usize),
+    padding: Padding,
     stride: usize,
     groups: usize,
-    /// The same weights packed for the direct CPU kernel (`None` off the CPU).
-    direct: Option<Conv2d>,
-}
-
-impl Conv {
-    fn new(
-        vb: VarBuilder,
-        (c_in, c_out, k): (usize, usize, usize),
-        stride: usize,
-        groups: usize,
-    ) -> Result<Self> {
-        let weight = vb.get((c_out, c_in / groups, k, k), "weight")?;
-        let bias = vb.get(c_out, "bias")?;
-        let direct =
-            if weight.device().is_cpu() && (groups == 1 || (groups == c_in && c_in == c_out)) {
-                Some(Conv2d::new(
-                    &weight.flatten_all()?.to_vec1::<f32>()?,
-                    Some(&bias.to_vec1::<f32>()?),
-                    (c_in, c_out, k),
-                    stride,
-                    groups > 1,
-                )?)
-            } else {
-                None
-            };
-        Ok(Self {
-            weight,
-            bias: bias.reshape((1, c_out, 1, 1))?,
-            stride,
-            groups,
-            direct,
-        })
-    }
-
-    fn kernel(&self) -> usize {
-        self.weight.dim(3).unwrap_or(1)
+) -> Result<ConvLayer> {
+    let weight = vb.get((c_out, c_in / groups, k, k), "weight")?;
+    let bias = Some(vb.get(c_out, "bias")?);
+    match groups {
+        1 => ConvLayer::new(weight, bias, padding, stride),
+        g if g == c_in && g == c_out => ConvLayer::depthwise(weight, bias, padding, stride),
+        g => bail!(
+            "conv {}: {g} groups for {c_in} -> {c_out} channels (only 1 or depthwise)",
+            vb.prefix()
+        ),
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(direct) = &self.direct {
-            if x.device().is_cpu() && x.dtype() == DType::F32 {
-                return x.contiguous()?.apply_op1_no_bwd(&Conv2dOp {
-                    conv: direct,
-                    ep: Epilogue::default(),
-                });
-            }
-        }
-        let (n, c, h, w) = x.dims4()?;
-        if self.kernel() == 1 && self.stride == 1 && self.groups == 1 {
-            // A 1×1 conv is a matrix product [O, C] · [C, H·W] per image.
-            let o = self.weight.dim(0)?;
-            let wm = self.weight.reshape((o, c))?;
-            let y = wm.broadcast_matmul(&x.contiguous()?.reshape((n, c, h * w))?)?;
-            return y.reshape((n, o, h, w))?.broadcast_add(&self.bias);
-        }
-        x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// native CPU path: the same network on plain buffers, with padding, bias, activation and
-// quantization fused into the direct convolution and each instance norm done in one pass
-
-/// One image's activation `[c, h, w]` on the CPU.
-struct FeatureMap {
-    v: Vec<f32>,
-    c: usize,
-    h: usize,
-    w: usize,
-}
-
-impl FeatureMap {
-    /// Image `i` of a contiguous CPU f32 tensor `[N, C, H, W]` (`all`: its flattened data).
-    fn image(all: &[f32], (c, h, w): (usize, usize, usize), i: usize) -> Self {
-        Self {
-            v: all[i * c * h * w..(i + 1) * c * h * w].to_vec(),
-            c,
-            h,
-            w,
-        }
-    }
-}
-
-thread_local! {
-    /// Whether the native CPU path may run on this thread (a crate-private switch so tests can
-    /// force the tensor-op path, the one other devices take, on the CPU).
-    static NATIVE_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
-fn native_cpu(x: &Tensor) -> bool {
-    x.device().is_cpu() && NATIVE_CPU.with(|n| n.get())
-}
-
-impl Conv {
-    /// Pads `x` by the index maps (`None`: no padding), convolves, applies `ep`.
-    fn cpu(
-        &self,
-        x: &FeatureMap,
-        pad: Option<(pad::AxisMap, pad::AxisMap)>,
-        ep: Epilogue,
-        scratch: &mut Scratch,
-    ) -> Result<FeatureMap> {
-        let Some(d) = &self.direct else {
-            bail!("internal error: conv weights are not on the CPU")
-        };
-        let padded = match pad {
-            Some((rows, cols)) => Some((
-                pad::pad(&x.v, (x.c, x.h, x.w), &rows, &cols, scratch)?,
-                rows.len(),
-                cols.len(),
-            )),
-            None => None,
-        };
-        let (src, h, w) = match &padded {
-            Some((v, h, w)) => (&v[..], *h, *w),
-            None => (&x.v[..], x.h, x.w),
-        };
-        let (ho, wo) = d.out_size(h, w)?;
-        let mut v = scratch.take(d.c_out() * ho * wo);
-        d.forward_into(src, (1, x.c, h, w), &ep, &mut v, scratch)?;
-        if let Some((p, _, _)) = padded {
-            scratch.give(p);
-        }
-        Ok(FeatureMap {
-            v,
-            c: d.c_out(),
-            h: ho,
-            w: wo,
-        })
-    }
-}
-
-/// TensorFlow `SAME` zero padding maps (see [`same_pad`]); `None` when nothing is padded.
-fn same_pad_maps(
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-) -> Option<(pad::AxisMap, pad::AxisMap)> {
-    let total = |n: usize| ((n.div_ceil(stride.max(1)) - 1) * stride + k).saturating_sub(n);
-    let (th, tw) = (total(h), total(w));
-    (th > 0 || tw > 0).then(|| {
-        (
-            pad::zero_map(h, th / 2, th - th / 2),
-            pad::zero_map(w, tw / 2, tw - tw / 2),
-        )
-    })
-}
-
-/// Reflection padding by `p` on all sides after nearest upsampling by `up`.
-fn reflect_maps(
-    x: &FeatureMap,
-    up: usize,
-    p: usize,
-) -> Result<Option<(pad::AxisMap, pad::AxisMap)>> {
-    if p == 0 && up == 1 {
-        return Ok(None);
-    }
-    Ok(Some((
-        pad::reflect_map(x.h, up, p, p)?,
-        pad::reflect_map(x.w, up, p, p)?,
-    )))
-}
-
-/// `dst = q(dst + src)`.
-fn add_quant(dst: &mut [f32], src: &[f32], q: &Quant) {
-    elementwise::add_assign(dst, src);
-    q.slice(dst);
-}
-
-/// The per-channel constants of [`ConditionalInstanceNorm::cpu`].
+/// The per-channel constants of [`QuantNormOp`].
 struct NormChannel {
     inv: f32,
     eps: f32,
@@ -431,16 +229,41 @@ easel_cpu::simd_fn! {
     }
 }
 
-/// TensorFlow `SAME` zero padding for a `k`×`k` conv with `stride` (extra pixel at the end).
-fn same_pad(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let total = |n: usize| ((n.div_ceil(stride.max(1)) - 1) * stride + k).saturating_sub(n);
-    let (th, tw) = (total(h), total(w));
-    if th == 0 && tw == 0 {
-        return Ok(x.clone());
+/// [`ConditionalInstanceNorm::forward`], the optional ReLU and the output quantizer in one pass
+/// per channel, in place on a contiguous CPU f32 `[N, C, H, W]` tensor, with `gamma`, `beta` its
+/// `[N·C]` parameters: the same operations in the same order per value, the spatial sums
+/// accumulated in f64.
+struct QuantNormOp {
+    norm: NormChannel,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl InplaceOp1 for QuantNormOp {
+    fn name(&self) -> &'static str {
+        "easel-quantized-instance-norm"
     }
-    x.pad_with_zeros(2, th / 2, th - th / 2)?
-        .pad_with_zeros(3, tw / 2, tw - tw / 2)
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("quantized instance norm expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("quantized instance norm expects a contiguous tensor")
+        };
+        let (n, c, h, w) = layout.shape().dims4()?;
+        if self.gamma.len() != n * c || self.beta.len() != n * c || h * w == 0 {
+            bail!(
+                "quantized instance norm: {} / {} parameters for [{n}, {c}, {h}, {w}]",
+                self.gamma.len(),
+                self.beta.len()
+            )
+        }
+        easel_cpu::par_chunks_mut(&mut data[start..end], h * w, |p, xs| {
+            norm_channel(&self.norm, xs, self.gamma[p], self.beta[p])
+        });
+        Ok(())
+    }
 }
 
 /// Mean over the spatial dims, `[N, C, H, W]` → `[N, C, 1, 1]` (ONNX `GlobalAveragePool`).
@@ -449,16 +272,12 @@ fn spatial_mean(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean_keepdim(2)?.reshape((n, c, 1, 1))
 }
 
-fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.clamp(0f32, 6f32)
-}
-
-/// Conv + activation + quantizer, the unit of the MobileNetV2 predictor.
+/// Conv (TensorFlow `SAME` padding) + optional ReLU6 + quantizer, the unit of the MobileNetV2
+/// predictor; the activation and quantizer are the conv's epilogue.
 #[derive(Debug, Clone)]
 struct ConvQ {
-    conv: Conv,
-    q: Quant,
-    relu6: bool,
+    conv: ConvLayer,
+    ep: Epilogue,
 }
 
 impl ConvQ {
@@ -471,28 +290,14 @@ impl ConvQ {
         cfg: &Config,
     ) -> Result<Self> {
         let q = Quant::new(&vb, cfg.fake_quant)?;
-        let conv = Conv::new(vb, shape, stride, groups)?;
-        Ok(Self { conv, q, relu6 })
+        Ok(Self {
+            conv: conv_layer(&vb, shape, Padding::Same, stride, groups)?,
+            ep: q.epilogue(relu6.then_some((0.0, 6.0))),
+        })
     }
-}
 
-impl ConvQ {
-    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
-        let (k, s) = (self.conv.kernel(), self.conv.stride);
-        let ep = Epilogue {
-            clamp: self.relu6.then_some((0.0, 6.0)),
-            quant: self.q.op(),
-        };
-        self.conv.cpu(x, same_pad_maps(x.h, x.w, k, s), ep, scratch)
-    }
-}
-
-impl Module for ConvQ {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = same_pad(x, self.conv.kernel(), self.conv.stride)?;
-        let y = self.conv.forward(&x)?;
-        let y = if self.relu6 { relu6(&y)? } else { y };
-        self.q.apply(&y)
+        self.conv.forward_with(x, &self.ep)
     }
 }
 
@@ -552,26 +357,6 @@ impl InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
-        let d = match &self.expand {
-            Some(e) => {
-                let expanded = e.cpu(x, scratch)?;
-                let d = self.depthwise.cpu(&expanded, scratch)?;
-                scratch.give(expanded.v);
-                d
-            }
-            None => self.depthwise.cpu(x, scratch)?,
-        };
-        let mut h = self.project.cpu(&d, scratch)?;
-        scratch.give(d.v);
-        if let Some(q) = &self.add {
-            add_quant(&mut h.v, &x.v, q);
-        }
-        Ok(h)
-    }
-}
-
-impl Module for InvertedResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = match &self.expand {
             Some(e) => e.forward(x)?,
@@ -595,7 +380,6 @@ pub struct StylePredictor {
     pool: Quant,
     code: ConvQ,
     code_dim: usize,
-    scratch: ScratchCache,
 }
 
 impl StylePredictor {
@@ -624,7 +408,6 @@ impl StylePredictor {
                 cfg,
             )?,
             code_dim: cfg.code_dim,
-            scratch: ScratchCache::default(),
         })
     }
 
@@ -641,61 +424,14 @@ impl StylePredictor {
         if h < 32 || w < 32 {
             bail!("style predictor: image {h}x{w} is too small (at least 32x32)");
         }
-        if native_cpu(image) && self.stem.conv.direct.is_some() {
-            return self.forward_cpu(image);
-        }
-        let mut x = self.stem.forward(&self.input.apply(image)?)?;
+        let mut x = self
+            .stem
+            .forward(&self.input.apply(&image.to_dtype(DType::F32)?)?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
         let x = self.pool.apply(&spatial_mean(&self.head.forward(&x)?)?)?;
         self.code.forward(&x)?.reshape((n, self.code_dim))
-    }
-
-    /// [`Self::forward`] on plain CPU buffers.
-    fn forward_cpu(&self, image: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = image.dims4()?;
-        let all = image
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        self.scratch
-            .with(|s| self.forward_cpu_with(&all, (n, c, h, w), s))
-            .and_then(|codes| Tensor::from_vec(codes, (n, self.code_dim), image.device()))
-    }
-
-    fn forward_cpu_with(
-        &self,
-        all: &[f32],
-        (n, c, h, w): (usize, usize, usize, usize),
-        s: &mut Scratch,
-    ) -> Result<Vec<f32>> {
-        let mut codes = Vec::with_capacity(n * self.code_dim);
-        for i in 0..n {
-            let mut x = FeatureMap::image(all, (c, h, w), i);
-            self.input.slice(&mut x.v);
-            let mut x = self.stem.cpu(&x, s)?;
-            for block in &self.blocks {
-                let y = block.cpu(&x, s)?;
-                s.give(std::mem::replace(&mut x, y).v);
-            }
-            let x = self.head.cpu(&x, s)?;
-            let plane = x.h * x.w;
-            let inv = (1.0 / plane as f64) as f32;
-            let pooled: Vec<f32> =
-                x.v.chunks_exact(plane)
-                    .map(|ch| self.pool.quantize(sum64(ch, |v| v) as f32 * inv))
-                    .collect();
-            let pooled = FeatureMap {
-                c: pooled.len(),
-                v: pooled,
-                h: 1,
-                w: 1,
-            };
-            s.give(x.v);
-            codes.extend(self.code.cpu(&pooled, s)?.v);
-        }
-        Ok(codes)
     }
 }
 
@@ -891,26 +627,6 @@ impl ConditionalInstanceNorm {
         ))
     }
 
-    /// [`Self::forward`] followed by the optional ReLU and `out_q`, in place on one image, with
-    /// `gamma`, `beta` its `[C]` parameters. The same operations in the same order per value;
-    /// the spatial sums are accumulated in f64.
-    fn cpu(&self, y: &mut FeatureMap, gamma: &[f32], beta: &[f32], relu: bool, out_q: &Quant) {
-        let plane = y.h * y.w;
-        let inv = (1.0 / plane as f64) as f32;
-        let eps = self.eps as f32;
-        let q = &self.q;
-        let norm = NormChannel {
-            inv,
-            eps,
-            q: q.clone(),
-            out_q: *out_q,
-            relu_lo: if relu { 0.0 } else { f32::NEG_INFINITY },
-        };
-        easel_cpu::par_chunks_mut(&mut y.v, plane, |c, xs| {
-            norm_channel(&norm, xs, gamma[c], beta[c])
-        });
-    }
-
     /// Normalises `x` `[N, C, H, W]` with `(gamma, beta)` from [`Self::params`], in the upstream
     /// graph's order of operations (TF `batch_normalization` with the moments of `x`).
     fn forward(&self, x: &Tensor, (gamma, beta): &(Tensor, Tensor)) -> Result<Tensor> {
@@ -928,10 +644,11 @@ impl ConditionalInstanceNorm {
     }
 }
 
-/// Reflection pad → conv → quantize → conditional instance norm → (ReLU) → quantize.
+/// (Nearest upsampling and) reflection pad → conv → quantize → conditional instance norm →
+/// (ReLU) → quantize.
 #[derive(Debug, Clone)]
 struct StyledConv {
-    conv: Conv,
+    conv: ConvLayer,
     conv_q: Quant,
     norm: ConditionalInstanceNorm,
     out_q: Quant,
@@ -942,72 +659,64 @@ impl StyledConv {
     fn new(
         vb: VarBuilder,
         (c_in, c_out, k): (usize, usize, usize),
+        upsample: usize,
         relu: bool,
         cfg: &Config,
     ) -> Result<Self> {
+        let padding = Padding::Reflect {
+            pad: k / 2,
+            upsample,
+        };
         Ok(Self {
             conv_q: Quant::new(&vb, cfg.fake_quant)?,
             out_q: Quant::new(&vb.pp("out"), cfg.fake_quant)?,
             norm: ConditionalInstanceNorm::new(vb.pp("norm"), c_out, cfg)?,
-            conv: Conv::new(vb, (c_in, c_out, k), 1, 1)?,
+            conv: conv_layer(&vb, (c_in, c_out, k), padding, 1, 1)?,
             relu,
         })
     }
 
-    fn forward(&self, x: &Tensor, params: &(Tensor, Tensor)) -> Result<Tensor> {
-        let p = self.conv.kernel() / 2;
-        let y = self
-            .conv_q
-            .apply(&self.conv.forward(&reflect_pad(x, p, p, p, p)?)?)?;
-        let y = self.norm.forward(&y, params)?;
+    /// For CPU f32 tensors autograd does not track, the conv with its quantizer fused, then the
+    /// norm, ReLU and output quantizer in one pass ([`QuantNormOp`]); tensor ops elsewhere.
+    fn forward(&self, x: &Tensor, (gamma, beta): &(Tensor, Tensor)) -> Result<Tensor> {
+        let y = self.conv.forward_with(x, &self.conv_q.epilogue(None))?;
+        let tracked = y.track_op() || gamma.track_op() || beta.track_op();
+        if y.device().is_cpu() && y.dtype() == DType::F32 && !tracked {
+            let plane = y.dim(2)? * y.dim(3)?;
+            let op = QuantNormOp {
+                norm: NormChannel {
+                    inv: (1.0 / plane as f64) as f32,
+                    eps: self.norm.eps as f32,
+                    q: self.norm.q.clone(),
+                    out_q: self.out_q,
+                    relu_lo: if self.relu { 0.0 } else { f32::NEG_INFINITY },
+                },
+                gamma: gamma.flatten_all()?.to_vec1()?,
+                beta: beta.flatten_all()?.to_vec1()?,
+            };
+            // `y` is the conv's fresh output, shared with nothing: normalising it in place
+            // changes no other tensor.
+            let y = y.contiguous()?;
+            y.inplace_op1(&op)?;
+            return Ok(y);
+        }
+        let y = self.norm.forward(&y, &(gamma.clone(), beta.clone()))?;
         let y = if self.relu { y.relu()? } else { y };
         self.out_q.apply(&y)
     }
 }
 
-/// Reflection pad → conv → ReLU → quantize (the contracting convs, not normalised).
+/// Reflection pad → conv → ReLU → quantize (the contracting convs, not normalised); ReLU and
+/// quantizer are the conv's epilogue.
 #[derive(Debug, Clone)]
 struct PlainConv {
-    conv: Conv,
-    q: Quant,
-}
-
-impl StyledConv {
-    /// Nearest upsampling by `up`, then [`Self::forward`], on one CPU image.
-    fn cpu(
-        &self,
-        x: &FeatureMap,
-        up: usize,
-        (gamma, beta): (&[f32], &[f32]),
-        scratch: &mut Scratch,
-    ) -> Result<FeatureMap> {
-        let maps = reflect_maps(x, up, self.conv.kernel() / 2)?;
-        let ep = Epilogue {
-            clamp: None,
-            quant: self.conv_q.op(),
-        };
-        let mut y = self.conv.cpu(x, maps, ep, scratch)?;
-        self.norm.cpu(&mut y, gamma, beta, self.relu, &self.out_q);
-        Ok(y)
-    }
+    conv: ConvLayer,
+    ep: Epilogue,
 }
 
 impl PlainConv {
-    fn cpu(&self, x: &FeatureMap, scratch: &mut Scratch) -> Result<FeatureMap> {
-        let maps = reflect_maps(x, 1, self.conv.kernel() / 2)?;
-        let ep = Epilogue {
-            clamp: Some((0.0, f32::INFINITY)),
-            quant: self.q.op(),
-        };
-        self.conv.cpu(x, maps, ep, scratch)
-    }
-}
-
-impl Module for PlainConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let p = self.conv.kernel() / 2;
-        self.q
-            .apply(&self.conv.forward(&reflect_pad(x, p, p, p, p)?)?.relu()?)
+        self.conv.forward_with(x, &self.ep)
     }
 }
 
@@ -1028,7 +737,6 @@ pub struct StyleTransformer {
     expand: Vec<StyledConv>,
     output: Quant,
     code_dim: usize,
-    scratch: ScratchCache,
 }
 
 /// Smallest photo side the transformer accepts (reflection padding needs ≥ 2 pixels at ¼ scale).
@@ -1044,9 +752,10 @@ impl StyleTransformer {
             .enumerate()
             .map(|(i, &(c_in, c_out, k, stride))| {
                 let v = c.pp(i);
+                let padding = Padding::reflect(k / 2);
                 Ok(PlainConv {
-                    q: Quant::new(&v, on)?,
-                    conv: Conv::new(v, (c_in, c_out, k), stride, 1)?,
+                    ep: Quant::new(&v, on)?.epilogue(Some((0.0, f32::INFINITY))),
+                    conv: conv_layer(&v, (c_in, c_out, k), padding, stride, 1)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1055,17 +764,17 @@ impl StyleTransformer {
             .map(|i| {
                 let v = r.pp(i);
                 Ok(ResidualBlock {
-                    conv1: StyledConv::new(v.pp("conv1"), (32, 32, 3), true, cfg)?,
-                    conv2: StyledConv::new(v.pp("conv2"), (32, 32, 3), false, cfg)?,
+                    conv1: StyledConv::new(v.pp("conv1"), (32, 32, 3), 1, true, cfg)?,
+                    conv2: StyledConv::new(v.pp("conv2"), (32, 32, 3), 1, false, cfg)?,
                     add: Quant::new(&v.pp("add"), on)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let e = vb.pp("expand");
         let expand = vec![
-            StyledConv::new(e.pp(0), (32, 16, 3), true, cfg)?,
-            StyledConv::new(e.pp(1), (16, 8, 3), true, cfg)?,
-            StyledConv::new(e.pp(2), (8, 3, 9), false, cfg)?,
+            StyledConv::new(e.pp(0), (32, 16, 3), 2, true, cfg)?,
+            StyledConv::new(e.pp(1), (16, 8, 3), 2, true, cfg)?,
+            StyledConv::new(e.pp(2), (8, 3, 9), 1, false, cfg)?,
         ];
         Ok(Self {
             input: Quant::new(&vb.pp("input"), on)?,
@@ -1075,7 +784,6 @@ impl StyleTransformer {
             expand,
             output: Quant::new(&vb.pp("output"), on)?,
             code_dim: cfg.code_dim,
-            scratch: ScratchCache::default(),
         })
     }
 
@@ -1109,9 +817,6 @@ impl StyleTransformer {
             b => bail!("style transformer: {b} style codes for {n} images"),
         };
         let code = self.code_q.apply(&code.to_dtype(DType::F32)?)?;
-        if native_cpu(content) && self.contract[0].conv.direct.is_some() {
-            return self.forward_cpu(content, &code);
-        }
         let (ph, pw) = ((4 - h % 4) % 4, (4 - w % 4) % 4);
         let x = reflect_pad(&content.to_dtype(DType::F32)?, 0, ph, 0, pw)?;
         let mut x = self.input.apply(&x)?;
@@ -1123,111 +828,11 @@ impl StyleTransformer {
             let h2 = block.conv2.forward(&h1, &block.conv2.norm.params(&code)?)?;
             x = block.add.apply(&(x + h2)?)?;
         }
-        for (i, conv) in self.expand.iter().enumerate() {
-            if i < 2 {
-                let (_, _, xh, xw) = x.dims4()?;
-                x = x.upsample_nearest2d(2 * xh, 2 * xw)?;
-            }
+        for conv in &self.expand {
             x = conv.forward(&x, &conv.norm.params(&code)?)?;
         }
         let y = self.output.apply(&candle_nn::ops::sigmoid(&x)?)?;
         y.narrow(2, 0, h)?.narrow(3, 0, w)
-    }
-}
-
-impl StyleTransformer {
-    /// [`Self::forward`] on plain CPU buffers (`code`: `[N, code_dim]`, quantized).
-    fn forward_cpu(&self, content: &Tensor, code: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = content.dims4()?;
-        let all = content
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        // Per styled conv: gamma and beta, [N, C] each.
-        let styled: Vec<&StyledConv> = self
-            .residual
-            .iter()
-            .flat_map(|b| [&b.conv1, &b.conv2])
-            .chain(&self.expand)
-            .collect();
-        let params = styled
-            .iter()
-            .map(|s| {
-                let (g, b) = s.norm.params(code)?;
-                Ok((
-                    g.flatten_all()?.to_vec1::<f32>()?,
-                    b.flatten_all()?.to_vec1::<f32>()?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let out = self.scratch.with(|s| -> Result<Vec<f32>> {
-            self.forward_cpu_with(&all, (n, c, h, w), &styled, &params, s)
-        })?;
-        Tensor::from_vec(out, (n, 3, h, w), content.device())
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn forward_cpu_with(
-        &self,
-        all: &[f32],
-        (n, c, h, w): (usize, usize, usize, usize),
-        styled: &[&StyledConv],
-        params: &[(Vec<f32>, Vec<f32>)],
-        s: &mut Scratch,
-    ) -> Result<Vec<f32>> {
-        let (ph, pw) = ((4 - h % 4) % 4, (4 - w % 4) % 4);
-        let mut out = Vec::with_capacity(n * 3 * h * w);
-        for i in 0..n {
-            let p = |layer: usize| {
-                let ch = styled[layer].norm.channels;
-                let (g, b) = &params[layer];
-                (&g[i * ch..(i + 1) * ch], &b[i * ch..(i + 1) * ch])
-            };
-            let mut x = FeatureMap::image(all, (c, h, w), i);
-            if ph + pw > 0 {
-                let rows = pad::reflect_map(h, 1, 0, ph)?;
-                let cols = pad::reflect_map(w, 1, 0, pw)?;
-                x = FeatureMap {
-                    v: pad::pad(&x.v, (c, h, w), &rows, &cols, s)?,
-                    c,
-                    h: h + ph,
-                    w: w + pw,
-                };
-            }
-            self.input.slice(&mut x.v);
-            for conv in &self.contract {
-                let y = conv.cpu(&x, s)?;
-                s.give(std::mem::replace(&mut x, y).v);
-            }
-            for (bi, block) in self.residual.iter().enumerate() {
-                let h1 = block.conv1.cpu(&x, 1, p(2 * bi), s)?;
-                let h2 = block.conv2.cpu(&h1, 1, p(2 * bi + 1), s)?;
-                add_quant(&mut x.v, &h2.v, &block.add);
-                s.give(h1.v);
-                s.give(h2.v);
-            }
-            for (ei, conv) in self.expand.iter().enumerate() {
-                let up = if ei < 2 { 2 } else { 1 };
-                let y = conv.cpu(&x, up, p(2 * self.residual.len() + ei), s)?;
-                s.give(std::mem::replace(&mut x, y).v);
-            }
-            if x.c != 3 || x.h < h || x.w < w {
-                bail!("internal error: transformer output {}x{}x{}", x.c, x.h, x.w);
-            }
-            easel_cpu::par_chunks_mut(&mut x.v, x.w, |_, row| {
-                for v in row.iter_mut() {
-                    *v = 1.0 / (1.0 + (-*v).exp());
-                }
-            });
-            self.output.slice(&mut x.v);
-            for plane in x.v.chunks_exact(x.h * x.w) {
-                for row in plane.chunks_exact(x.w).take(h) {
-                    out.extend_from_slice(&row[..w]);
-                }
-            }
-            s.give(x.v);
-        }
-        Ok(out)
     }
 }
 
@@ -1376,10 +981,12 @@ mod tests {
         )?;
         let want = [0.0f32, 1.0, 1.0, 0.0, 65.0, -62.5, 0.5];
         assert_eq!(q.apply(&x)?.to_vec1::<f32>()?, want);
-        // The tensor-op path (other devices) gives the same values, ties included.
-        let op = q.op().expect("enabled"); // `quant` builds an enabled quantizer
-        assert_eq!(fake_quant_tensor_ops(&x, op)?.to_vec1::<f32>()?, want);
-        // And so does the scalar form the native CPU path uses.
+        // The tensor-op path (other devices, gradients) gives the same values, ties included.
+        let tracked = candle_core::Var::from_tensor(&x)?;
+        let via_ops = q.apply(tracked.as_tensor())?;
+        assert!(via_ops.track_op());
+        assert_eq!(via_ops.to_vec1::<f32>()?, want);
+        // And so does the scalar form the instance norm kernel uses.
         let scalar: Vec<f32> = x
             .to_vec1::<f32>()?
             .into_iter()
@@ -1395,10 +1002,10 @@ mod tests {
         Ok(())
     }
 
-    /// The native CPU path against the tensor-op path (what CUDA runs, here on the CPU with the
-    /// same direct conv), on a photo whose sides are not multiples of 4.
+    /// easel-cpu's kernels against candle's ops (what CUDA runs; here reached with inputs
+    /// autograd tracks), on a photo whose sides are not multiples of 4.
     #[test]
-    fn native_cpu_path_matches_tensor_ops() -> Result<()> {
+    fn cpu_kernels_match_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
         // Deterministic smooth pictures (no RNG: the bounds below must not depend on a draw).
         let picture = |n: usize, h: usize, w: usize, phase: f32| -> Result<Tensor> {
@@ -1420,15 +1027,17 @@ mod tests {
             };
             let vb = VarBuilder::from_slice_safetensors(EMBEDDED_WEIGHTS, DType::F32, &dev)?;
             let net = ArbitraryNet::new(vb, &cfg)?;
-            let run = |native: bool| -> Result<(Tensor, Tensor)> {
-                NATIVE_CPU.with(|n| n.set(native));
-                let code = net.predictor.forward(&painting)?;
-                let image = net.transformer.forward(&photo, &code)?;
-                NATIVE_CPU.with(|n| n.set(true));
+            let run = |painting: &Tensor, photo: &Tensor| -> Result<(Tensor, Tensor)> {
+                let code = net.predictor.forward(painting)?;
+                let image = net.transformer.forward(photo, &code.detach())?;
                 Ok((code, image))
             };
-            let (code, image) = run(true)?;
-            let (code_t, image_t) = run(false)?;
+            let (code, image) = run(&painting, &photo)?;
+            let tracked = |t: &Tensor| -> Result<Tensor> {
+                Ok(candle_core::Var::from_tensor(t)?.as_tensor().clone())
+            };
+            let (code_t, image_t) = run(&tracked(&painting)?, &tracked(&photo)?)?;
+            assert!(!image.track_op() && code_t.track_op() && image_t.track_op());
             assert_eq!(image.dims(), &[2, 3, 37, 58]);
             let mean = |a: &Tensor, b: &Tensor| -> Result<f32> {
                 (a - b)?.abs()?.mean_all()?.to_scalar::<f32>()
@@ -1438,7 +1047,7 @@ mod tests {
             let code_off = code_diff.iter().filter(|&&d| d > 1e-5).count();
             let image_err = mean(&image, &image_t)?;
             println!("fake_quant={fake_quant}: code max err {code_max:e} ({code_off} entries), image mean err {image_err:e}");
-            // The pool's mean is summed in f64 natively, in f32 by candle: at most a rare int8
+            // The two paths sum the convolutions in different orders: at most a rare int8
             // rounding flip of a code entry (one quantum, 0.0199) with fake quantization.
             assert!(
                 code_off <= 2,
@@ -1448,30 +1057,14 @@ mod tests {
                 code_max < 0.021,
                 "fake_quant={fake_quant}: code error {code_max}"
             );
+            // The same summation-order flips inside the transformer, amplified by the int8
+            // instance-norm statistics (see the module doc): measured 1.3e-4 (0.03/255) with
+            // fake quantization; the gap to onnxruntime is 4.8/255 (tests/arbitrary_parity.rs).
             assert!(
-                image_err < 1e-6,
+                image_err < 1e-3,
                 "fake_quant={fake_quant}: image error {image_err}"
             );
         }
-        Ok(())
-    }
-
-    #[test]
-    fn same_padding_matches_tensorflow() -> Result<()> {
-        let x = Tensor::ones((1, 1, 256, 255), DType::F32, &Device::Cpu)?;
-        // stride 2, k 3: 256 → pad (0, 1); 255 → pad (1, 1). stride 1, k 3: (1, 1). k 1: none.
-        let y = same_pad(&x, 3, 2)?;
-        assert_eq!(y.dims(), &[1, 1, 257, 257]);
-        let at = |r: usize, c: usize| -> Result<f32> {
-            y.get(0)?.get(0)?.get(r)?.get(c)?.to_scalar::<f32>()
-        };
-        assert_eq!(at(0, 1)?, 1.0); // no row added on top
-        assert_eq!(at(0, 0)?, 0.0); // one column on the left
-        assert_eq!(at(256, 1)?, 0.0); // one row at the bottom
-        assert_eq!(at(255, 255)?, 1.0);
-        assert_eq!(at(255, 256)?, 0.0); // one column on the right
-        assert_eq!(same_pad(&x, 3, 1)?.dims(), &[1, 1, 258, 257]);
-        assert_eq!(same_pad(&x, 1, 1)?.dims(), &[1, 1, 256, 255]);
         Ok(())
     }
 

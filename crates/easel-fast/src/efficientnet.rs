@@ -212,12 +212,6 @@ struct ConvBn {
     cpu: Option<(Conv2d, Conv2d)>,
 }
 
-/// TensorFlow "same" padding of one axis: (before, after).
-fn same_pad(n: usize, k: usize, stride: usize) -> (usize, usize) {
-    let total = ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
-    (total / 2, total - total / 2)
-}
-
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -272,8 +266,8 @@ impl ConvBn {
     /// candle ops: same padding, conv, bias, ReLU6.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let (pt, pb) = same_pad(h, self.k, self.stride);
-        let (pl, pr) = same_pad(w, self.k, self.stride);
+        let (pt, pb) = pad::same_padding(h, self.k, self.stride);
+        let (pl, pr) = pad::same_padding(w, self.k, self.stride);
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
         let groups = if self.depthwise { self.c_in } else { 1 };
         let y = x
@@ -296,8 +290,8 @@ impl ConvBn {
     /// CPU forward of `[n, c_in, h, w]` → `[n, c_out, ho, wo]`.
     fn cpu_forward(&self, x: &Act, scratch: &mut Scratch) -> Result<Act> {
         let (fwd, _) = self.cpu()?;
-        let (pt, pb) = same_pad(x.h, self.k, self.stride);
-        let (pl, pr) = same_pad(x.w, self.k, self.stride);
+        let (pt, pb) = pad::same_padding(x.h, self.k, self.stride);
+        let (pl, pr) = pad::same_padding(x.w, self.k, self.stride);
         let (hp, wp) = (x.h + pt + pb, x.w + pl + pr);
         let ep = Epilogue {
             clamp: self.relu6.then_some((0.0, 6.0)),
@@ -351,8 +345,8 @@ impl ConvBn {
             let tail = g.len() / RELU6_CHUNK * RELU6_CHUNK;
             elementwise::clamp_backward(&mut g[tail..], &y.v[tail..], 0.0, 6.0);
         }
-        let (pt, pb) = same_pad(h, self.k, self.stride);
-        let (pl, pr) = same_pad(w, self.k, self.stride);
+        let (pt, pb) = pad::same_padding(h, self.k, self.stride);
+        let (pl, pr) = pad::same_padding(w, self.k, self.stride);
         let (ho, wo) = (
             (h + pt + pb - self.k) / self.stride + 1,
             (w + pl + pr - self.k) / self.stride + 1,
