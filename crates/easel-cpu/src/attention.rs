@@ -22,7 +22,6 @@
 //! error ~1e-7).
 
 use crate::pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
-use crate::scratch::zeroed;
 use crate::simd::{Isa, Portable, Simd};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape};
 
@@ -106,7 +105,7 @@ impl CustomOp3 for FusedAttention {
             )
         }
         let dims = Dims::new(batch, queries, dk[1], d, self.heads, self.scale);
-        let mut out = zeroed(batch * queries * d);
+        let mut out = vec![0f32; batch * queries * d];
         catch_panic("fused attention", || {
             attention(
                 Isa::detect(),
@@ -156,8 +155,8 @@ fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: &
     if batch == 0 || dims.queries == 0 || head_dim == 0 {
         return;
     }
-    let mut kt = zeroed(batch * heads * keys_pad * head_dim);
-    let mut vp = zeroed(batch * heads * keys_pad * head_dim_pad);
+    let mut kt = vec![0f32; batch * heads * keys_pad * head_dim];
+    let mut vp = vec![0f32; batch * heads * keys_pad * head_dim_pad];
     // Keys transposed per (batch, head): kt[bh][c][j] = k[b, j, h·head_dim + c].
     par_chunks_mut(&mut kt, keys_pad * head_dim, |bh, dst| {
         let (b, h) = (bh / heads, bh % heads);
@@ -457,7 +456,7 @@ mod tests {
     /// softmax(q kᵀ · scale) v per head, materialised, in f64.
     fn naive(q: &[f32], k: &[f32], v: &[f32], dims: &Dims) -> Vec<f32> {
         let (l, s, d, hd) = (dims.queries, dims.keys, dims.d, dims.head_dim);
-        let mut out = zeroed(dims.batch * l * d);
+        let mut out = vec![0f32; dims.batch * l * d];
         for b in 0..dims.batch {
             for h in 0..dims.heads {
                 for i in 0..l {

@@ -23,7 +23,7 @@
 //! one gather). [`Conv2dOp`] wraps a [`Conv2d`] as a candle custom op for CPU f32 tensors.
 
 use crate::pool::{catch_panic, par_for, SharedMut};
-use crate::scratch::{zeroed, Scratch};
+use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::x86;
 use crate::simd::{Isa, Portable, Simd, ROUND_MAGIC};
@@ -139,8 +139,7 @@ impl CustomOp1 for EpilogueOp {
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("clamp / quantize expects a contiguous tensor")
         };
-        let mut out = zeroed(end - start);
-        out.copy_from_slice(&data[start..end]);
+        let mut out = data[start..end].to_vec();
         self.0.apply_slice(&mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -382,7 +381,7 @@ impl Conv2d {
         ep: &Epilogue,
     ) -> Result<Vec<f32>> {
         let (ho, wo) = self.out_size(h, w)?;
-        let mut out = zeroed(n * self.c_out * ho * wo);
+        let mut out = vec![0f32; n * self.c_out * ho * wo];
         self.forward_into(x, (n, c, h, w), ep, &mut out, &mut Scratch::default())?;
         Ok(out)
     }

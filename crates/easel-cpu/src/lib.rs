@@ -42,5 +42,5 @@ pub use norm::{GroupNormOp, NormActivation};
 pub use pad::{reflect_pad, PadOp};
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
 pub use pool2d::{max_pool2_ceil, MaxPool2Ceil};
-pub use scratch::{zeroed, Scratch, ScratchCache};
+pub use scratch::{Scratch, ScratchCache};
 pub use simd::{Isa, ROUND_MAGIC};

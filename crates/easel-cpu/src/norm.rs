@@ -12,9 +12,8 @@
 //! same operations in the same order: the results are bit-identical across them.
 
 use crate::pool::{catch_panic, par_for, SharedMut};
-use crate::scratch::zeroed;
 use crate::simd::{Isa, Simd};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp1, InplaceOp1, Layout, Result, Shape};
 
 /// Logical lanes of the statistics' partial sums (one AVX-512 vector, two AVX2 ones), so that
 /// every instruction set adds in the same order.
@@ -115,26 +114,37 @@ unsafe fn affine<S: Simd>(v: S::V, scale: S::V, shift: S::V, act: NormActivation
     }
 }
 
-/// One group (`per` channel rows of `hw` floats in `x`) normalised into `out`.
+/// One group (`per` channel rows of `hw` floats at `src`, `len` floats in all) normalised into
+/// `dst`, which may be `src` itself (each value is read before it is written).
 ///
 /// # Safety
-/// The CPU supports `S`'s instruction set; `x` and `out` hold `per · hw` floats.
+/// The CPU supports `S`'s instruction set; `src` and `dst` are valid for `len` floats, and no
+/// other thread touches them during the call.
 #[inline(always)]
-unsafe fn group<S: Simd>(op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f32], hw: usize) {
-    let len = x.len().min(out.len());
-    // SAFETY: the CPU supports `S`; full loads and stores touch `i..i + L` with
-    // `i + L ≤ hw` inside row k (which lies inside `len`), the tail's masked ones the rest of
-    // the row.
+unsafe fn group<S: Simd>(
+    op: &GroupNormOp,
+    first: usize,
+    (src, dst): (*const f32, *mut f32),
+    len: usize,
+    hw: usize,
+) {
+    // SAFETY: the CPU supports `S`; the statistics read `len` floats at `src` (valid, this
+    // function's contract) through a slice that ends before the first write; full loads and
+    // stores touch `i..i + L` with `i + L ≤ hw` inside row k (which lies inside `len`), the
+    // tail's masked ones the rest of the row.
     unsafe {
-        let mean = block_sum::<S>(&x[..len], None) / len as f64;
-        let var = block_sum::<S>(&x[..len], Some(mean as f32)) / len as f64;
+        let (mean, var) = {
+            let x = std::slice::from_raw_parts(src, len);
+            let mean = block_sum::<S>(x, None) / len as f64;
+            (mean, block_sum::<S>(x, Some(mean as f32)) / len as f64)
+        };
         let rstd = 1.0 / (var + op.eps).sqrt();
         for k in 0..len / hw {
             let ch = first + k;
             let scale = rstd * op.weight[ch] as f64;
             let shift = op.bias[ch] as f64 - mean * scale;
             let (sc, sh) = (S::splat(scale as f32), S::splat(shift as f32));
-            let (src, dst) = (x.as_ptr().add(k * hw), out.as_mut_ptr().add(k * hw));
+            let (src, dst) = (src.add(k * hw), dst.add(k * hw));
             let mut i = 0;
             while i + S::L <= hw {
                 S::store(
@@ -151,30 +161,48 @@ unsafe fn group<S: Simd>(op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f
     }
 }
 
+/// The raw parts of a group: where it is read, where it is written.
+type GroupPtrs = (*const f32, *mut f32);
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn group_avx512(op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f32], hw: usize) {
-    // SAFETY: this function is only reached with AVX-512F enabled.
-    unsafe { group::<crate::simd::x86::Avx512>(op, first, x, out, hw) }
+/// # Safety
+/// As [`group`].
+unsafe fn group_avx512(op: &GroupNormOp, first: usize, ptrs: GroupPtrs, len: usize, hw: usize) {
+    // SAFETY: this function is only reached with AVX-512F enabled; the pointers as the
+    // caller guarantees.
+    unsafe { group::<crate::simd::x86::Avx512>(op, first, ptrs, len, hw) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn group_avx2(op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f32], hw: usize) {
-    // SAFETY: this function is only reached with AVX2 and FMA enabled.
-    unsafe { group::<crate::simd::x86::Avx2>(op, first, x, out, hw) }
+/// # Safety
+/// As [`group`].
+unsafe fn group_avx2(op: &GroupNormOp, first: usize, ptrs: GroupPtrs, len: usize, hw: usize) {
+    // SAFETY: this function is only reached with AVX2 and FMA enabled; the pointers as the
+    // caller guarantees.
+    unsafe { group::<crate::simd::x86::Avx2>(op, first, ptrs, len, hw) }
 }
 
-fn group_on(isa: Isa, op: &GroupNormOp, first: usize, x: &[f32], out: &mut [f32], hw: usize) {
+/// # Safety
+/// `isa` is supported; the pointers as [`group`] needs them.
+unsafe fn group_on(
+    isa: Isa,
+    op: &GroupNormOp,
+    first: usize,
+    ptrs: GroupPtrs,
+    len: usize,
+    hw: usize,
+) {
     match isa {
-        // SAFETY: `forward_into_on` checked that the CPU supports `isa`.
+        // SAFETY: the caller checked that the CPU supports `isa`, and the pointers.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { group_avx512(op, first, x, out, hw) },
+        Isa::Avx512 => unsafe { group_avx512(op, first, ptrs, len, hw) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { group_avx2(op, first, x, out, hw) },
-        // SAFETY: the portable implementation runs anywhere.
-        Isa::Portable => unsafe { group::<crate::simd::Portable>(op, first, x, out, hw) },
+        Isa::Avx2 => unsafe { group_avx2(op, first, ptrs, len, hw) },
+        // SAFETY: the portable implementation runs anywhere; the pointers as above.
+        Isa::Portable => unsafe { group::<crate::simd::Portable>(op, first, ptrs, len, hw) },
     }
 }
 
@@ -211,8 +239,35 @@ impl GroupNormOp {
         &self,
         isa: Isa,
         x: &[f32],
-        (n, c, hw): (usize, usize, usize),
+        dims: (usize, usize, usize),
         out: &mut [f32],
+    ) -> Result<()> {
+        if x.len() != out.len() {
+            bail!("group norm: {} floats in, {} out", x.len(), out.len())
+        }
+        self.run(isa, (x.as_ptr(), out.as_mut_ptr()), x.len(), dims)
+    }
+
+    /// The normalisation of `data` (`[n, c, hw]`, contiguous) in place, on `isa`: the same bits
+    /// as [`Self::forward_into_on`].
+    pub fn forward_in_place_on(
+        &self,
+        isa: Isa,
+        data: &mut [f32],
+        dims: (usize, usize, usize),
+    ) -> Result<()> {
+        let ptr = data.as_mut_ptr();
+        self.run(isa, (ptr, ptr), data.len(), dims)
+    }
+
+    /// Checks the shapes, then normalises group by group over the pool, reading at `src` and
+    /// writing at `dst` (both valid for `len` floats and held by the caller for the call).
+    fn run(
+        &self,
+        isa: Isa,
+        (src, dst): GroupPtrs,
+        len: usize,
+        (n, c, hw): (usize, usize, usize),
     ) -> Result<()> {
         if !isa.is_supported() {
             bail!("group norm: this CPU cannot run {isa:?} code")
@@ -225,29 +280,27 @@ impl GroupNormOp {
                 self.bias.len()
             )
         }
-        let len = n
-            .checked_mul(c)
-            .and_then(|v| v.checked_mul(hw))
-            .filter(|&v| v == x.len() && v == out.len());
-        if len.is_none() || hw == 0 {
-            bail!(
-                "group norm: {} floats in, {} out, for [{n}, {c}, {hw}]",
-                x.len(),
-                out.len()
-            )
+        let expected = n.checked_mul(c).and_then(|v| v.checked_mul(hw));
+        if expected != Some(len) || hw == 0 {
+            bail!("group norm: {len} floats for [{n}, {c}, {hw}]")
         }
         let per = c / g;
         let group_len = per * hw;
-        let dst = SharedMut::new(out);
+        let (src, dst) = (
+            SharedMut::from_ptr(src.cast_mut()),
+            SharedMut::from_ptr(dst),
+        );
         par_for(n * g, |range| {
             for unit in range {
-                let xs = &x[unit * group_len..(unit + 1) * group_len];
-                // SAFETY: unit (image, group) writes its own `group_len` floats: disjoint from
-                // every other unit's, inside `out` (length checked above).
-                let out_group = unsafe {
-                    std::slice::from_raw_parts_mut(dst.get().add(unit * group_len), group_len)
-                };
-                group_on(isa, self, (unit % g) * per, xs, out_group, hw);
+                // SAFETY: `isa` is supported (checked above); unit (image, group) reads and
+                // writes its own `group_len` floats at `unit · group_len`, inside the `len`
+                // floats the caller holds (checked: len = n · g · group_len) and disjoint from
+                // every other unit's.
+                unsafe {
+                    let at = unit * group_len;
+                    let ptrs = (src.get().add(at).cast_const(), dst.get().add(at));
+                    group_on(isa, self, (unit % g) * per, ptrs, group_len, hw);
+                }
             }
         });
         Ok(())
@@ -271,11 +324,37 @@ impl CustomOp1 for GroupNormOp {
             bail!("group norm expects [N, C, ...], got {dims:?}")
         }
         let hw = dims[2..].iter().product();
-        let mut out = zeroed(end - start);
+        let mut out = vec![0f32; end - start];
         catch_panic("group norm", || {
             self.forward_into(&data[start..end], (dims[0], dims[1], hw), &mut out)
         })?;
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// In place: for a tensor the caller owns alone (a layer's fresh output), saving an output
+/// buffer.
+impl InplaceOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "easel-group-norm-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("group norm expects an f32 tensor")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("group norm expects a contiguous tensor")
+        };
+        let dims = layout.shape().dims();
+        if dims.len() < 3 {
+            bail!("group norm expects [N, C, ...], got {dims:?}")
+        }
+        let hw = dims[2..].iter().product();
+        let data = &mut data[start..end];
+        catch_panic("group norm", || {
+            self.forward_in_place_on(Isa::detect(), data, (dims[0], dims[1], hw))
+        })
     }
 }
 
@@ -359,7 +438,13 @@ mod tests {
                     let mut out = vec![0f32; len];
                     op.forward_into_on(isa, &xv, (n, c, h * w), &mut out)?;
                     assert_eq!(out, base, "{isa:?}");
+                    let mut in_place = xv.clone();
+                    op.forward_in_place_on(isa, &mut in_place, (n, c, h * w))?;
+                    assert_eq!(in_place, base, "{isa:?} in place");
                 }
+                let y = x.copy()?;
+                y.inplace_op1(&op)?;
+                assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, base, "in-place op");
             }
         }
         let op = GroupNormOp {

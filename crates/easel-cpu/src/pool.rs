@@ -34,6 +34,12 @@ impl SharedMut {
         Self(buf.as_mut_ptr())
     }
 
+    /// Wraps a pointer the caller holds a buffer behind (read through `cast_const` when the
+    /// buffer is only read).
+    pub fn from_ptr(ptr: *mut f32) -> Self {
+        Self(ptr)
+    }
+
     /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
     #[inline(always)]
     pub fn get(self) -> *mut f32 {

@@ -2,7 +2,6 @@
 //! column forming its own window.
 
 use crate::pool::{catch_panic, par_chunks_mut};
-use crate::scratch::zeroed;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// The pool of `x` (`[planes, h, w]`) into `[planes, ⌈h/2⌉, ⌈w/2⌉]`.
@@ -11,7 +10,7 @@ pub fn max_pool2_ceil_planes(x: &[f32], (planes, h, w): (usize, usize, usize)) -
         bail!("max pool: {} floats for [{planes}, {h}, {w}]", x.len())
     }
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
-    let mut out = zeroed(planes * ho * wo);
+    let mut out = vec![0f32; planes * ho * wo];
     par_chunks_mut(&mut out, ho * wo, |p, dst| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         for (y, drow) in dst.chunks_exact_mut(wo).enumerate() {

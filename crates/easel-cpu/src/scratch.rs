@@ -1,44 +1,4 @@
-//! Activation buffers: [`zeroed`] for a fresh one (backed by transparent huge pages where the
-//! kernel allows it), [`Scratch`] for buffers a network pass takes and gives back.
-
-/// A zeroed buffer of `len` floats. A large one comes fresh from the kernel (`mmap` behind
-/// `calloc`, not yet touched); it is advised to be backed by 2 MiB transparent huge pages
-/// before its first write, so that filling it takes one page fault per 2 MiB instead of one per
-/// 4 KiB. The faults of a fresh 128 MiB activation took longer than the convolution writing it
-/// (cin26 at 1024²: 944 → 600–637 ms with huge pages; see docs/performance.md).
-pub fn zeroed(len: usize) -> Vec<f32> {
-    let v = vec![0f32; len];
-    advise_huge_pages(&v);
-    v
-}
-
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(v: &[f32]) {
-    /// Bytes of one transparent huge page (x86-64, aarch64 with 4 KiB base pages).
-    const HUGE_PAGE: usize = 2 << 20;
-    let start = v.as_ptr() as usize;
-    let end = start + std::mem::size_of_val(v);
-    let (first, last) = (
-        start.next_multiple_of(HUGE_PAGE),
-        end / HUGE_PAGE * HUGE_PAGE,
-    );
-    if last > first {
-        // SAFETY: [first, last) lies inside `v`'s allocation, which stays alive for the call;
-        // MADV_HUGEPAGE changes how the kernel backs those pages, never their contents. The
-        // advice may be refused (THP off, old kernel): the pages stay 4 KiB, nothing else
-        // changes, so the result is ignored.
-        unsafe {
-            libc::madvise(
-                first as *mut libc::c_void,
-                last - first,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: &[f32]) {}
+//! Recycled f32 buffers: a network pass takes and gives back its activations here.
 
 /// Buffers a default [`Scratch`] keeps.
 const DEFAULT_KEPT: usize = 16;
@@ -98,7 +58,7 @@ impl Scratch {
         let best = ready.or_else(roomy).or_else(largest);
         let mut v = match best {
             Some(i) => self.free.swap_remove(i),
-            None => return zeroed(len),
+            None => Vec::new(),
         };
         if v.len() >= len {
             v.truncate(len);

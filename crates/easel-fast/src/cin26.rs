@@ -114,9 +114,10 @@ impl ConditionalInstanceNorm {
     }
 
     /// `style_weights`: `[presets, 1]` (already unsqueezed, as in the graph). For CPU f32
-    /// tensors autograd does not track, easel-cpu's fused kernel (one group per channel);
-    /// elsewhere candle ops.
-    fn forward(&self, x: &Tensor, style_weights: &Tensor, act: NormActivation) -> Result<Tensor> {
+    /// tensors autograd does not track, easel-cpu's fused kernel (one group per channel), in
+    /// place: `x` must be a tensor nothing else shares (the conv's fresh output); elsewhere
+    /// candle ops.
+    fn forward(&self, x: Tensor, style_weights: &Tensor, act: NormActivation) -> Result<Tensor> {
         let c = self.gamma.dim(1)?;
         // Mul + ReduceSum over the presets axis, exactly as the graph computes the mix.
         let gamma = style_weights.broadcast_mul(&self.gamma)?.sum(0)?;
@@ -130,7 +131,9 @@ impl ConditionalInstanceNorm {
                 eps: self.eps,
                 activation: act,
             };
-            return x.contiguous()?.apply_op1_no_bwd(&op);
+            let x = x.contiguous()?;
+            x.inplace_op1(&op)?;
+            return Ok(x);
         }
         let mean = x.mean_keepdim((2, 3))?;
         let centered = x.broadcast_sub(&mean)?;
@@ -176,8 +179,9 @@ impl CinLayer {
     }
 
     fn forward(&self, x: &Tensor, style_weights: &Tensor, act: NormActivation) -> Result<Tensor> {
+        // The conv's output is fresh, shared with nothing: the norm may run in place.
         let y = self.conv.forward(x, Activation::None)?;
-        self.norm.forward(&y, style_weights, act)
+        self.norm.forward(y, style_weights, act)
     }
 }
 
