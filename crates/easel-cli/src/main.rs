@@ -37,6 +37,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One process per job: freed activations are worth keeping for the next op or photo.
+    easel_cpu::keep_freed_memory();
     let result = match cli.command {
         Command::Stylize(args) => commands::stylize::run(*args),
         Command::Presets(args) => commands::presets::run(args),

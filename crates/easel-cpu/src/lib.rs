@@ -5,7 +5,8 @@
 //!   written in (AVX-512F, AVX2 + FMA, portable), plus [`simd_fn!`] for element-wise loops;
 //! - [`pool`]: the blocking thread pool ([`par_for`]) that carries a worker's panic back to the
 //!   caller, and [`catch_panic`] turning it into an error at an op's boundary;
-//! - [`scratch`]: recycled activation buffers; [`pad`]: reflection / zero / upsampling pads as
+//! - [`scratch`]: recycled activation buffers, and [`keep_freed_memory`] for processes that
+//!   run networks in tensor ops; [`pad`]: reflection / zero / upsampling pads as
 //!   one gather ([`PadOp`], [`reflect_pad`]); [`pool2d`]: the 2×2 ceil-mode max pool
 //!   ([`max_pool2_ceil`]);
 //! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
@@ -42,5 +43,5 @@ pub use norm::{GroupNormOp, NormActivation};
 pub use pad::{reflect_pad, PadOp};
 pub use pool::{catch_panic, par_chunks_mut, par_for, SharedMut};
 pub use pool2d::{max_pool2_ceil, MaxPool2Ceil};
-pub use scratch::{Scratch, ScratchCache};
+pub use scratch::{keep_freed_memory, Scratch, ScratchCache};
 pub use simd::{Isa, ROUND_MAGIC};

@@ -76,6 +76,8 @@ fn weights(plan: &[ConvSpec], seed: u64) -> Result<VarBuilder<'static>> {
 }
 
 fn main() -> Result<()> {
+    // As the easel binary runs.
+    easel_cpu::keep_freed_memory();
     let args = Args::parse(&["--size", "--runs"], &[])?;
     let size = args.number("--size", 512)?;
     let runs = args.number("--runs", 5)?.max(1);

@@ -18,6 +18,8 @@ mod common;
 use common::{median_ms, picture, Args};
 
 fn main() -> Result<()> {
+    // As the easel binary runs.
+    easel_cpu::keep_freed_memory();
     let args = Args::parse(&["--size", "--runs", "--weights"], &["--plain"])?;
     let size = args.number("--size", 384)?;
     let runs = args.number("--runs", 20)?.max(1);

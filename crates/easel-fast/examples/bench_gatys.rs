@@ -35,6 +35,8 @@ fn status_mib(field: &str) -> f64 {
 }
 
 fn main() -> Result<()> {
+    // As the easel binary runs.
+    easel_cpu::keep_freed_memory();
     let args = Args::parse(&["--input", "--runs", "--grad-out", "--vgg19"], &[])?;
     let runs = args.number("--runs", 3)?;
     let input = args.value("--input");

@@ -20,6 +20,8 @@ mod common;
 use common::{time_ms, Args};
 
 fn main() -> Result<()> {
+    // As the easel binary runs.
+    easel_cpu::keep_freed_memory();
     let args = Args::parse(&["--size", "--runs", "--dir"], &["--pyramidal"])?;
     let size = args.number("--size", 512)?;
     let runs = args.number("--runs", 3)?;
