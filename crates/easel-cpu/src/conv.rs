@@ -133,13 +133,8 @@ impl CustomOp1 for EpilogueOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("clamp / quantize expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("clamp / quantize expects a contiguous tensor")
-        };
-        let mut out = data[start..end].to_vec();
+        let data = crate::storage::contiguous_f32(storage, layout, "clamp / quantize")?;
+        let mut out = data.to_vec();
         self.0.apply_slice(&mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -742,17 +737,10 @@ impl CustomOp1 for Conv2dOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("direct conv2d expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("direct conv2d expects a contiguous tensor")
-        };
+        let data = crate::storage::contiguous_f32(storage, layout, "direct conv2d")?;
         let dims = layout.shape().dims4()?;
         let (ho, wo) = self.conv.out_size(dims.2, dims.3)?;
-        let out = catch_panic("direct conv2d", || {
-            self.conv.forward(&data[start..end], dims, &self.ep)
-        })?;
+        let out = catch_panic("direct conv2d", || self.conv.forward(data, dims, &self.ep))?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((dims.0, self.conv.c_out, ho, wo)),

@@ -180,14 +180,9 @@ impl CustomOp1 for GramOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("gram expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("gram expects a contiguous tensor")
-        };
+        let data = crate::storage::contiguous_f32(storage, layout, "gram")?;
         let (c, n) = layout.shape().dims2()?;
-        let out = catch_panic("gram", || gram(&data[start..end], (c, n)))?;
+        let out = catch_panic("gram", || gram(data, (c, n)))?;
         Ok((CpuStorage::F32(out), Shape::from((c, c))))
     }
 }

@@ -12,6 +12,7 @@
 //! - [`conv`]: direct convolution with fused epilogues ([`Conv2dOp`], a candle `CustomOp1`);
 //! - [`attention`]: fused flash-style multi-head attention ([`FusedAttention`], a `CustomOp3`);
 //! - [`elementwise`]: vectorised element-wise loops and f64 sums;
+//! - [`storage`]: the custom ops' operands (contiguous CPU f32 slices, or an error naming the op);
 //! - [`norm`]: group normalisation with its affine part and an optional SiLU in one kernel
 //!   ([`GroupNormOp`]);
 //! - [`gram`]: the Gram matrix `F Fᵀ` of long feature rows, split over the pool ([`GramOp`]);
@@ -34,6 +35,7 @@ pub mod pool;
 pub mod pool2d;
 pub mod scratch;
 pub mod simd;
+pub mod storage;
 
 pub use attention::FusedAttention;
 pub use conv::{Conv2d, Conv2dOp, Epilogue, Quantize};

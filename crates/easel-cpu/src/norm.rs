@@ -307,27 +307,25 @@ impl GroupNormOp {
     }
 }
 
+/// `(N, C, H·W…)` of a group norm's `[N, C, ...]` operand.
+fn norm_dims(layout: &Layout) -> Result<(usize, usize, usize)> {
+    let dims = layout.shape().dims();
+    if dims.len() < 3 {
+        bail!("group norm expects [N, C, ...], got {dims:?}")
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
 impl CustomOp1 for GroupNormOp {
     fn name(&self) -> &'static str {
         "easel-group-norm"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("group norm expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("group norm expects a contiguous tensor")
-        };
-        let dims = layout.shape().dims();
-        if dims.len() < 3 {
-            bail!("group norm expects [N, C, ...], got {dims:?}")
-        }
-        let hw = dims[2..].iter().product();
-        let mut out = vec![0f32; end - start];
-        catch_panic("group norm", || {
-            self.forward_into(&data[start..end], (dims[0], dims[1], hw), &mut out)
-        })?;
+        let data = crate::storage::contiguous_f32(storage, layout, "group norm")?;
+        let dims = norm_dims(layout)?;
+        let mut out = vec![0f32; data.len()];
+        catch_panic("group norm", || self.forward_into(data, dims, &mut out))?;
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -340,20 +338,10 @@ impl InplaceOp1 for GroupNormOp {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("group norm expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("group norm expects a contiguous tensor")
-        };
-        let dims = layout.shape().dims();
-        if dims.len() < 3 {
-            bail!("group norm expects [N, C, ...], got {dims:?}")
-        }
-        let hw = dims[2..].iter().product();
-        let data = &mut data[start..end];
+        let data = crate::storage::contiguous_f32_mut(storage, layout, "group norm")?;
+        let dims = norm_dims(layout)?;
         catch_panic("group norm", || {
-            self.forward_in_place_on(Isa::detect(), data, (dims[0], dims[1], hw))
+            self.forward_in_place_on(Isa::detect(), data, dims)
         })
     }
 }

@@ -143,16 +143,11 @@ impl CustomOp1 for PadOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("pad gather expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("pad gather expects a contiguous tensor")
-        };
+        let data = crate::storage::contiguous_f32(storage, layout, "pad gather")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         let out = catch_panic("pad gather", || {
             pad(
-                &data[start..end],
+                data,
                 (n * c, h, w),
                 &self.rows,
                 &self.cols,

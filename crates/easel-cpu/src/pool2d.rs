@@ -51,16 +51,9 @@ impl CustomOp1 for MaxPool2Ceil {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("max pool expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("max pool expects a contiguous tensor")
-        };
+        let data = crate::storage::contiguous_f32(storage, layout, "max pool")?;
         let (n, c, h, w) = layout.shape().dims4()?;
-        let out = catch_panic("max pool", || {
-            max_pool2_ceil_planes(&data[start..end], (n * c, h, w))
-        })?;
+        let out = catch_panic("max pool", || max_pool2_ceil_planes(data, (n * c, h, w)))?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, c, h.div_ceil(2), w.div_ceil(2))),

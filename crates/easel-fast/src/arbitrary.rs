@@ -245,12 +245,8 @@ impl InplaceOp1 for QuantNormOp {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("quantized instance norm expects an f32 tensor")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("quantized instance norm expects a contiguous tensor")
-        };
+        let data =
+            easel_cpu::storage::contiguous_f32_mut(storage, layout, "quantized instance norm")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         if self.gamma.len() != n * c || self.beta.len() != n * c || h * w == 0 {
             bail!(
@@ -259,7 +255,7 @@ impl InplaceOp1 for QuantNormOp {
                 self.beta.len()
             )
         }
-        easel_cpu::par_chunks_mut(&mut data[start..end], h * w, |p, xs| {
+        easel_cpu::par_chunks_mut(data, h * w, |p, xs| {
             norm_channel(&self.norm, xs, self.gamma[p], self.beta[p])
         });
         Ok(())
