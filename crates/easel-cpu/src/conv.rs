@@ -112,6 +112,8 @@ impl Epilogue {
             return x.contiguous()?.apply_op1_no_bwd(&EpilogueOp(*self));
         }
         let y = match self.clamp {
+            // ReLU as candle's op: one op, and its usual gradient.
+            Some((lo, hi)) if lo == 0.0 && hi == f32::INFINITY => x.relu()?,
             Some((lo, hi)) => x.clamp(lo, hi)?,
             None => x.clone(),
         };

@@ -148,8 +148,15 @@ impl ConvLayer {
     /// `ep(conv(pad(x)) + bias)` for `x` `[N, c_in, H, W]`: on the packed path the epilogue is
     /// fused into the kernel's store, elsewhere [`Epilogue::apply_tensor`] follows candle's conv.
     pub fn forward_with(&self, x: &Tensor, ep: &Epilogue) -> Result<Tensor> {
-        let k = self.weight.dim(3)?;
         let (_, _, h, w) = x.dims4()?;
+        // `SAME`'s ((top, bottom), (left, right)) zeros.
+        let same = || -> Result<_> {
+            let k = self.weight.dim(3)?;
+            Ok((
+                same_padding(h, k, self.stride),
+                same_padding(w, k, self.stride),
+            ))
+        };
         match &self.packed {
             Some(conv) if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() => {
                 let x = x.contiguous()?;
@@ -164,10 +171,7 @@ impl ConvLayer {
                         x.apply_op1_no_bwd(&PadOp::reflect(h, w, pad, upsample)?)?
                     }
                     Padding::Same => {
-                        let ((top, bottom), (left, right)) = (
-                            same_padding(h, k, self.stride),
-                            same_padding(w, k, self.stride),
-                        );
+                        let ((top, bottom), (left, right)) = same()?;
                         if top + bottom + left + right == 0 {
                             x
                         } else {
@@ -192,10 +196,7 @@ impl ConvLayer {
                         (reflect_pad(&x, pad, pad, pad, pad)?, 0)
                     }
                     Padding::Same => {
-                        let ((top, bottom), (left, right)) = (
-                            same_padding(h, k, self.stride),
-                            same_padding(w, k, self.stride),
-                        );
+                        let ((top, bottom), (left, right)) = same()?;
                         let x = x.pad_with_zeros(2, top, bottom)?;
                         (x.pad_with_zeros(3, left, right)?, 0)
                     }
@@ -205,11 +206,7 @@ impl ConvLayer {
                     Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
                     None => y,
                 };
-                match (ep.clamp, ep.quant) {
-                    // ReLU as candle's op (its gradient is the usual one).
-                    (Some((lo, hi)), None) if lo == 0.0 && hi == f32::INFINITY => y.relu(),
-                    _ => ep.apply_tensor(&y),
-                }
+                ep.apply_tensor(&y)
             }
         }
     }

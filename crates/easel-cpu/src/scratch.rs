@@ -4,8 +4,9 @@
 /// Asks the C allocator to keep freed memory for the next allocation instead of handing it back
 /// to the kernel. A network's forward in tensor ops frees each op's output when the next op has
 /// read it; glibc unmaps every block above its mmap threshold (32 MiB at most) on free, so each
-/// pass would fault in and zero its large activations afresh (a 1024² arbitrary-network pass
-/// spent as long in the kernel as in its convolutions). With `M_MMAP_MAX` 0 large blocks come
+/// pass would fault in and zero its large activations afresh (in `perf` of repeated 1024²
+/// passes of the arbitrary and cin26 networks, a quarter of the samples were the kernel
+/// clearing fresh pages). With `M_MMAP_MAX` 0 large blocks come
 /// from the heap and with `M_TRIM_THRESHOLD` at its maximum the heap is never shrunk, so freed
 /// activations are reused. For processes that end when their work does (the CLI, benchmarks):
 /// the resident size stays at its peak. glibc only; elsewhere nothing happens. Returns whether

@@ -625,7 +625,7 @@ impl ConditionalInstanceNorm {
 
     /// Normalises `x` `[N, C, H, W]` with `(gamma, beta)` from [`Self::params`], in the upstream
     /// graph's order of operations (TF `batch_normalization` with the moments of `x`).
-    fn forward(&self, x: &Tensor, (gamma, beta): &(Tensor, Tensor)) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
         let q = &self.q;
         let mean = q.mean.apply(&spatial_mean(x)?)?;
         let sq = q.sq.apply(&x.broadcast_sub(&mean)?.sqr()?)?;
@@ -674,7 +674,9 @@ impl StyledConv {
 
     /// For CPU f32 tensors autograd does not track, the conv with its quantizer fused, then the
     /// norm, ReLU and output quantizer in one pass ([`QuantNormOp`]); tensor ops elsewhere.
-    fn forward(&self, x: &Tensor, (gamma, beta): &(Tensor, Tensor)) -> Result<Tensor> {
+    /// `code`: the quantized style codes `[N, code_dim]`.
+    fn forward(&self, x: &Tensor, code: &Tensor) -> Result<Tensor> {
+        let (gamma, beta) = self.norm.params(code)?;
         let y = self.conv.forward_with(x, &self.conv_q.epilogue(None))?;
         let tracked = y.track_op() || gamma.track_op() || beta.track_op();
         if y.device().is_cpu() && y.dtype() == DType::F32 && !tracked {
@@ -696,7 +698,7 @@ impl StyledConv {
             y.inplace_op1(&op)?;
             return Ok(y);
         }
-        let y = self.norm.forward(&y, &(gamma.clone(), beta.clone()))?;
+        let y = self.norm.forward(&y, &gamma, &beta)?;
         let y = if self.relu { y.relu()? } else { y };
         self.out_q.apply(&y)
     }
@@ -820,12 +822,12 @@ impl StyleTransformer {
             x = conv.forward(&x)?;
         }
         for block in &self.residual {
-            let h1 = block.conv1.forward(&x, &block.conv1.norm.params(&code)?)?;
-            let h2 = block.conv2.forward(&h1, &block.conv2.norm.params(&code)?)?;
+            let h1 = block.conv1.forward(&x, &code)?;
+            let h2 = block.conv2.forward(&h1, &code)?;
             x = block.add.apply(&(x + h2)?)?;
         }
         for conv in &self.expand {
-            x = conv.forward(&x, &conv.norm.params(&code)?)?;
+            x = conv.forward(&x, &code)?;
         }
         let y = self.output.apply(&candle_nn::ops::sigmoid(&x)?)?;
         y.narrow(2, 0, h)?.narrow(3, 0, w)
